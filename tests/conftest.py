@@ -1,0 +1,44 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def debug_cfg():
+    from xdreamer.config import build_config
+
+    return build_config(["debug"], {"env": "toy:catch"})
+
+
+@pytest.fixture
+def toy_spec():
+    from xdreamer.envs import make
+
+    env = make("toy:catch")
+    spec = env.spec
+    env.close()
+    return spec
+
+
+def random_batch(spec, batch: int, length: int, seed: int = 0) -> dict:
+    """A replay-shaped batch of random data (uint8 images, int actions)."""
+    rng = np.random.default_rng(seed)
+    is_first = np.zeros((batch, length), bool)
+    is_first[:, 0] = True
+    is_terminal = np.zeros((batch, length), bool)
+    is_terminal[:, -1] = rng.random(batch) < 0.5
+    action = (rng.integers(0, spec.num_actions, (batch, length)).astype(np.int32) if spec.discrete
+              else rng.uniform(-1, 1, (batch, length, spec.num_actions)).astype(np.float32))
+    return {
+        "image": rng.integers(0, 256, (batch, length, *spec.obs_shape), dtype=np.uint8),
+        "action": action,
+        "reward": rng.normal(size=(batch, length)).astype(np.float32),
+        "is_first": is_first,
+        "is_last": is_terminal.copy(),
+        "is_terminal": is_terminal,
+    }

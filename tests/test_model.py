@@ -1,0 +1,185 @@
+"""World model and actor-critic: shapes, gradients, KL balancing, lambda-returns, sequence == steps."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_batch
+from xdreamer.agent import Agent
+from xdreamer.behavior import lambda_return
+from xdreamer.rssm import RSSM, State
+
+
+def test_shapes(debug_cfg, toy_spec):
+    agent = Agent(debug_cfg, toy_spec)
+    B, T = 3, 7
+    data = agent.to_torch(random_batch(toy_spec, B, T))
+    inp = agent.wm.preprocess(data)
+    assert inp["image"].shape == (B, T, 1, 64, 64) and inp["image"].min() >= -0.5 and inp["image"].max() <= 0.5
+    assert inp["action"].shape == (B, T, toy_spec.num_actions)
+    embed = agent.wm.encode(inp["image"])
+    assert embed.shape == (B, T, agent.wm.encoder.out_dim)
+    post, prior = agent.wm.observe(embed, inp["action"], inp["is_first"])
+    S, K = debug_cfg.stoch, debug_cfg.classes
+    for state in (post, prior):
+        assert state.deter.shape == (B, T, debug_cfg.deter)
+        assert state.stoch.shape == state.logits.shape == (B, T, S, K)
+        assert torch.allclose(state.stoch.sum(-1), torch.ones(B, T, S))
+    feat = agent.wm.feat(post)
+    assert feat.shape == (B, T, debug_cfg.deter + S * K)
+    assert agent.wm.decode(feat).shape == (B, T, 1, 64, 64)
+    states, actions = agent.wm.imagine(post[:, -1], agent.actor.sample, horizon=5)
+    assert states.deter.shape == (B, 6, debug_cfg.deter) and actions.shape == (B, 6, toy_spec.num_actions)
+    assert torch.all(actions[:, 0] == 0)
+
+
+def test_paper_size_shapes():
+    """The atari preset builds DreamerV2's sizes: 1536-d embedding, 600 + 32*32 feature."""
+    from xdreamer.config import build_config
+    from xdreamer.envs import EnvSpec
+
+    spec = EnvSpec(id="atari:Pong", obs_shape=(1, 64, 64), discrete=True, num_actions=6,
+                   action_names=tuple("abcdef"), object_names=(), can_branch=True, max_steps=27000)
+    agent = Agent(build_config(["atari"]), spec)
+    assert agent.wm.encoder.out_dim == 1536
+    assert agent.wm.rssm.feat_dim == 600 + 1024
+    image = torch.zeros(2, 1, 64, 64)
+    assert agent.wm.decode(torch.zeros(2, 1624)).shape == (2, 1, 64, 64)
+    assert agent.wm.encode(image).shape == (2, 1536)
+
+
+def test_straight_through_gradients_reach_encoder(debug_cfg, toy_spec):
+    agent = Agent(debug_cfg, toy_spec)
+    inp = agent.wm.preprocess(agent.to_torch(random_batch(toy_spec, 2, 4)))
+    post, _ = agent.wm.observe(agent.wm.encode(inp["image"]), inp["action"], inp["is_first"])
+    # A loss on the one-hot samples only: without straight-through it would have no gradient.
+    (post.stoch * torch.randn_like(post.stoch)).sum().backward()
+    grads = [p.grad for p in agent.wm.encoder.parameters()]
+    assert all(g is not None for g in grads)
+    assert sum(g.abs().sum().item() for g in grads) > 0
+
+
+@pytest.mark.parametrize("balance", [0.0, 1.0, 0.8])
+def test_kl_balancing_gradient_routing(balance):
+    torch.manual_seed(0)
+    rssm = RSSM(embed_dim=4, action_dim=2, deter=8, hidden=8, stoch=3, classes=5)
+    post_logits = torch.randn(2, 3, 3, 5, requires_grad=True)
+    prior_logits = torch.randn(2, 3, 3, 5, requires_grad=True)
+    dummy = torch.zeros(2, 3, 8)
+    post = State(dummy, post_logits.softmax(-1), post_logits)
+    prior = State(dummy, prior_logits.softmax(-1), prior_logits)
+    loss, value = rssm.kl_loss(post, prior, balance=balance, free=0.0)
+    loss.backward()
+    post_grad, prior_grad = post_logits.grad.abs().sum().item(), prior_logits.grad.abs().sum().item()
+    if balance == 1.0:  # only the alpha term: trains the prior only
+        assert post_grad == 0 and prior_grad > 0
+    elif balance == 0.0:  # only the (1 - alpha) term: trains the posterior only
+        assert post_grad > 0 and prior_grad == 0
+    else:
+        assert post_grad > 0 and prior_grad > 0
+        # gradient of the alpha term alone equals alpha * gradient of KL w.r.t. the prior
+        ref_prior = prior_logits.detach().clone().requires_grad_(True)
+        RSSM.kl(post_logits.detach(), ref_prior).mean().backward()
+        assert torch.allclose(prior_logits.grad, balance * ref_prior.grad, atol=1e-6)
+    assert value.shape == (2, 3) and torch.all(value >= 0)
+
+
+def test_lambda_return_matches_naive_loop():
+    torch.manual_seed(0)
+    N, T, lam = 4, 9, 0.95
+    reward, value, disc = torch.randn(N, T), torch.randn(N, T), torch.rand(N, T)
+    bootstrap = torch.randn(N)
+    out = lambda_return(reward, value, disc, bootstrap, lam)
+    for n in range(N):
+        for t in range(T):
+            # Expand the recursion as a weighted sum of n-step returns (definition of TD(lambda)).
+            ret, weight_left, acc_disc, acc_reward = 0.0, 1.0, 1.0, 0.0
+            for k in range(t, T):
+                acc_reward += acc_disc * reward[n, k].item()
+                acc_disc *= disc[n, k].item()
+                nxt = value[n, k + 1].item() if k + 1 < T else bootstrap[n].item()
+                nstep = acc_reward + acc_disc * nxt
+                w = weight_left * ((1 - lam) if k + 1 < T else 1.0)
+                ret += w * nstep
+                weight_left *= lam
+            assert out[n, t].item() == pytest.approx(ret, rel=1e-4, abs=1e-4)
+    # lambda = 0 gives one-step targets, lambda = 1 the discounted Monte Carlo return
+    one = lambda_return(reward, value, disc, bootstrap, 0.0)
+    nxt = torch.cat([value[:, 1:], bootstrap[:, None]], 1)
+    assert torch.allclose(one, reward + disc * nxt, atol=1e-6)
+
+
+def test_observe_equals_step_loop(debug_cfg, toy_spec):
+    torch.manual_seed(0)
+    agent = Agent(debug_cfg, toy_spec)
+    inp = agent.wm.preprocess(agent.to_torch(random_batch(toy_spec, 2, 6)))
+    inp["is_first"][:, 3] = 1.0  # a reset mid-sequence
+    embed = agent.wm.encode(inp["image"])
+    post, prior = agent.wm.observe(embed, inp["action"], inp["is_first"], sample=False)
+    state = agent.wm.rssm.initial(2)
+    for t in range(6):
+        state, p = agent.wm.rssm.obs_step(state, inp["action"][:, t], embed[:, t], inp["is_first"][:, t], sample=False)
+        assert torch.allclose(state.deter, post.deter[:, t], atol=1e-6)
+        assert torch.allclose(state.logits, post.logits[:, t], atol=1e-6)
+        assert torch.allclose(p.logits, prior.logits[:, t], atol=1e-6)
+
+
+def test_is_first_resets_state(debug_cfg, toy_spec):
+    torch.manual_seed(0)
+    agent = Agent(debug_cfg, toy_spec)
+    rssm = agent.wm.rssm
+    embed = torch.randn(2, agent.wm.encoder.out_dim)
+    action = torch.eye(toy_spec.num_actions)[[1, 2]]
+    fresh, _ = rssm.obs_step(rssm.initial(2), torch.zeros(2, toy_spec.num_actions), embed, torch.ones(2), sample=False)
+    busy = State(torch.randn(2, debug_cfg.deter), rssm.initial(2).stoch + 1.0 / debug_cfg.classes,
+                 torch.randn(2, debug_cfg.stoch, debug_cfg.classes))
+    reset, _ = rssm.obs_step(busy, action, embed, torch.ones(2), sample=False)
+    kept, _ = rssm.obs_step(busy, action, embed, torch.zeros(2), sample=False)
+    assert torch.allclose(reset.deter, fresh.deter) and torch.allclose(reset.logits, fresh.logits)
+    assert not torch.allclose(kept.deter, fresh.deter)
+
+
+def test_imagine_fixed_actions_then_policy(debug_cfg, toy_spec):
+    agent = Agent(debug_cfg, toy_spec)
+    start = agent.wm.rssm.initial(3)
+    acts = torch.eye(3)[[0, 1, 2]][:, None].repeat(1, 2, 1)  # 2 fixed steps, then the actor
+    states, actions = agent.wm.imagine(start, agent.actor.sample, horizon=4, actions=acts)
+    assert torch.equal(actions[:, 1:3], acts) and actions.shape == (3, 5, 3)
+    with pytest.raises(ValueError):
+        agent.wm.imagine(start, None, horizon=4, actions=acts)
+
+
+def test_train_step_finite_and_changes_params(debug_cfg, toy_spec):
+    torch.manual_seed(0)
+    agent = Agent(debug_cfg, toy_spec)
+    before = {k: v.clone() for k, v in agent.state_dict().items()}
+    metrics = agent.train_step(random_batch(toy_spec, debug_cfg.batch, debug_cfg.length))
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    after = agent.state_dict()
+    for prefix in ("wm.encoder", "wm.rssm", "wm.decoder", "ac.actor", "ac.critic."):
+        assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(prefix)), prefix
+
+
+def test_continuous_dynamics_backprop(debug_cfg):
+    """Continuous actions use dynamics backprop: the actor gets gradients through the model,
+    while the world model's parameters are not changed by the actor loss."""
+    from xdreamer.envs import EnvSpec
+
+    spec = EnvSpec(id="mujoco:Test", obs_shape=(3, 64, 64), discrete=False, num_actions=2, action_names=(),
+                   object_names=(), can_branch=True, max_steps=100)
+    agent = Agent(debug_cfg.replace(actor_grad="auto"), spec)
+    assert agent.ac.actor_grad == "dynamics"
+    metrics = agent.train_step(random_batch(spec, 2, 8))
+    assert np.isfinite(metrics["actor_loss"]) and metrics["actor_grad_norm"] > 0
+
+
+def test_same_seed_same_parameters(debug_cfg, toy_spec):
+    def run():
+        torch.manual_seed(123)
+        agent = Agent(debug_cfg, toy_spec)
+        for i in range(3):
+            agent.train_step(random_batch(toy_spec, 2, 8, seed=i))
+        return agent.state_dict()
+
+    a, b = run(), run()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,162 @@
+"""The Dreamer agent: world model + actor-critic, acting in an env and learning from replay."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .behavior import ActorCritic
+from .config import Config
+from .envs import EnvSpec
+from .rssm import State
+from .world_model import WorldModel
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class PolicyState:
+    """Carried between env steps: the posterior latent and the last action taken ``[B, A]``."""
+
+    latent: State
+    action: torch.Tensor
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module):
+    """Temporarily stop parameter gradients of ``module`` (gradients still flow through it)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+class Agent(nn.Module):
+    """DreamerV2 agent. ``wm`` is the world model, ``ac`` the actor-critic; ``cfg`` and ``spec``
+    describe how it was built. Optimisers exist only after ``init_optimizers()`` (training)."""
+
+    def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.cfg, self.spec = cfg, spec
+        self.wm = WorldModel(cfg, spec.obs_shape[0], spec.num_actions, spec.discrete)
+        self.ac = ActorCritic(cfg, self.wm.rssm.feat_dim, spec.num_actions, spec.discrete)
+        self.device = resolve_device(device or cfg.device) if not isinstance(device, torch.device) else device
+        self.to(self.device)
+        self.updates = 0
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    # ---- convenience -------------------------------------------------------------------
+    @property
+    def actor(self):
+        return self.ac.actor
+
+    @property
+    def critic(self):
+        return self.ac.critic
+
+    def autocast(self):
+        if self.cfg.precision == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def to_torch(self, data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        out = {}
+        for key, value in data.items():
+            if key in ("image", "action", "reward", "is_first", "is_last", "is_terminal"):
+                out[key] = torch.as_tensor(np.asarray(value), device=self.device)
+        return out
+
+    # ---- acting -------------------------------------------------------------------------
+    def initial_policy_state(self, batch: int = 1) -> PolicyState:
+        return PolicyState(self.wm.rssm.initial(batch, self.device),
+                           torch.zeros(batch, self.spec.num_actions, device=self.device))
+
+    @torch.no_grad()
+    def policy(self, obs: Mapping[str, Any], state: PolicyState | None = None, mode: str = "explore"
+               ) -> tuple[np.ndarray, PolicyState]:
+        """One acting step for a batch of observations (``image`` ``[B, C, 64, 64]`` uint8,
+        ``is_first`` ``[B]``). ``mode``: ``explore`` samples the actor, ``eval`` takes its mode.
+        Returns the env actions (int ``[B]`` or float ``[B, A]``) and the next policy state."""
+        image = torch.as_tensor(np.asarray(obs["image"]), device=self.device)
+        is_first = torch.as_tensor(np.asarray(obs["is_first"]), device=self.device).float()
+        if state is None:
+            state = self.initial_policy_state(image.shape[0])
+        with self.autocast():
+            embed = self.wm.encode(image.float() / 255.0 - 0.5)
+            latent, _ = self.wm.rssm.obs_step(state.latent, state.action, embed, is_first,
+                                              sample=(mode == "explore"))
+            feat = self.wm.feat(latent)
+            action = self.actor.sample(feat) if mode == "explore" else self.actor.mode(feat)
+        action = action.float()
+        latent = latent.map(lambda x: x.float())
+        env_action = action.argmax(-1).cpu().numpy() if self.spec.discrete else action.cpu().numpy()
+        return env_action, PolicyState(latent, action)
+
+    # ---- learning -----------------------------------------------------------------------
+    def init_optimizers(self) -> None:
+        cfg = self.cfg
+
+        def adam(params, lr):
+            # Adam eps 1e-5 with decoupled weight decay 1e-6 (dreamerv2 Optimizer: eps, wd, clip).
+            return torch.optim.AdamW(params, lr=lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+
+        self.optimizers = {"model": adam(self.wm.parameters(), cfg.model_lr),
+                           "actor": adam(self.ac.actor.parameters(), cfg.actor_lr),
+                           "critic": adam(self.ac.critic.parameters(), cfg.critic_lr)}
+
+    def _step(self, name: str, loss: torch.Tensor, params) -> torch.Tensor:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{name} loss is not finite ({loss.item()}); lower the learning rate "
+                                     "or use --set precision=float32")
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        opt.step()
+        return norm
+
+    def train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
+        """One update of world model, actor and critic on a replay batch ``[B, T]``."""
+        if not self.optimizers:
+            self.init_optimizers()
+        if self.updates % self.cfg.slow_target_update == 0:
+            self.ac.update_target()
+        data = self.to_torch(batch)
+        self.train()
+        with self.autocast():
+            model_loss, post, metrics = self.wm.loss(data)
+        metrics["model_grad_norm"] = self._step("model", model_loss, self.wm.parameters())
+        start = post.detach().map(lambda x: x.flatten(0, 1).float())
+        is_terminal = data["is_terminal"].flatten(0, 1)
+        with frozen(self.wm), self.autocast():
+            actor_loss, critic_loss, ac_metrics = self.ac.loss(self.wm, start, is_terminal)
+        metrics.update(ac_metrics)
+        metrics["actor_grad_norm"] = self._step("actor", actor_loss, self.ac.actor.parameters())
+        metrics["critic_grad_norm"] = self._step("critic", critic_loss, self.ac.critic.parameters())
+        self.updates += 1
+        return {k: float(v) for k, v in metrics.items()}
+
+    # ---- (de)serialisation of the learnable state -----------------------------------------
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_optimizer_state(self, state: Mapping[str, Any]) -> None:
+        if not self.optimizers:
+            self.init_optimizers()
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state[name])

@@ -1,0 +1,173 @@
+"""Actor-critic learned in imagination (DreamerV2 §2.2, dreamerv2 ``agent.py: ActorCritic``).
+
+Imagined trajectories start from every posterior state of the replay batch and roll the
+prior forward ``horizon`` steps under the actor. Timing, batch-major (``[N, H+1]``)::
+
+    Actions:     0   [a1]  [a2]   a3          actions[:, i] led to states[:, i]
+                    ^  |  ^  |  ^  |
+                   /   v /   v /   v
+    States:     [z0]->[z1]-> z2 -> z3
+    Targets:     t0   [t1]  [t2]              lambda-returns, bootstrap from v(z_H)
+    Baselines:  [v0]  [v1]   v2    v3
+    Weights:    [ 1]  [w1]   w2    w3         cumulative predicted discounts
+    Actor loss:       l1    l2  (states 0..H-2)   Critic loss on states 0..H-1
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Independent, Normal, OneHotCategorical, TanhTransform, TransformedDistribution
+
+from .config import Config
+from .nets import MLP
+from .rssm import State
+
+
+def lambda_return(reward: torch.Tensor, value: torch.Tensor, discount: torch.Tensor,
+                  bootstrap: torch.Tensor, lambda_: float) -> torch.Tensor:
+    """TD(lambda) returns along dim 1 (dreamerv2 ``common.lambda_return``).
+
+    reward, value, discount ``[N, T]``, bootstrap ``[N]``. Returns ``[N, T]`` with
+    ``R_t = r_t + d_t * ((1 - lambda) * v_{t+1} + lambda * R_{t+1})`` and ``R_T = bootstrap``.
+    """
+    assert reward.shape == value.shape == discount.shape, (reward.shape, value.shape, discount.shape)
+    next_values = torch.cat([value[:, 1:], bootstrap[:, None]], 1)
+    inputs = reward + discount * next_values * (1 - lambda_)
+    returns = []
+    last = bootstrap
+    for t in reversed(range(reward.shape[1])):
+        last = inputs[:, t] + discount[:, t] * lambda_ * last
+        returns.append(last)
+    return torch.stack(returns[::-1], 1)
+
+
+class Actor(nn.Module):
+    """feat -> action distribution: one-hot categorical (discrete) or tanh-Normal (continuous).
+
+    dreamerv2 uses a truncated normal for continuous control; torch has no reparameterised
+    truncated normal, so this uses DreamerV1's tanh-transformed Normal with the same
+    ``min_std`` -- an approximation, documented in the README.
+    """
+
+    def __init__(self, feat_dim: int, action_dim: int, discrete: bool, layers: int, units: int,
+                 min_std: float) -> None:
+        super().__init__()
+        self.discrete, self.action_dim, self.min_std = discrete, action_dim, min_std
+        self.net = MLP(feat_dim, action_dim if discrete else 2 * action_dim, layers, units)
+
+    def forward(self, feat: torch.Tensor) -> torch.distributions.Distribution:
+        out = self.net(feat)
+        if self.discrete:
+            return OneHotCategorical(logits=out)
+        mean, std = out.chunk(2, -1)
+        std = 2 * torch.sigmoid(std / 2) + self.min_std  # dreamerv2 trunc_normal std parameterisation
+        return Independent(TransformedDistribution(Normal(mean, std), TanhTransform(cache_size=1)), 1)
+
+    def sample(self, feat: torch.Tensor) -> torch.Tensor:
+        """A differentiable sample: straight-through one-hot or reparameterised continuous."""
+        dist = self(feat)
+        if self.discrete:
+            probs = dist.probs
+            return dist.sample() + probs - probs.detach()
+        return dist.rsample()
+
+    def mode(self, feat: torch.Tensor) -> torch.Tensor:
+        out = self.net(feat)
+        if self.discrete:
+            return F.one_hot(out.argmax(-1), self.action_dim).float()
+        return torch.tanh(out.chunk(2, -1)[0])
+
+    def entropy(self, dist: torch.distributions.Distribution) -> torch.Tensor:
+        if self.discrete:
+            return dist.entropy()
+        return -dist.log_prob(dist.rsample())  # single-sample estimate (no closed form after tanh)
+
+    def log_prob(self, dist: torch.distributions.Distribution, action: torch.Tensor) -> torch.Tensor:
+        if not self.discrete:
+            action = action.clamp(-1 + 1e-6, 1 - 1e-6)
+        return dist.log_prob(action)
+
+
+class ActorCritic(nn.Module):
+    def __init__(self, cfg: Config, feat_dim: int, action_dim: int, discrete: bool) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.actor = Actor(feat_dim, action_dim, discrete, cfg.mlp_layers, cfg.mlp_units, cfg.actor_min_std)
+        self.critic = MLP(feat_dim, 1, cfg.mlp_layers, cfg.mlp_units)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        grad = cfg.actor_grad
+        self.actor_grad = ("reinforce" if discrete else "dynamics") if grad == "auto" else grad
+
+    def value(self, feat: torch.Tensor, target: bool = False) -> torch.Tensor:
+        return (self.target_critic if target else self.critic)(feat).squeeze(-1)
+
+    def update_target(self) -> None:
+        mix = self.cfg.slow_target_fraction
+        with torch.no_grad():
+            for d, s in zip(self.target_critic.parameters(), self.critic.parameters()):
+                d.mul_(1 - mix).add_(mix * s)
+
+    def imagine(self, world_model, start: State, is_terminal: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Imagine ``horizon`` steps from ``start`` ``[N]``; returns the trajectory ``[N, H+1]``."""
+        states, actions = world_model.imagine(start, self.actor.sample, self.cfg.horizon)
+        feat = world_model.feat(states)
+        discount = world_model.discount(feat)
+        if is_terminal is not None:
+            # The first state is a real posterior state: use the true discount (dreamerv2 ``imagine``).
+            discount = torch.cat([(self.cfg.discount * (1 - is_terminal.float()))[:, None], discount[:, 1:]], 1)
+        weight = torch.cumprod(torch.cat([torch.ones_like(discount[:, :1]), discount[:, :-1]], 1), 1)
+        return {"feat": feat, "action": actions, "reward": world_model.reward(feat),
+                "discount": discount, "weight": weight}
+
+    def target(self, seq: dict[str, torch.Tensor]) -> torch.Tensor:
+        value = self.value(seq["feat"], target=True)
+        return lambda_return(seq["reward"][:, :-1], value[:, :-1], seq["discount"][:, :-1],
+                             value[:, -1], self.cfg.discount_lambda)
+
+    def actor_loss(self, seq: dict[str, torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        dist = self.actor(seq["feat"][:, :-2].detach())
+        if self.actor_grad == "dynamics":
+            objective = target[:, 1:]
+        else:
+            baseline = self.value(seq["feat"][:, :-2], target=True)  # slow_baseline True
+            advantage = (target[:, 1:] - baseline).detach()
+            objective = self.actor.log_prob(dist, seq["action"][:, 1:-1].detach()) * advantage
+            if self.actor_grad == "both":
+                mix = self.cfg.actor_grad_mix
+                objective = mix * target[:, 1:] + (1 - mix) * objective
+        entropy = self.actor.entropy(dist)
+        objective = objective + self.cfg.actor_ent * entropy
+        weight = seq["weight"].detach()
+        loss = -(weight[:, :-2] * objective).mean()
+        return loss, {"actor_entropy": entropy.mean().detach()}
+
+    def critic_loss(self, seq: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        value = self.value(seq["feat"][:, :-1].detach())
+        # dreamerv2 critic ``mse`` dist: -log p = (v - target)^2, weighted by cumulative discounts.
+        return (seq["weight"][:, :-1].detach() * (value - target.detach()).pow(2)).mean()
+
+    def loss(self, world_model, start: State, is_terminal: torch.Tensor | None
+             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Returns ``(actor_loss, critic_loss, metrics)``. World-model parameters must be frozen
+        by the caller (gradients flow through the dynamics to the actor, not into the model)."""
+        if self.actor_grad == "reinforce":
+            with torch.no_grad():  # no gradient path through imagination is used
+                seq = self.imagine(world_model, start, is_terminal)
+                target = self.target(seq)
+        else:
+            seq = self.imagine(world_model, start, is_terminal)
+            target = self.target(seq)
+        actor_loss, metrics = self.actor_loss(seq, target)
+        critic_loss = self.critic_loss(seq, target)
+        metrics.update(actor_loss=actor_loss.detach(), critic_loss=critic_loss.detach(),
+                       imag_reward=seq["reward"].mean().detach(), imag_return=target[:, 0].mean().detach(),
+                       imag_value=self.value(seq["feat"][:, 0].detach()).mean().detach())
+        return actor_loss, critic_loss, metrics
+
+
+PolicyFn = Callable[[torch.Tensor], torch.Tensor]

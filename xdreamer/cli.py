@@ -1,0 +1,134 @@
+"""``xdreamer`` command line: train, eval, bench.
+
+Errors a user can cause (bad env id, preset or key, missing or corrupt checkpoint, checkpoint
+that does not fit the env) print one line ``xdreamer: error: ...`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Sequence
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import build_config, parse_set_args
+    from .envs import import_modules
+    from .training import train
+
+    import_modules(args.imports)
+    overrides = parse_set_args(args.set)
+    if args.resume:
+        if not args.logdir:
+            raise ValueError("--resume needs --logdir of the run to continue")
+        result = train(None, args.logdir, resume=True, progress=not args.no_progress, overrides=overrides)
+    else:
+        env = args.env or overrides.get("env") or "toy:catch"
+        overrides["env"] = env
+        cfg = build_config(args.preset, overrides)
+        from .envs import make
+
+        make(cfg.env).close()  # fail fast, with the env's own message, before any folder is made
+        logdir = args.logdir or f"runs/{env.replace(':', '-').replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+        result = train(cfg, logdir, progress=not args.no_progress)
+    print(f"trained {result.steps} agent steps, {result.updates} updates"
+          + (f", eval return {result.eval_mean:.3f}" if result.eval_mean is not None else ""))
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from . import checkpoint
+    from .envs import import_modules, make
+    from .evaluation import evaluate
+    from .training import env_kwargs
+
+    import_modules(args.imports)
+    agent = checkpoint.load(args.checkpoint, device=args.device)
+    cfg = agent.cfg
+    env_id = args.env or cfg.env
+    env = make(env_id, **env_kwargs(cfg.replace(env=env_id)))
+    checkpoint.check_env(agent.spec, env.spec)
+    result = evaluate(agent, env, args.episodes, seed=args.seed, policy=args.policy, progress=not args.no_progress)
+    out = args.out or f"eval-{agent.path.name}-{args.policy}-seed{args.seed}.json"
+    data = {"checkpoint": str(agent.path), "steps": agent.manifest.get("steps"), **result.to_dict()}
+    tmp = pathlib.Path(out).with_name(f".{pathlib.Path(out).name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(f"{env_id} {args.policy} policy over {args.episodes} episodes (seed {args.seed}): "
+          f"return {result.mean:.3f} ± {result.std:.3f}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_benchmark
+
+    results = run_benchmark(args.presets, args.out, repeats=args.repeats)
+    print(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xdreamer", description="Train DreamerV2 agents and explain them.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an agent", description=(
+        "Train DreamerV2. Presets compose left to right over the paper's Atari defaults "
+        "(e.g. --preset atari small); --set key=value overrides any config field."))
+    p.add_argument("--env", help="env id: toy:catch, toy:catch-pixel, atari:<Game>, mujoco:<Name>, gym:<id>")
+    p.add_argument("--preset", nargs="+", default=[], metavar="NAME",
+                   help="presets to apply in order: atari, atari-paper, mujoco, small, debug")
+    p.add_argument("--set", nargs="+", default=[], action="extend", metavar="KEY=VALUE",
+                   help="override config fields, e.g. --set steps=20000 seed=1")
+    p.add_argument("--logdir", help="run folder (default runs/<env>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --logdir")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (registers custom gym envs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint", description=(
+        "Run whole episodes with the actor's mode (or --policy sample/random) and report the mean "
+        "and standard deviation of the return; writes JSON."))
+    p.add_argument("checkpoint", help="checkpoint folder or run folder")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--policy", choices=("mode", "sample", "random"), default="mode")
+    p.add_argument("--env", help="evaluate on this env id instead of the checkpoint's own")
+    p.add_argument("--out", help="JSON output path")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("bench", help="measure update and env speed; writes JSON")
+    p.add_argument("--presets", nargs="+", default=["atari", "small", "debug"])
+    p.add_argument("--repeats", type=int, default=3, help="timed updates per preset")
+    p.add_argument("--out", default="bench.json")
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+
+    try:
+        return args.func(args)
+    except (ValueError, ConfigError, CheckpointError, FileNotFoundError, NotImplementedError) as exc:
+        print(f"xdreamer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xdreamer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

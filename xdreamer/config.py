@@ -1,0 +1,232 @@
+"""Typed, frozen run configuration with named presets.
+
+One flat dataclass holds every knob. ``defaults`` are DreamerV2's released Atari
+configuration (danijar/dreamerv2 ``configs.yaml``, ``defaults`` + ``atari`` blocks,
+commit 07d906e); presets override it in the order given, so ``--preset atari small``
+means "the paper's Atari config, shrunk to CPU size". ``--set key=value`` overrides
+any field after the presets. Unknown keys and values that do not parse as the
+field's type are errors (``ConfigError``), never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from typing import Any, Iterable, Mapping
+
+
+class ConfigError(ValueError):
+    """A bad preset name, unknown key or unparsable value."""
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- run -------------------------------------------------------------------------
+    env: str = "toy:catch"
+    seed: int = 0
+    steps: int = 50_000_000  # agent steps (atari block: steps 5e7 = 2e8 frames)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "float32"  # float32 | bfloat16 (autocast); paper used fp16, see reference §9.4
+    threads: int = 0  # torch intra-op threads, 0 = torch default
+
+    # --- env protocol (DreamerV2 atari wrapper defaults) -------------------------------
+    action_repeat: int = 4  # atari: action_repeat 4; dmc_vision: 2
+    time_limit: int = 27_000  # agent steps (atari: time_limit 27000 = 108k frames)
+    sticky: float = 0.25  # atari: sticky actions, repeat_action_probability 0.25
+    noops: int = 30  # atari: up to 30 no-op starts
+
+    # --- schedule ---------------------------------------------------------------------
+    prefill: int = 50_000  # atari: prefill 50000 random agent steps
+    train_every: int = 16  # atari: train_every 16 agent steps
+    train_steps: int = 1  # updates per train call
+    pretrain: int = 1  # updates right after prefill (configs.yaml: pretrain 1)
+    eval_every: int = 250_000  # atari: eval_every 2.5e5
+    eval_episodes: int = 1  # configs.yaml: eval_eps 1
+    log_every: int = 10_000  # atari: log_every 1e4
+    video_every: int = 250_000  # open-loop prediction video cadence (agent steps)
+    checkpoint_every: int = 100_000  # agent steps
+    checkpoint_minutes: float = 15.0  # also checkpoint when this much wall time passed
+    keep_checkpoints: int = 2
+
+    # --- replay -----------------------------------------------------------------------
+    batch: int = 16  # dataset.batch 16 (final code; paper-era 50, see preset atari-paper)
+    length: int = 50  # dataset.length 50
+    replay_capacity: int = 2_000_000  # replay.capacity 2e6 steps
+    prioritize_ends: bool = True  # replay.prioritize_ends True
+
+    # --- world model ------------------------------------------------------------------
+    cnn_depth: int = 48  # encoder/decoder cnn_depth 48
+    mlp_layers: int = 4  # heads: 4 x 400, ELU
+    mlp_units: int = 400
+    deter: int = 600  # atari rssm deter 600
+    hidden: int = 600  # atari rssm hidden 600
+    stoch: int = 32  # 32 categorical variables ...
+    classes: int = 32  # ... with 32 classes each
+    clip_rewards: str = "tanh"  # atari: clip_rewards tanh; dmc_vision: identity
+    pred_discount: bool = True  # atari: pred_discount True; dmc_vision: False
+    kl_scale: float = 0.1  # loss_scales.kl 0.1 (beta)
+    kl_balance: float = 0.8  # kl.balance 0.8 (alpha)
+    kl_free: float = 0.0  # kl.free 0.0 (free nats; dmc_vision 1.0)
+    kl_free_avg: bool = True  # kl.free_avg True
+    discount_scale: float = 5.0  # loss_scales.discount 5.0
+    reward_scale: float = 1.0  # loss_scales.reward 1.0
+    model_lr: float = 2e-4  # model_opt.lr 2e-4
+    # --- actor-critic -----------------------------------------------------------------
+    actor_lr: float = 4e-5  # actor_opt.lr 4e-5
+    critic_lr: float = 1e-4  # critic_opt.lr 1e-4
+    adam_eps: float = 1e-5  # *_opt.eps 1e-5
+    grad_clip: float = 100.0  # *_opt.clip 100
+    weight_decay: float = 1e-6  # *_opt.wd 1e-6
+    horizon: int = 15  # imag_horizon 15
+    discount: float = 0.999  # atari: discount 0.999
+    discount_lambda: float = 0.95  # discount_lambda 0.95
+    actor_grad: str = "auto"  # auto -> reinforce (discrete) / dynamics (continuous); or reinforce|dynamics|both
+    actor_grad_mix: float = 0.1  # actor_grad_mix 0.1 (weight of dynamics backprop when actor_grad=both)
+    actor_ent: float = 1e-3  # atari: actor_ent 1e-3 (eta)
+    actor_min_std: float = 0.1  # continuous actor: min_std 0.1
+    slow_target_update: int = 100  # slow_target_update 100 updates
+    slow_target_fraction: float = 1.0  # slow_target_fraction 1 (hard copy)
+
+    # ----------------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> "Config":
+        return parse_overrides(self, changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Config":
+        return parse_overrides(cls(), data)
+
+    def validate(self) -> "Config":
+        choices = {
+            "precision": ("float32", "bfloat16"),
+            "clip_rewards": ("tanh", "identity"),
+            "actor_grad": ("auto", "reinforce", "dynamics", "both"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        positive = ("steps", "batch", "length", "cnn_depth", "mlp_units", "deter", "hidden", "stoch",
+                    "classes", "horizon", "train_every", "replay_capacity", "action_repeat", "time_limit")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        if not 0.0 <= self.kl_balance <= 1.0:
+            raise ConfigError(f"kl_balance must be in [0, 1], got {self.kl_balance}")
+        if self.length < 2:
+            raise ConfigError("length must be at least 2")
+        return self
+
+
+# Presets only change numbers; they are merged in the order given on the command line.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's Atari configuration is the default; the preset exists so that commands read
+    # like the paper and compose (``--preset atari small``).
+    "atari": {},
+    # Paper-era batch (dreamerv2 commits 0216d33..6124db4 used dataset.batch 50).
+    "atari-paper": {"batch": 50},
+    # The paper's DMC-vision block (configs.yaml ``dmc_vision``), used for MuJoCo from pixels.
+    "mujoco": {
+        "action_repeat": 2, "deter": 200, "hidden": 200, "kl_scale": 1.0, "kl_free": 1.0,
+        "actor_grad": "dynamics", "actor_ent": 1e-4, "discount": 0.99, "model_lr": 3e-4,
+        "actor_lr": 8e-5, "critic_lr": 8e-5, "clip_rewards": "identity", "pred_discount": False,
+        "train_every": 5, "prefill": 1000, "pretrain": 100, "time_limit": 500,
+        "eval_every": 10_000, "log_every": 1000, "video_every": 10_000,
+    },
+    # CPU-sized: same algorithm, smaller networks and cadence. Only numbers shrink.
+    "small": {
+        "cnn_depth": 16, "mlp_layers": 2, "mlp_units": 200, "deter": 200, "hidden": 200,
+        "stoch": 16, "classes": 16, "batch": 16, "length": 32, "prefill": 2_000,
+        "train_every": 4, "replay_capacity": 200_000, "eval_every": 5_000, "eval_episodes": 5,
+        "log_every": 1_000, "video_every": 10_000, "checkpoint_every": 5_000,
+        "checkpoint_minutes": 5.0, "steps": 200_000,
+        # Smaller nets learn with larger steps (DreamerV1/dmc rates): model 3e-4, AC 8e-5 -> CPU budget.
+        "model_lr": 6e-4, "actor_lr": 2e-4, "critic_lr": 2e-4,
+    },
+    # Tiny: exercises every code path in seconds. Numbers only.
+    "debug": {
+        "cnn_depth": 8, "mlp_layers": 2, "mlp_units": 64, "deter": 64, "hidden": 64,
+        "stoch": 8, "classes": 8, "batch": 4, "length": 16, "horizon": 5, "prefill": 200,
+        "train_every": 8, "replay_capacity": 10_000, "eval_every": 500, "eval_episodes": 1,
+        "log_every": 100, "video_every": 500, "checkpoint_every": 500, "steps": 1_000,
+        "slow_target_update": 10,
+    },
+}
+
+
+def _coerce(name: str, typ: Any, value: Any) -> Any:
+    """Parse ``value`` (a string from the CLI or a JSON value) as the field's type."""
+    typ = {"int": int, "float": float, "str": str, "bool": bool}.get(typ, typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={value!r} is not a boolean")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} is not an integer")
+        if isinstance(value, int):
+            return value
+        try:
+            number = float(str(value).replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} is not an integer") from None
+        if not number.is_integer():
+            raise ConfigError(f"{name}={value!r} is not an integer")
+        return int(number)
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} is not a number")
+        try:
+            return float(str(value).replace("_", "")) if not isinstance(value, (int, float)) else float(value)
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} is not a number") from None
+    return str(value)
+
+
+_FIELDS = {f.name: f for f in fields(Config)}
+
+
+def parse_overrides(base: Config, changes: Mapping[str, Any]) -> Config:
+    """Return ``base`` with ``changes`` applied; unknown keys and bad values raise ConfigError."""
+    parsed = {}
+    for key, value in changes.items():
+        if key not in _FIELDS:
+            close = [k for k in _FIELDS if key.split(".")[-1] in k or k in key]
+            hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+        parsed[key] = _coerce(key, _FIELDS[key].type, value)
+    return dataclasses.replace(base, **parsed)
+
+
+def parse_set_args(items: Iterable[str]) -> dict[str, str]:
+    """Parse ``key=value`` strings from ``--set``."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def build_config(presets: Iterable[str] = (), overrides: Mapping[str, Any] | None = None,
+                 base: Config | None = None) -> Config:
+    """Merge presets in order over the defaults, then ``overrides``; validate the result."""
+    cfg = base or Config()
+    for name in presets:
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+        cfg = parse_overrides(cfg, PRESETS[name])
+    if overrides:
+        cfg = parse_overrides(cfg, overrides)
+    return cfg.validate()

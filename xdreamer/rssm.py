@@ -1,0 +1,190 @@
+"""Recurrent state-space model with 32x32 categorical latents (DreamerV2, Hafner et al. 2021, §2).
+
+Latent state per step: ``deter`` h_t ``[B, deter]`` (layer-normed GRU), ``stoch`` z_t
+``[B, stoch, classes]`` one-hot (straight-through gradients), and the ``logits`` it was
+drawn from. ``feat = concat(h_t, flatten(z_t))``.
+
+Time alignment (drawn once, here; replay and training follow it)::
+
+    replay row t:   image o_t   action a_{t-1}   reward r_t   is_first_t
+                                   |
+    prior   p(z_t | h_t),  h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1})
+    post    q(z_t | h_t, o_t)
+
+So ``observe(embed, action, is_first)`` consumes ``action[:, t]`` as the action that *led to*
+``o_t``; on ``is_first`` the previous state and action are zeroed (a new episode).
+This module holds the only implementation of ``observe`` / ``imagine``; training,
+evaluation and the analysis layer all call it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .nets import LayerNormGRUCell
+
+
+class State(NamedTuple):
+    """RSSM latent state; leading dims are ``[B]`` for one step or ``[B, T]`` for sequences."""
+
+    deter: torch.Tensor  # [..., deter]
+    stoch: torch.Tensor  # [..., stoch, classes] one-hot (straight-through)
+    logits: torch.Tensor  # [..., stoch, classes]
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "State":
+        return State(*(fn(x) for x in self))
+
+    def detach(self) -> "State":
+        return self.map(torch.Tensor.detach)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, int) and not isinstance(index, bool):
+            return tuple.__getitem__(self, index)
+        return self.map(lambda x: x[index])
+
+
+def stack_states(states: list[State], dim: int = 1) -> State:
+    return State(*(torch.stack(parts, dim) for parts in zip(*states)))
+
+
+Policy = Callable[[torch.Tensor], torch.Tensor]  # feat [B, F] -> action [B, A]
+Intervention = Callable[[int, State], State]  # (step index 1..H, prior state) -> state
+
+
+class RSSM(nn.Module):
+    def __init__(self, embed_dim: int, action_dim: int, deter: int = 600, hidden: int = 600,
+                 stoch: int = 32, classes: int = 32) -> None:
+        super().__init__()
+        self.deter_size, self.stoch_size, self.classes = deter, stoch, classes
+        self.action_dim = action_dim
+        self.img_in = nn.Sequential(nn.Linear(stoch * classes + action_dim, hidden), nn.ELU())
+        self.gru = LayerNormGRUCell(hidden, deter)
+        self.img_out = nn.Sequential(nn.Linear(deter, hidden), nn.ELU(), nn.Linear(hidden, stoch * classes))
+        self.obs_out = nn.Sequential(nn.Linear(deter + embed_dim, hidden), nn.ELU(),
+                                     nn.Linear(hidden, stoch * classes))
+
+    # ---- state helpers --------------------------------------------------------------------
+    @property
+    def feat_dim(self) -> int:
+        return self.deter_size + self.stoch_size * self.classes
+
+    def initial(self, batch: int, device: torch.device | str = "cpu") -> State:
+        zeros = torch.zeros(batch, self.stoch_size, self.classes, device=device)
+        return State(torch.zeros(batch, self.deter_size, device=device), zeros, zeros.clone())
+
+    @staticmethod
+    def get_feat(state: State) -> torch.Tensor:
+        """``[..., deter + stoch * classes]``."""
+        return torch.cat([state.deter, state.stoch.flatten(-2)], -1)
+
+    def _stoch_from_logits(self, flat_logits: torch.Tensor, sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = flat_logits.reshape(*flat_logits.shape[:-1], self.stoch_size, self.classes)
+        probs = logits.softmax(-1)
+        if sample:
+            index = torch.multinomial(probs.reshape(-1, self.classes), 1).reshape(probs.shape[:-1])
+        else:
+            index = probs.argmax(-1)
+        onehot = F.one_hot(index, self.classes).to(probs.dtype)
+        # Straight-through gradients (DreamerV2 §2, Algorithm 1).
+        return onehot + probs - probs.detach(), logits
+
+    # ---- one step -----------------------------------------------------------------------
+    def img_step(self, prev: State, prev_action: torch.Tensor, sample: bool = True) -> State:
+        """Prior step: ``h_t = GRU(h_{t-1}, [z_{t-1}, a_{t-1}])``, ``z_t ~ p(z_t | h_t)``."""
+        x = self.img_in(torch.cat([prev.stoch.flatten(-2), prev_action], -1))
+        deter = self.gru(x, prev.deter)
+        stoch, logits = self._stoch_from_logits(self.img_out(deter), sample)
+        return State(deter, stoch, logits)
+
+    def obs_step(self, prev: State, prev_action: torch.Tensor, embed: torch.Tensor,
+                 is_first: torch.Tensor, sample: bool = True) -> tuple[State, State]:
+        """Posterior step. ``is_first`` ``[B]`` zeroes the previous state and action."""
+        keep = (1.0 - is_first.to(prev.deter.dtype)).unsqueeze(-1)
+        prev = State(prev.deter * keep, prev.stoch * keep.unsqueeze(-1), prev.logits * keep.unsqueeze(-1))
+        prior = self.img_step(prev, prev_action * keep, sample)
+        post_stoch, post_logits = self._stoch_from_logits(
+            self.obs_out(torch.cat([prior.deter, embed], -1)), sample)
+        return State(prior.deter, post_stoch, post_logits), prior
+
+    # ---- sequences ------------------------------------------------------------------------
+    def observe(self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
+                state: State | None = None, sample: bool = True) -> tuple[State, State]:
+        """Posterior and prior over a sequence.
+
+        embed ``[B, T, E]``, action ``[B, T, A]`` (``action[:, t]`` = a_{t-1}), is_first ``[B, T]``.
+        Returns ``(post, prior)`` with leading dims ``[B, T]``.
+        """
+        B, T = embed.shape[:2]
+        assert action.shape[:2] == (B, T) and is_first.shape == (B, T), (embed.shape, action.shape, is_first.shape)
+        if state is None:
+            state = self.initial(B, embed.device)
+        posts, priors = [], []
+        for t in range(T):
+            state, prior = self.obs_step(state, action[:, t], embed[:, t], is_first[:, t], sample)
+            posts.append(state)
+            priors.append(prior)
+        return stack_states(posts), stack_states(priors)
+
+    def imagine(self, start: State, policy: Policy | None = None, horizon: int = 15,
+                actions: torch.Tensor | None = None, intervene: Intervention | None = None,
+                sample: bool = True) -> tuple[State, torch.Tensor]:
+        """Roll the prior forward from ``start`` ``[B]`` for ``horizon`` steps.
+
+        Actions come from ``policy(feat.detach())`` or, where ``actions`` ``[B, H, A]`` is given,
+        from it (a fixed sequence); a policy may also follow after a given prefix (``actions``
+        shorter than ``horizon``). ``intervene(i, state)`` may replace the imagined state at
+        step ``i`` (1..H) before it is used further: latent interventions for the analysis layer.
+
+        Returns ``(states, actions)``: states ``[B, H+1]`` with ``states[:, 0] = start`` and
+        ``actions`` ``[B, H+1, A]`` where ``actions[:, i]`` led to ``states[:, i]``
+        (``actions[:, 0]`` is zero), matching dreamerv2 ``WorldModel.imagine``.
+        """
+        if actions is None and policy is None:
+            raise ValueError("imagine needs a policy or an action sequence")
+        fixed = 0 if actions is None else actions.shape[1]
+        if fixed < horizon and policy is None:
+            raise ValueError(f"{fixed} actions given for horizon {horizon} and no policy to continue")
+        B = start.deter.shape[0]
+        states = [start]
+        acts = [torch.zeros(B, self.action_dim, device=start.deter.device, dtype=start.deter.dtype)]
+        state = start
+        for i in range(horizon):
+            if i < fixed:
+                action = actions[:, i]
+            else:
+                action = policy(self.get_feat(state).detach())
+            state = self.img_step(state, action, sample)
+            if intervene is not None:
+                state = intervene(i + 1, state)
+            states.append(state)
+            acts.append(action)
+        return stack_states(states), torch.stack(acts, 1)
+
+    # ---- KL ----------------------------------------------------------------------------------
+    @staticmethod
+    def kl(lhs_logits: torch.Tensor, rhs_logits: torch.Tensor) -> torch.Tensor:
+        """KL(lhs || rhs) summed over the categorical variables: ``[...]``."""
+        lp, lq = lhs_logits.log_softmax(-1), rhs_logits.log_softmax(-1)
+        return (lp.exp() * (lp - lq)).sum((-1, -2))
+
+    def kl_loss(self, post: State, prior: State, balance: float, free: float,
+                free_avg: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """KL balancing (DreamerV2 §2, Algorithm 2): ``alpha`` trains the prior toward the
+        posterior, ``1 - alpha`` regularises the posterior toward the prior.
+
+        Returns ``(loss, kl_value)`` where ``kl_value`` ``[B, T]`` is KL(post || prior).
+        """
+        value_post = self.kl(post.logits, prior.logits.detach())  # gradient -> posterior only
+        value_prior = self.kl(post.logits.detach(), prior.logits)  # gradient -> prior only
+        if free_avg:
+            loss_post = value_post.mean().clamp(min=free)
+            loss_prior = value_prior.mean().clamp(min=free)
+        else:
+            loss_post = value_post.clamp(min=free).mean()
+            loss_prior = value_prior.clamp(min=free).mean()
+        loss = balance * loss_prior + (1 - balance) * loss_post
+        return loss, self.kl(post.logits, prior.logits).detach()

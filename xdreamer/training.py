@@ -1,0 +1,263 @@
+"""The training loop (dreamerv2 ``train.py``): prefill with a random policy, then alternate
+acting in the env with the actor and one update every ``train_every`` agent steps.
+
+A run folder holds ``config.json``, ``metrics.jsonl``, ``tb/``, ``replay/`` (completed
+episodes), ``videos/`` (open-loop predictions) and ``checkpoints/step-N/`` with a ``latest``
+pointer. ``resume=True`` continues from the latest checkpoint: weights, optimisers, step and
+update counters, RNG states and the replay reloaded from disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .agent import Agent
+from .config import Config
+from .envs import Env, make
+from .evaluation import episode_seed, evaluate, random_action
+from .logger import Logger, write_video
+from .openloop import grid_frames, open_loop
+from .replay import EpisodeBuilder, Replay
+
+
+# Fields that may change when a run is resumed; everything else is fixed by the run's config.
+RUNTIME_KEYS = ("steps", "device", "precision", "threads", "eval_every", "eval_episodes", "log_every",
+                "video_every", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints")
+
+
+def env_kwargs(cfg: Config) -> dict[str, Any]:
+    """The env-protocol fields of ``cfg`` that apply to ``cfg.env``'s family."""
+    family = cfg.env.split(":", 1)[0]
+    if family == "atari":
+        return {"sticky": cfg.sticky, "noops": cfg.noops, "time_limit": cfg.time_limit}
+    if family == "mujoco":
+        return {"action_repeat": cfg.action_repeat}
+    return {}
+
+
+def make_env(cfg: Config, seed: int | None = None) -> Env:
+    return make(cfg.env, seed=seed, **env_kwargs(cfg))
+
+
+class Every:
+    """True once every ``every`` units of a counter (dreamerv2 ``common.Every``)."""
+
+    def __init__(self, every: int, last: int = 0) -> None:
+        self.every, self.last = every, last
+
+    def __call__(self, step: int) -> bool:
+        if self.every <= 0 or step < self.last + self.every:
+            return False
+        self.last = step - step % self.every
+        return True
+
+
+@dataclass
+class TrainResult:
+    logdir: pathlib.Path
+    checkpoint: pathlib.Path
+    steps: int
+    updates: int
+    eval_mean: float | None
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+class Trainer:
+    def __init__(self, cfg: Config | None, logdir: str | os.PathLike, resume: bool = False,
+                 progress: bool = True, overrides: Mapping[str, Any] | None = None) -> None:
+        """``cfg`` configures a new run. With ``resume`` the run's saved config is used and
+        ``overrides`` may change only run-time fields (``RUNTIME_KEYS``)."""
+        self.logdir = pathlib.Path(logdir)
+        self.ckpt_dir = self.logdir / "checkpoints"
+        has_run = (self.ckpt_dir / "latest").exists()
+        if has_run and not resume:
+            raise ValueError(f"{self.logdir} already holds a run; pass --resume to continue it "
+                             "or choose another --logdir")
+        if resume and not has_run:
+            raise ValueError(f"nothing to resume in {self.logdir} (no checkpoints/latest)")
+        self.progress = progress
+        trainer_state = None
+        if resume:
+            bad = sorted(set(overrides or {}) - set(RUNTIME_KEYS))
+            if bad:
+                raise ValueError(f"cannot change {', '.join(bad)} when resuming; only run-time keys "
+                                 f"({', '.join(RUNTIME_KEYS)}) may change")
+            cfg = Config.from_dict(json.loads((self.logdir / "config.json").read_text()))
+            cfg = cfg.replace(**(overrides or {})).validate()
+            self.agent, trainer_state = checkpoint.load(self.logdir, overrides=cfg.to_dict(), trainer=True)
+            self.agent.train()
+        assert cfg is not None
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed)
+        self.cfg = cfg
+        self.env = make_env(cfg, seed=cfg.seed)
+        self.eval_env = make_env(cfg, seed=cfg.seed + 1)
+        if not resume:
+            self.agent = Agent(cfg, self.env.spec)
+        else:
+            checkpoint.check_env(self.agent.spec, self.env.spec)
+        self.agent.init_optimizers()
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        (self.logdir / "config.json").write_text(cfg.to_json() + "\n")
+        self.replay = Replay(self.logdir / "replay", cfg.replay_capacity, seed=cfg.seed,
+                             prioritize_ends=cfg.prioritize_ends)
+        self.logger = Logger(self.logdir)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.step, self.episodes, self.pretrained = 0, 0, False
+        if trainer_state is not None:
+            self._restore(trainer_state)
+        self.replay.load()
+
+    # ---- state for resume ------------------------------------------------------------------
+    def _trainer_state(self) -> dict[str, Any]:
+        return {"step": self.step, "episodes": self.episodes, "updates": self.agent.updates,
+                "pretrained": self.pretrained, "optimizers": self.agent.optimizer_state(),
+                "torch_rng": torch.get_rng_state(), "numpy_rng": json.dumps(self.rng.bit_generator.state),
+                "replay_rng": json.dumps(self.replay.rng.bit_generator.state)}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.step, self.episodes = int(state["step"]), int(state["episodes"])
+        self.agent.updates, self.pretrained = int(state["updates"]), bool(state["pretrained"])
+        self.agent.load_optimizer_state(state["optimizers"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rng.bit_generator.state = json.loads(state["numpy_rng"])
+        self.replay.rng.bit_generator.state = json.loads(state["replay_rng"])
+
+    def save(self, eval_result=None) -> pathlib.Path:
+        name = f"step-{self.step:09d}"
+        extra = {"train_episodes": self.episodes}
+        if eval_result is not None:
+            extra["eval"] = eval_result.to_dict()
+        path = checkpoint.save(self.ckpt_dir / name, self.agent, steps=self.step, extra=extra,
+                               trainer_state=self._trainer_state())
+        tmp = self.ckpt_dir / ".latest.tmp"
+        tmp.write_text(name + "\n")
+        os.replace(tmp, self.ckpt_dir / "latest")
+        old = sorted(p for p in self.ckpt_dir.glob("step-*") if p.is_dir())
+        for stale in old[:-max(self.cfg.keep_checkpoints, 1)]:
+            shutil.rmtree(stale, ignore_errors=True)
+        return path
+
+    # ---- the loop ---------------------------------------------------------------------
+    def _reset(self) -> dict[str, Any]:
+        obs = self.env.reset(seed=episode_seed(self.cfg.seed, self.episodes))
+        self.builder.add(obs, None)
+        self.policy_state = None
+        return obs
+
+    def _update(self) -> None:
+        batch = self.replay.sample(self.cfg.batch, self.cfg.length)
+        self.logger.add(self.agent.train_step(batch), prefix="train/")
+        self.updates_since_log += 1
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        self.builder = EpisodeBuilder(self.env.spec.discrete, self.env.spec.num_actions)
+        should_log, should_eval = Every(cfg.log_every, self.step), Every(cfg.eval_every, self.step)
+        should_video, should_ckpt = Every(cfg.video_every, self.step), Every(cfg.checkpoint_every, self.step)
+        last_ckpt_time = time.time()
+        self.updates_since_log = 0
+        obs = self._reset()
+        episode_return, eval_result = 0.0, None
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.env}", unit="step",
+                       dynamic_ncols=True, smoothing=0.05)
+        t_log, step_log, upd_log = time.time(), self.step, self.agent.updates
+        try:
+            while self.step < cfg.steps:
+                prefilling = self.replay.total_steps < cfg.prefill
+                if prefilling:
+                    action = random_action(self.env.spec, self.rng)
+                else:
+                    actions, self.policy_state = self.agent.policy(
+                        {"image": obs["image"][None], "is_first": np.array([obs["is_first"]])},
+                        self.policy_state, mode="explore")
+                    action = actions[0]
+                obs = self.env.step(action)
+                self.step += 1
+                episode_return += float(obs["reward"])
+                episode = self.builder.add(obs, action)
+                if episode is not None:
+                    self.replay.add_episode(episode)
+                    self.logger.add({"return": episode_return, "length": len(episode["image"])}, "episode/")
+                    self.episodes += 1
+                    episode_return = 0.0
+                    obs = self._reset()
+                if not prefilling and len(self.replay):
+                    if not self.pretrained:
+                        for _ in range(cfg.pretrain):
+                            self._update()
+                        self.pretrained = True
+                    if self.step % cfg.train_every == 0:
+                        for _ in range(cfg.train_steps):
+                            self._update()
+                if bar is not None:
+                    bar.update(1)
+                if should_eval(self.step) and self.pretrained:
+                    eval_result = evaluate(self.agent, self.eval_env, cfg.eval_episodes, seed=cfg.seed)
+                    self.logger.add({"return_mean": eval_result.mean, "return_std": eval_result.std}, "eval/")
+                if should_video(self.step) and self.pretrained:
+                    self.write_openloop()
+                if should_log(self.step):
+                    now = time.time()
+                    speed = {"perf/env_steps_per_s": (self.step - step_log) / max(now - t_log, 1e-9),
+                             "perf/updates_per_s": (self.agent.updates - upd_log) / max(now - t_log, 1e-9),
+                             "perf/replay_steps": len(self.replay), "perf/updates": self.agent.updates}
+                    row = self.logger.write(self.step, speed)
+                    t_log, step_log, upd_log = now, self.step, self.agent.updates
+                    if bar is not None:
+                        post = {"env/s": f"{speed['perf/env_steps_per_s']:.0f}",
+                                "upd/s": f"{speed['perf/updates_per_s']:.2f}"}
+                        if "episode/return" in row:
+                            post["return"] = f"{row['episode/return']:.2f}"
+                        if "eval/return_mean" in row:
+                            post["eval"] = f"{row['eval/return_mean']:.2f}"
+                        bar.set_postfix(post)
+                if should_ckpt(self.step) or time.time() - last_ckpt_time > 60 * cfg.checkpoint_minutes:
+                    self.save(eval_result)
+                    last_ckpt_time = time.time()
+            final_eval = None
+            if self.pretrained:
+                final_eval = evaluate(self.agent, self.eval_env, cfg.eval_episodes, seed=cfg.seed)
+                self.logger.write(self.step, {"eval/return_mean": final_eval.mean,
+                                              "eval/return_std": final_eval.std})
+            path = self.save(final_eval or eval_result)
+        finally:
+            if bar is not None:
+                bar.close()
+            self.logger.close()
+        return TrainResult(self.logdir, path, self.step, self.agent.updates,
+                           final_eval.mean if final_eval else None)
+
+    def write_openloop(self, samples: int = 6, length: int = 50) -> pathlib.Path:
+        """Write ``videos/openloop-<step>.mp4``: 5 context frames then 45 imagined."""
+        batch = self.replay.sample(samples, length)
+        self.agent.eval()
+        pred = open_loop(self.agent.wm, self.agent.to_torch(batch), context=5)
+        self.agent.train()
+        (self.logdir / "videos").mkdir(exist_ok=True)
+        return write_video(self.logdir / "videos" / f"openloop-{self.step:09d}.mp4", grid_frames(pred))
+
+
+def train(cfg: Config | None, logdir: str | os.PathLike, resume: bool = False, progress: bool = True,
+          overrides: Mapping[str, Any] | None = None) -> TrainResult:
+    """Train an agent per ``cfg`` in ``logdir``, or resume the run there (see ``Trainer``)."""
+    return Trainer(cfg, logdir, resume=resume, progress=progress, overrides=overrides).run()

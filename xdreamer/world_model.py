@@ -1,0 +1,121 @@
+"""DreamerV2 world model: encoder, RSSM, image decoder, reward and discount heads, and its loss.
+
+The analysis layer talks to this interface (``preprocess``, ``encode``, ``observe``,
+``imagine``, ``decode``, ``reward``, ``discount``, ``feat``), not to RSSM internals, so that
+other members of the family (DreamerV1 Gaussian latents, DreamerV3 options) can plug in.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import Config
+from .nets import MLP, ConvDecoder, ConvEncoder
+from .rssm import RSSM, Intervention, Policy, State
+
+
+class WorldModel(nn.Module):
+    def __init__(self, cfg: Config, channels: int, action_dim: int, discrete: bool) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.channels, self.action_dim, self.discrete = channels, action_dim, discrete
+        self.encoder = ConvEncoder(channels, cfg.cnn_depth)
+        self.rssm = RSSM(self.encoder.out_dim, action_dim, cfg.deter, cfg.hidden, cfg.stoch, cfg.classes)
+        feat = self.rssm.feat_dim
+        self.decoder = ConvDecoder(feat, channels, cfg.cnn_depth)
+        self.reward_head = MLP(feat, 1, cfg.mlp_layers, cfg.mlp_units)
+        self.discount_head = MLP(feat, 1, cfg.mlp_layers, cfg.mlp_units) if cfg.pred_discount else None
+
+    # ---- the one preprocessing -----------------------------------------------------------
+    def preprocess(self, data: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Replay/env tensors -> model inputs.
+
+        image uint8 ``[B, T, C, 64, 64]`` -> float in [-0.5, 0.5]; discrete actions (int
+        ``[B, T]``) -> one-hot ``[B, T, A]``; reward clipped per ``clip_rewards``; ``discount`` =
+        gamma * (1 - is_terminal) as the discount head's target (dreamerv2 ``preprocess``).
+        """
+        image = data["image"]
+        assert image.dtype == torch.uint8, f"images must be uint8, got {image.dtype}"
+        out = {"image": image.float() / 255.0 - 0.5, "action": self.action_input(data["action"]),
+               "is_first": data["is_first"].float()}
+        if "reward" in data:
+            reward = data["reward"].float()
+            out["reward"] = torch.tanh(reward) if self.cfg.clip_rewards == "tanh" else reward
+        if "is_terminal" in data:
+            out["discount"] = self.cfg.discount * (1.0 - data["is_terminal"].float())
+        return out
+
+    def action_input(self, action: torch.Tensor) -> torch.Tensor:
+        if self.discrete:
+            if action.dtype.is_floating_point and action.shape[-1:] == (self.action_dim,):
+                return action  # already one-hot / relaxed
+            return F.one_hot(action.long(), self.action_dim).float()
+        return action.float()
+
+    # ---- interface ----------------------------------------------------------------------
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        return self.encoder(image)
+
+    def observe(self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
+                state: State | None = None, sample: bool = True) -> tuple[State, State]:
+        return self.rssm.observe(embed, action, is_first, state, sample)
+
+    def imagine(self, start: State, policy: Policy | None = None, horizon: int = 15,
+                actions: torch.Tensor | None = None, intervene: Intervention | None = None,
+                sample: bool = True) -> tuple[State, torch.Tensor]:
+        return self.rssm.imagine(start, policy, horizon, actions, intervene, sample)
+
+    feat = staticmethod(RSSM.get_feat)
+
+    def decode(self, feat: torch.Tensor) -> torch.Tensor:
+        """Mean image in [-0.5, 0.5], ``[..., C, 64, 64]``."""
+        return self.decoder(feat)
+
+    def reward(self, feat: torch.Tensor) -> torch.Tensor:
+        """Predicted (clipped) reward ``[...]``."""
+        return self.reward_head(feat).squeeze(-1)
+
+    def discount(self, feat: torch.Tensor) -> torch.Tensor:
+        """Predicted gamma * P(continue) ``[...]``; constant gamma without a discount head.
+
+        The head is trained on the soft target gamma * (1 - is_terminal), so its Bernoulli
+        mean already includes gamma (dreamerv2 ``imagine``: ``disc = heads['discount'].mean()``).
+        """
+        if self.discount_head is None:
+            return torch.full(feat.shape[:-1], self.cfg.discount, device=feat.device)
+        return torch.sigmoid(self.discount_head(feat).squeeze(-1))
+
+    # ---- training loss -------------------------------------------------------------------
+    def loss(self, data: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, State, dict[str, torch.Tensor]]:
+        """World-model loss on a batch ``[B, T]``; returns ``(loss, post, metrics)``."""
+        cfg = self.cfg
+        inp = self.preprocess(data)
+        embed = self.encoder(inp["image"])
+        post, prior = self.rssm.observe(embed, inp["action"], inp["is_first"])
+        kl_loss, kl_value = self.rssm.kl_loss(post, prior, cfg.kl_balance, cfg.kl_free, cfg.kl_free_avg)
+        feat = self.rssm.get_feat(post)
+        # Unit-variance Gaussian image likelihood: -log p = 0.5 * sum (x - mu)^2 + const (const dropped).
+        image_loss = 0.5 * (self.decoder(feat) - inp["image"]).pow(2).sum((-3, -2, -1)).mean()
+        # Reward head: dreamerv2 ``mse`` dist, -log p = (r - mu)^2.
+        reward_loss = (self.reward(feat) - inp["reward"]).pow(2).mean()
+        loss = image_loss + cfg.reward_scale * reward_loss + cfg.kl_scale * kl_loss
+        metrics = {"image_loss": image_loss, "reward_loss": reward_loss, "kl_loss": kl_loss,
+                   "kl": kl_value.mean(), "prior_entropy": _entropy(prior.logits).mean(),
+                   "post_entropy": _entropy(post.logits).mean()}
+        if self.discount_head is not None:
+            # Bernoulli likelihood with soft target gamma * (1 - is_terminal), scale 5.
+            logits = self.discount_head(feat).squeeze(-1)
+            discount_loss = F.binary_cross_entropy_with_logits(logits, inp["discount"])
+            loss = loss + cfg.discount_scale * discount_loss
+            metrics["discount_loss"] = discount_loss
+        metrics["model_loss"] = loss
+        return loss, post, metrics
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    logp = logits.log_softmax(-1)
+    return -(logp.exp() * logp).sum((-1, -2))
