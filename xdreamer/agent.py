@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -56,6 +57,7 @@ class Agent(nn.Module):
         self.to(self.device)
         self.updates = 0
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.last_timings: dict[str, float] = {}
 
     # ---- convenience -------------------------------------------------------------------
     @property
@@ -133,11 +135,13 @@ class Agent(nn.Module):
             self.init_optimizers()
         if self.updates % self.cfg.slow_target_update == 0:
             self.ac.update_target()
+        t0 = time.perf_counter()
         data = self.to_torch(batch)
         self.train()
         with self.autocast():
             model_loss, post, metrics = self.wm.loss(data)
         metrics["model_grad_norm"] = self._step("model", model_loss, self.wm.parameters())
+        middle = time.perf_counter()
         start = post.detach().map(lambda x: x.flatten(0, 1).float())
         is_terminal = data["is_terminal"].flatten(0, 1)
         with frozen(self.wm), self.autocast():
@@ -146,7 +150,8 @@ class Agent(nn.Module):
         metrics["actor_grad_norm"] = self._step("actor", actor_loss, self.ac.actor.parameters())
         metrics["critic_grad_norm"] = self._step("critic", critic_loss, self.ac.critic.parameters())
         self.updates += 1
-        return {k: float(v) for k, v in metrics.items()}
+        self.last_timings = {"model_s": middle - t0, "behavior_s": time.perf_counter() - middle}
+        return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in metrics.items()}
 
     # ---- (de)serialisation of the learnable state -----------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:

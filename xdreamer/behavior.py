@@ -16,8 +16,6 @@ prior forward ``horizon`` steps under the actor. Timing, batch-major (``[N, H+1]
 from __future__ import annotations
 
 import copy
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,10 +61,12 @@ class Actor(nn.Module):
     def forward(self, feat: torch.Tensor) -> torch.distributions.Distribution:
         out = self.net(feat)
         if self.discrete:
-            return OneHotCategorical(logits=out)
+            return OneHotCategorical(logits=out, validate_args=False)
         mean, std = out.chunk(2, -1)
         std = 2 * torch.sigmoid(std / 2) + self.min_std  # dreamerv2 trunc_normal std parameterisation
-        return Independent(TransformedDistribution(Normal(mean, std), TanhTransform(cache_size=1)), 1)
+        base = Normal(mean, std, validate_args=False)
+        return Independent(TransformedDistribution(base, TanhTransform(cache_size=1), validate_args=False), 1,
+                           validate_args=False)
 
     def sample(self, feat: torch.Tensor) -> torch.Tensor:
         """A differentiable sample: straight-through one-hot or reparameterised continuous."""
@@ -88,9 +88,9 @@ class Actor(nn.Module):
         return -dist.log_prob(dist.rsample())  # single-sample estimate (no closed form after tanh)
 
     def log_prob(self, dist: torch.distributions.Distribution, action: torch.Tensor) -> torch.Tensor:
-        if not self.discrete:
-            action = action.clamp(-1 + 1e-6, 1 - 1e-6)
-        return dist.log_prob(action)
+        if self.discrete:  # straight-through samples are one-hot only up to rounding
+            return (action * dist.logits).sum(-1)
+        return dist.log_prob(action.clamp(-1 + 1e-6, 1 - 1e-6))
 
 
 class ActorCritic(nn.Module):
@@ -169,5 +169,3 @@ class ActorCritic(nn.Module):
                        imag_value=self.value(seq["feat"][:, 0].detach()).mean().detach())
         return actor_loss, critic_loss, metrics
 
-
-PolicyFn = Callable[[torch.Tensor], torch.Tensor]

@@ -62,7 +62,6 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 10) -> p
     if path.suffix == ".gif":
         imageio.mimwrite(tmp, list(frames), duration=1000 / fps, loop=0)
     else:
-        imageio.mimwrite(tmp, list(frames), fps=fps, codec="libx264", macro_block_size=16,
-                         output_params=["-pix_fmt", "yuv420p"])
+        imageio.mimwrite(tmp, list(frames), fps=fps, codec="libx264", macro_block_size=16)
     os.replace(tmp, path)
     return path

@@ -1,0 +1,283 @@
+"""Replay alignment, checkpoints, the training loop, resume, the CLI."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import xdreamer
+from conftest import random_batch
+from xdreamer import checkpoint
+from xdreamer.agent import Agent
+from xdreamer.cli import main
+from xdreamer.config import ConfigError, build_config, parse_set_args
+from xdreamer.envs import make
+from xdreamer.replay import EpisodeBuilder, Replay, load_episode
+
+
+# ---- config ---------------------------------------------------------------------------------
+def test_presets_compose_and_set_overrides():
+    cfg = build_config(["atari", "small"], {"deter": "128", "prioritize_ends": "false"})
+    assert cfg.kl_scale == 0.1 and cfg.discount == 0.999  # from atari (paper)
+    assert cfg.cnn_depth == 16  # from small
+    assert cfg.deter == 128 and cfg.prioritize_ends is False  # from --set
+    paper = build_config(["atari"])
+    assert (paper.deter, paper.stoch, paper.classes, paper.cnn_depth, paper.batch, paper.length) == (600, 32, 32, 48, 16, 50)
+    assert build_config(["mujoco"]).kl_scale == 1.0 and build_config(["mujoco"]).kl_free == 1.0
+    with pytest.raises(ConfigError, match="unknown config key 'detr'"):
+        build_config([], {"detr": 1})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        build_config(["huge"])
+    with pytest.raises(ConfigError, match="not an integer"):
+        build_config([], {"deter": "abc"})
+    with pytest.raises(ConfigError):
+        parse_set_args(["deter"])
+
+
+# ---- replay ---------------------------------------------------------------------------------
+def _collect(env, steps, rng):
+    builder = EpisodeBuilder(env.spec.discrete, env.spec.num_actions)
+    obs = env.reset(seed=0)
+    builder.add(obs, None)
+    taken, episodes = [], []
+    for _ in range(steps):
+        action = int(rng.integers(env.spec.num_actions))
+        obs = env.step(action)
+        taken.append((action, obs["reward"], obs["image"].copy()))
+        episode = builder.add(obs, action)
+        if episode is not None:
+            episodes.append(episode)
+            obs = env.reset()
+            builder.add(obs, None)
+            taken.append(None)
+    return episodes, taken
+
+
+def test_replay_time_alignment(tmp_path):
+    env = make("toy:catch", seed=0)
+    episodes, taken = _collect(env, 150, np.random.default_rng(0))
+    episode = episodes[0]
+    # Row t holds o_t, the action a_{t-1} that led to it and the reward r_t received with it.
+    assert episode["is_first"][0] and not episode["is_first"][1:].any()
+    assert episode["action"][0] == 0 and episode["reward"][0] == 0
+    for t in range(1, len(episode["image"])):
+        action, reward, image = taken[t - 1]
+        assert episode["action"][t] == action and episode["reward"][t] == reward
+        assert np.array_equal(episode["image"][t], image)
+    assert episode["is_last"][-1] and episode["is_terminal"][-1] and not episode["is_last"][:-1].any()
+    replay = Replay(tmp_path, capacity=10_000)
+    name = replay.add_episode(episode)
+    stored = load_episode(tmp_path / f"{name}.npz")
+    assert all(np.array_equal(stored[k], episode[k]) for k in episode)
+    batch = replay.sample(8, 40)
+    assert batch["image"].shape == (8, 40, 1, 64, 64) and batch["action"].shape == (8, 40)
+    # A sequence crossing into another episode marks the boundary with is_first.
+    long = replay.sample(4, 200)
+    assert long["is_first"].sum(1).min() >= 1
+
+
+def test_replay_capacity_and_reload(tmp_path):
+    env = make("toy:catch", seed=0)
+    episodes, _ = _collect(env, 400, np.random.default_rng(1))
+    replay = Replay(tmp_path, capacity=150)
+    for ep in episodes:
+        replay.add_episode(ep)
+    assert len(replay) <= 150 + max(len(e["image"]) for e in episodes)
+    assert len(replay.episodes) < len(episodes)  # oldest evicted from memory ...
+    assert len(list(tmp_path.glob("*.npz"))) == len(episodes)  # ... but kept on disk
+    again = Replay(tmp_path, capacity=150)
+    again.load()
+    assert list(again.episodes) == list(replay.episodes)
+    assert again.total_steps == sum(len(e["image"]) for e in episodes)
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+def _obs_stream(env_id="toy:catch", steps=30):
+    env = make(env_id, seed=3)
+    obs = env.reset(seed=3)
+    out = [obs]
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        obs = env.step(int(rng.integers(env.spec.num_actions)))
+        out.append(obs)
+    return out
+
+
+def _actions(agent, stream):
+    state, acts = None, []
+    for obs in stream:
+        a, state = agent.policy({"image": obs["image"][None], "is_first": np.array([obs["is_first"]])}, state,
+                                mode="eval")
+        acts.append(int(a[0]))
+    return acts
+
+
+def test_checkpoint_roundtrip_identical_actions(tmp_path, debug_cfg, toy_spec):
+    torch.manual_seed(0)
+    agent = Agent(debug_cfg, toy_spec)
+    agent.train_step(random_batch(toy_spec, 2, 8))
+    path = checkpoint.save(tmp_path / "ckpt", agent, steps=42)
+    loaded = xdreamer.load(path)
+    assert loaded.manifest["steps"] == 42 and loaded.manifest["env"]["id"] == "toy:catch"
+    assert loaded.cfg == agent.cfg and loaded.spec == agent.spec
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in agent.state_dict().items())
+    stream = _obs_stream()
+    assert _actions(agent.eval(), stream) == _actions(loaded, stream)
+    manifest = json.loads((path / "manifest.json").read_text())
+    for key in ("format_version", "versions", "env", "steps", "weights_sha256"):
+        assert key in manifest
+
+
+def test_checkpoint_errors(tmp_path, debug_cfg, toy_spec):
+    agent = Agent(debug_cfg, toy_spec)
+    path = checkpoint.save(tmp_path / "ckpt", agent, steps=1)
+    with pytest.raises(checkpoint.CheckpointError, match="not found"):
+        xdreamer.load(tmp_path / "missing")
+    with pytest.raises(checkpoint.CheckpointError, match="architecture mismatch"):
+        checkpoint.load(path, overrides={"deter": 32})
+    pong = make("atari:Pong").spec
+    with pytest.raises(checkpoint.CheckpointError, match="mismatch in num_actions"):
+        checkpoint.check_env(agent.spec, pong)
+    weights = path / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CheckpointError, match="sha256"):
+        xdreamer.load(path)
+
+
+def test_checkpoint_load_executes_no_code(tmp_path, debug_cfg, toy_spec):
+    """trainer.pt is read with weights_only=True: a pickle payload is refused, not run."""
+    agent = Agent(debug_cfg, toy_spec)
+    path = checkpoint.save(tmp_path / "ckpt", agent, steps=1, trainer_state={"step": 1})
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"step": Evil()}, path / "trainer.pt")
+    with pytest.raises(Exception):
+        checkpoint.load(path, trainer=True)
+    assert not (tmp_path / "pwned").exists()
+
+
+# ---- training loop, resume ------------------------------------------------------------------
+def test_train_debug_writes_everything(tmp_path):
+    cfg = build_config(["debug"], {"env": "toy:catch", "steps": 600, "video_every": 500})
+    from xdreamer.training import train
+
+    result = train(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert result.steps == 600 and result.updates > 0
+    assert (run / "checkpoints" / "latest").exists() and (result.checkpoint / "manifest.json").exists()
+    assert list((run / "videos").glob("openloop-*.mp4"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/model_loss" in r for r in rows) and any("perf/updates_per_s" in r for r in rows)
+    assert list((run / "tb").glob("events.*"))
+    assert len(list((run / "replay").glob("*.npz"))) >= 5
+    agent = xdreamer.load(run)
+    assert agent.manifest["steps"] == 600 and "eval" in agent.manifest
+
+
+def test_resume_continues(tmp_path):
+    from xdreamer.training import Trainer, train
+
+    cfg = build_config(["debug"], {"env": "toy:catch", "steps": 500, "checkpoint_every": 250})
+    first = train(cfg, tmp_path / "run", progress=False)
+    updates = first.updates
+    with pytest.raises(ValueError, match="already holds a run"):
+        Trainer(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="cannot change deter"):
+        Trainer(None, tmp_path / "run", resume=True, overrides={"deter": 8})
+    trainer = Trainer(None, tmp_path / "run", resume=True, overrides={"steps": 800}, progress=False)
+    assert trainer.step == 500 and trainer.agent.updates == updates
+    episodes_on_disk = len(list((tmp_path / "run" / "replay").glob("*.npz")))
+    assert len(trainer.replay.episodes) == episodes_on_disk
+    result = trainer.run()
+    assert result.steps == 800 and result.updates > updates
+
+
+def test_kill_minus_nine_loses_no_episode(tmp_path):
+    """A training process killed with SIGKILL leaves every completed episode readable; a resumed
+    run continues from its checkpoint's step count."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "xdreamer", "train", "--env", "toy:catch", "--preset", "debug", "--logdir",
+           str(run), "--no-progress", "--set", "steps=100000", "checkpoint_every=200", "eval_every=0",
+           "video_every=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoints" / "latest").exists():
+        time.sleep(0.5)
+    time.sleep(3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run / "checkpoints" / "latest").exists(), "no checkpoint written before the kill"
+    files = list((run / "replay").glob("*.npz"))
+    assert files and not list((run / "replay").glob(".*.tmp"))
+    for path in files:
+        episode = load_episode(path)
+        assert episode["is_first"][0] and episode["is_last"][-1]
+    saved_step = xdreamer.load(run).manifest["steps"]
+    from xdreamer.training import Trainer
+
+    trainer = Trainer(None, run, resume=True, overrides={"steps": saved_step + 50}, progress=False)
+    assert trainer.step == saved_step > 0
+    assert len(trainer.replay.episodes) == len(files)
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+def _cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_train_and_eval(tmp_path, capsys):
+    code, out, err = _cli(capsys, "train", "--env", "toy:catch", "--preset", "debug", "--logdir",
+                          str(tmp_path / "run"), "--no-progress", "--set", "steps=400")
+    assert code == 0, err
+    assert "checkpoint:" in out
+    code, out, err = _cli(capsys, "eval", str(tmp_path / "run"), "--episodes", "2", "--out",
+                          str(tmp_path / "eval.json"), "--no-progress")
+    assert code == 0, err
+    data = json.loads((tmp_path / "eval.json").read_text())
+    assert data["episodes"] == 2 and len(data["returns"]) == 2
+    assert data["mean"] == pytest.approx(np.mean(data["returns"]))
+    assert "±" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--env", "nope:Thing", "--preset", "debug"], "nope:Thing"),
+    (["train", "--env", "toy:catch", "--preset", "giant"], "unknown preset"),
+    (["train", "--env", "toy:catch", "--set", "detr=3"], "unknown config key"),
+    (["eval", "/nonexistent/ckpt"], "not found"),
+])
+def test_cli_errors(tmp_path, capsys, argv, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _cli(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xdreamer: error:") and message in lines[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_cli_eval_env_mismatch_and_corrupt(tmp_path, capsys, debug_cfg, toy_spec):
+    path = checkpoint.save(tmp_path / "ckpt", Agent(debug_cfg, toy_spec), steps=1)
+    code, _, err = _cli(capsys, "eval", str(path), "--env", "atari:Pong", "--episodes", "1")
+    assert code == 2 and "mismatch" in err and "Traceback" not in err
+    (path / "manifest.json").write_text("{not json")
+    code, _, err = _cli(capsys, "eval", str(path))
+    assert code == 2 and "corrupt checkpoint" in err
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "xdreamer", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--preset" in out.stdout and "--set" in out.stdout

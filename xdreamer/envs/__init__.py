@@ -1,0 +1,69 @@
+"""Environment layer of xdreamer: one observation-dict contract over toy games, Atari, MuJoCo and Gymnasium envs.
+
+    env = make("atari:Pong", seed=0)          # or toy:catch, toy:catch-pixel, mujoco:HalfCheetah, gym:CartPole-v1
+    obs = env.reset()                          # dict: image uint8 [C,64,64], reward, is_first, is_last,
+    obs = env.step(action)                     #       is_terminal, objects {name: float32 [x,y,w,h]}, (ram)
+    s = env.get_state(); ...; env.set_state(s) # branch the real simulator (env.spec.can_branch)
+
+Heavy dependencies (gymnasium, ale-py, mujoco, cv2) are imported lazily, only for the family being made.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .base import Env, EnvSpec, Obs, State
+
+__all__ = ["Env", "EnvSpec", "Obs", "State", "make", "import_modules", "FAMILIES"]
+
+FAMILIES = ("toy", "atari", "mujoco", "gym")
+
+
+def make(env_id: str, seed: int | None = None, **overrides: Any) -> Env:
+    """Create an environment from an id `family:name`.
+
+    Families: `toy:catch`, `toy:catch-pixel`, `atari:<Game>` (e.g. `atari:Pong`), `mujoco:<Name>`
+    (e.g. `mujoco:HalfCheetah`), `gym:<registered id>`. `seed` seeds the first `reset()`; `overrides` are
+    family-specific knobs (atari: sticky, noops, time_limit, size, grayscale, frame_skip; mujoco: action_repeat,
+    size, time_limit; gym: action_repeat, size, time_limit; toy: drift, balls). Bad ids or overrides raise
+    ValueError.
+    """
+    if not isinstance(env_id, str) or ":" not in env_id:
+        raise ValueError(f"bad env id {env_id!r}: expected 'family:name' with family one of {', '.join(FAMILIES)}")
+    family, name = env_id.split(":", 1)
+    if not name:
+        raise ValueError(f"bad env id {env_id!r}: empty name after '{family}:'")
+    if family == "toy":
+        from .toy import make_toy
+
+        return make_toy(name, seed=seed, **overrides)
+    if family == "atari":
+        from .atari import make_atari
+
+        return make_atari(name, seed=seed, **overrides)
+    if family == "mujoco":
+        from .mujoco_pixels import make_mujoco
+
+        return make_mujoco(name, seed=seed, **overrides)
+    if family == "gym":
+        if ":" in name:  # Gymnasium's "module:EnvId" form registers the env by importing the module first
+            module, name = name.split(":", 1)
+            import_modules([module])
+        if name.startswith("ALE/"):
+            from .atari import _register
+
+            _register()
+        from .gym_pixels import make_gym
+
+        return make_gym(name, seed=seed, **overrides)
+    raise ValueError(f"unknown env family {family!r} in {env_id!r}; known families: {', '.join(FAMILIES)}")
+
+
+def import_modules(names: list[str]) -> None:
+    """Import user modules (e.g. ones that call `gymnasium.register`); failures raise ValueError."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - any failure in user code becomes one clear error
+            raise ValueError(f"could not import module {name}: {type(e).__name__}: {e}") from e

@@ -1,0 +1,227 @@
+"""`atari:<Game>`: ALE (ale-py) games with the DreamerV2 preprocessing protocol and RAM object annotations.
+
+`ALE/<Game>-v5` made with `frameskip=1`, sticky actions (`repeat_action_probability`, default 0.25) and the minimal
+action set, wrapped in `gymnasium.wrappers.AtariPreprocessing(noop_max=30, frame_skip=4, screen_size=64,
+grayscale_obs=True, grayscale_newaxis=True, terminal_on_life_loss=False)` (max-pool of the last two frames, INTER_AREA
+resize of the full 210x160 screen, no crop). Episodes are cut (is_last, not terminal) after 27,000 agent steps.
+
+Branching: `get_state()` stores the ALE state cloned *with* its RNG (so sticky actions replay bit-identically),
+serialised with `ALEState.serialize()` into a uint8 array (no pickle), the gym env's numpy RNG (used for the
+reset no-ops), the preprocessing wrapper's two max-pool frame buffers, lives/game-over flags and our step counter.
+
+Ground-truth objects come from RAM (AtariARI table, Anand et al. 2019). RAM coordinates are not screen pixels; the
+affine maps below were measured on ale-py 0.12.1 by running each game with random (or scripted) actions for
+1,000-3,000 frames, locating the object in the raw 210x160 RGB screen (by its colour / as the only small connected
+component of its colour) and taking the modal offset (or a least-squares fit where the slope is not 1) between
+screen position and RAM value. They are approximate: the RAM is read after the last frame of the 4-frame skip while
+the image is a max over the last two frames, objects flicker in some games, and the fit can be off by ~1 screen
+pixel (~0.4 px at 64x64). Objects outside the play field (e.g. Pong/Breakout ball not in play, which the game
+encodes as y=0) are reported as NaN. Boxes are [x, y, w, h] in 64x64 frame coordinates, where a raw screen pixel is
+0.4 x 0.305 px (64/160 by 64/210); sizes are reported honestly even when below 1 px.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .base import Env, EnvSpec, Obs, State, array_to_rng, box, make_obs, nan_box, rng_to_array
+
+__all__ = ["AtariEnv", "make_atari", "RAM_OBJECTS"]
+
+SCREEN_H, SCREEN_W = 210, 160
+
+
+def _lin(ram: np.ndarray, idx: int, scale: float, offset: float) -> float:
+    return scale * float(ram[idx]) + offset
+
+
+# Each entry: name -> (function ram -> (x, y) in raw screen pixels, (w, h) in raw screen pixels,
+#                      valid play-field box (x0, y0, x1, y1) in raw pixels; outside it the object is absent)
+_ObjFn = Callable[[np.ndarray], tuple[float, float]]
+
+RAM_OBJECTS: dict[str, dict[str, tuple[_ObjFn, tuple[float, float], tuple[int, int, int, int]]]] = {
+    # Pong, 1,500 random-action frames: ball colour (236,236,236) in rows 34..193:
+    #   x = ram[49] - 49 (967/967 frames), y = ram[54] - 14 (867/970; else -15), ball 2x4 px.
+    # Player (green, cols 140..143): y = ram[51] - 14 (-13 equally often), 4x16 px.
+    # Enemy (orange, cols 16..19): y = ram[50] - 15, 4x16 px. Ball not in play: ram[54] == 0.
+    "Pong": {
+        "ball": (lambda r: (_lin(r, 49, 1, -49), _lin(r, 54, 1, -14)), (2, 4), (0, 34, 160, 194)),
+        "player": (lambda r: (140.0, _lin(r, 51, 1, -14)), (4, 16), (0, 20, 160, 210)),
+        "enemy": (lambda r: (16.0, _lin(r, 50, 1, -15)), (4, 16), (0, 20, 160, 210)),
+    },
+    # Breakout, 3,000 random-action frames (FIRE every 50): ball colour (200,72,72) in rows 93..187:
+    #   x = ram[99] - 49 (2169/2170), y = ram[101] + 9 (2167/2170), ball 2x4 px.
+    # Paddle: rows 189..192, x = ram[72] - 47, 16x4 px. Ball not in play: ram[101] == 0 (y = 9, inside the top wall).
+    "Breakout": {
+        "ball": (lambda r: (_lin(r, 99, 1, -49), _lin(r, 101, 1, 9)), (2, 4), (8, 32, 152, 196)),
+        "player": (lambda r: (_lin(r, 72, 1, -47), 189.0), (16, 4), (0, 0, 160, 210)),
+    },
+    # VideoPinball, 1,200 random-action frames: the ball shares the wall colour (104,72,198); as a moving
+    # foreground blob: x = ram[67] + 0 (1111/1200), y = ram[68] - 3 (1102/1200), 2x4 px.
+    "VideoPinball": {
+        "ball": (lambda r: (_lin(r, 67, 1, 0), _lin(r, 68, 1, -3)), (2, 4), (0, 0, 160, 210)),
+    },
+    # Venture, 1,010 scripted frames (UP/LEFT/RIGHT/DOWN runs in the overworld): the player is the only small
+    # (1x2 px) component of the wall colour (168,48,143): x = ram[85] - 1 (719/762), y = 2 * ram[26] + 25
+    # (729/762; least squares slope 1.994). Measured in the overworld only; inside rooms the mapping is assumed.
+    "Venture": {
+        "player": (lambda r: (_lin(r, 85, 1, -1), _lin(r, 26, 2, 25)), (1, 2), (0, 0, 160, 210)),
+    },
+}
+
+_DEFAULTS = dict(sticky=0.25, noops=30, time_limit=27000, size=64, grayscale=True, frame_skip=4)
+
+
+def _register() -> None:
+    import ale_py
+    import gymnasium as gym
+
+    if "ALE/Pong-v5" not in gym.registry:
+        gym.register_envs(ale_py)
+
+
+class AtariEnv(Env):
+    """An ALE game with DreamerV2 preprocessing; see module docstring."""
+
+    def __init__(
+        self,
+        game: str,
+        seed: int | None = None,
+        sticky: float = 0.25,
+        noops: int = 30,
+        time_limit: int = 27000,
+        size: int = 64,
+        grayscale: bool = True,
+        frame_skip: int = 4,
+    ):
+        import ale_py
+        import gymnasium as gym
+        from gymnasium.wrappers import AtariPreprocessing
+
+        _register()
+        gid = f"ALE/{game}-v5"
+        if gid not in gym.registry:
+            raise ValueError(f"unknown Atari game 'atari:{game}': {gid} is not in ale-py {ale_py.__version__} (e.g. atari:Pong)")
+        self._ale_py = ale_py
+        self.game = game
+        self._raw_env = gym.make(
+            gid,
+            frameskip=1,
+            repeat_action_probability=float(sticky),
+            full_action_space=False,
+            disable_env_checker=True,
+        )
+        self._env = AtariPreprocessing(
+            self._raw_env,
+            noop_max=int(noops),
+            frame_skip=int(frame_skip),
+            screen_size=int(size),
+            grayscale_obs=bool(grayscale),
+            grayscale_newaxis=True,
+            terminal_on_life_loss=False,
+        )
+        self._ale = self._raw_env.unwrapped.ale
+        self._objects = RAM_OBJECTS.get(game, {})
+        self._time_limit = int(time_limit)
+        self._size = int(size)
+        self._seed = seed
+        self._steps = 0
+        self._done = True
+        self._started = False
+        names = tuple(self._raw_env.unwrapped.get_action_meanings())
+        self.spec = EnvSpec(
+            id=f"atari:{game}",
+            obs_shape=(1 if grayscale else 3, self._size, self._size),
+            discrete=True,
+            num_actions=len(names),
+            action_names=names,
+            object_names=tuple(self._objects),
+            can_branch=True,
+            max_steps=self._time_limit,
+        )
+
+    # ------------------------------------------------------------------ api
+    def reset(self, seed: int | None = None) -> Obs:
+        if seed is None and not self._started:
+            seed = self._seed  # first reset uses the seed given to make()
+        img, _ = self._env.reset(seed=seed)
+        self._started = True
+        self._steps = 0
+        self._done = False
+        return self._obs(img, 0.0, is_first=True)
+
+    def step(self, action: Any) -> Obs:
+        a = self._check_action(action)
+        if self._done:
+            raise RuntimeError(f"env {self.spec.id}: call reset() before step() (episode over or not started)")
+        img, reward, terminated, truncated, _ = self._env.step(a)
+        self._steps += 1
+        truncated = bool(truncated) or self._steps >= self._time_limit
+        terminated = bool(terminated)
+        self._done = terminated or truncated
+        return self._obs(img, float(reward), is_last=self._done, is_terminal=terminated)
+
+    def render(self) -> Obs:
+        """Observation of the current state (e.g. after `set_state`), with reward 0 and no flags."""
+        # _get_obs max-pools buffer[1] into buffer[0] in place; repeating it is idempotent.
+        return self._obs(self._env._get_obs(), 0.0)
+
+    def close(self) -> None:
+        self._env.close()
+
+    # ------------------------------------------------------------------ helpers
+    def _obs(self, img: np.ndarray, reward: float, is_first: bool = False, is_last: bool = False, is_terminal: bool = False) -> Obs:
+        image = np.ascontiguousarray(np.transpose(img, (2, 0, 1)), dtype=np.uint8)
+        ram = self._ale.getRAM().copy()
+        return make_obs(image, reward, is_first, is_last, is_terminal, self.objects_from_ram(ram), ram=ram)
+
+    def objects_from_ram(self, ram: np.ndarray) -> dict[str, np.ndarray]:
+        """Object boxes [x, y, w, h] in `size` x `size` frame coordinates from a RAM snapshot (NaN if absent)."""
+        sx, sy = self._size / SCREEN_W, self._size / SCREEN_H
+        out: dict[str, np.ndarray] = {}
+        for name, (fn, (w, h), (x0, y0, x1, y1)) in self._objects.items():
+            x, y = fn(ram)
+            if x0 <= x < x1 and y0 <= y < y1:
+                out[name] = box(x * sx, y * sy, w * sx, h * sy)
+            else:
+                out[name] = nan_box()
+        return out
+
+    # ------------------------------------------------------------------ branching
+    def get_state(self) -> State:
+        if not self._started:
+            raise RuntimeError(f"env {self.spec.id}: call reset() before get_state()")
+        ale_state = self._ale.cloneState(include_rng=True)
+        state = self._state_header()
+        state["ale"] = np.frombuffer(ale_state.serialize(), dtype=np.uint8).copy()
+        state["np_rng"] = rng_to_array(self._raw_env.unwrapped.np_random)
+        state["obs_buffer"] = np.stack([b.copy() for b in self._env.obs_buffer])
+        state["ints"] = np.array(
+            [self._steps, int(self._done), int(self._env.lives), int(self._env.game_over)], dtype=np.int64
+        )
+        return state
+
+    def set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self._check_state_header(state, ("ale", "np_rng", "obs_buffer", "ints"))
+        raw = np.asarray(state["ale"], dtype=np.uint8).tobytes()
+        self._ale.restoreState(self._ale_py.ALEState(raw))
+        array_to_rng(self._raw_env.unwrapped.np_random, state["np_rng"])
+        buf = np.asarray(state["obs_buffer"], dtype=np.uint8)
+        if buf.shape != (2,) + self._env.obs_buffer[0].shape:
+            raise ValueError(f"state for {self.spec.id}: obs_buffer has shape {buf.shape}, expected {(2,) + self._env.obs_buffer[0].shape}")
+        for i in range(2):
+            self._env.obs_buffer[i][...] = buf[i]
+        steps, done, lives, game_over = (int(v) for v in np.asarray(state["ints"]))
+        self._steps, self._done = steps, bool(done)
+        self._env.lives, self._env.game_over = lives, bool(game_over)
+        self._started = True
+
+
+def make_atari(game: str, seed: int | None = None, **overrides: Any) -> AtariEnv:
+    """Build `atari:<game>`; overrides: sticky, noops, time_limit, size, grayscale, frame_skip."""
+    bad = sorted(set(overrides) - set(_DEFAULTS))
+    if bad:
+        raise ValueError(f"atari:{game}: unknown override(s) {bad}; allowed: {sorted(_DEFAULTS)}")
+    return AtariEnv(game, seed=seed, **overrides)

@@ -1,0 +1,164 @@
+"""Built-in diagnostic game `toy:catch` / `toy:catch-pixel` (pure numpy, fully deterministic given a seed).
+
+A ball falls from the top of a 64x64 grayscale frame, 3 px per agent step; a 12x3 px paddle on rows 60..62 moves
+3 px per step (actions NOOP, LEFT, RIGHT). When the ball reaches the paddle (top-left y >= 54, i.e. the 4x4 ball's
+bottom edge is at rows 57..59, just above the paddle) the catch is resolved: reward +1 if the ball's centre column
+lies within the paddle span, else -1. On the next step a new ball spawns at the top. After 5 balls the episode ends
+with `is_last = is_terminal = True` (at most 94 agent steps).
+
+`toy:catch` draws a 4x4 ball; `toy:catch-pixel` draws a single pixel at the 4x4 ball's centre (col x+2, row y+2,
+"centre" rounded half up). Both games consume the same RNG stream and use the same catch rule (the centre column
+x+2 in [paddle_x, paddle_x+11]), so for a given seed and action sequence they produce identical rewards and flags:
+a controlled, minutes-on-CPU version of the one-pixel-ball failure (VideoPinball, Venture).
+
+Per ball spawn the RNG draws, in order: column x in [0, 60], start row y in [0, 4], drift dx in {-1, 0, 1}. The drift
+is used only with `drift=True` (default off: straight down); when on, the ball bounces off the side walls.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from .base import Env, EnvSpec, Obs, State, array_to_rng, box, make_obs, rng_to_array
+
+__all__ = ["CatchEnv", "make_toy", "TOY_GAMES"]
+
+SIZE = 64
+BALL = 4  # side of the big ball
+PADDLE_W = 12
+PADDLE_H = 3
+PADDLE_Y = 60  # rows 60..62
+PADDLE_SPEED = 3
+FALL_SPEED = 3
+RESOLVE_Y = 54  # ball top-left row at which the catch is resolved
+BALLS_PER_EPISODE = 5
+MAX_STEPS = 100
+ACTION_NAMES = ("NOOP", "LEFT", "RIGHT")
+
+TOY_GAMES = ("catch", "catch-pixel")
+
+# Integer state vector layout (stored as int64 in get_state()).
+_FIELDS = ("ball_x", "ball_y", "ball_dx", "paddle_x", "balls_done", "steps", "need_spawn", "done", "started")
+
+
+class CatchEnv(Env):
+    """The catch game; `pixel=True` draws the ball as a single pixel."""
+
+    def __init__(self, pixel: bool = False, seed: int | None = None, drift: bool = False, balls: int = BALLS_PER_EPISODE):
+        if balls < 1 or balls > 5:
+            raise ValueError(f"toy:catch balls must be in [1, 5] to keep episodes < {MAX_STEPS} steps, got {balls}")
+        self.pixel = bool(pixel)
+        self.drift = bool(drift)
+        self.balls = int(balls)
+        name = "toy:catch-pixel" if pixel else "toy:catch"
+        self.spec = EnvSpec(
+            id=name,
+            obs_shape=(1, SIZE, SIZE),
+            discrete=True,
+            num_actions=len(ACTION_NAMES),
+            action_names=ACTION_NAMES,
+            object_names=("ball", "paddle"),
+            can_branch=True,
+            max_steps=MAX_STEPS,
+        )
+        self._rng = np.random.default_rng(seed)
+        self._s = dict.fromkeys(_FIELDS, 0)
+
+    # ------------------------------------------------------------------ dynamics
+    def _spawn(self) -> None:
+        s = self._s
+        s["ball_x"] = int(self._rng.integers(0, SIZE - BALL + 1))
+        s["ball_y"] = int(self._rng.integers(0, 5))
+        dx = int(self._rng.integers(-1, 2))
+        s["ball_dx"] = dx if self.drift else 0
+        s["need_spawn"] = 0
+
+    def reset(self, seed: int | None = None) -> Obs:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        s = self._s
+        s.update(dict.fromkeys(_FIELDS, 0))
+        s["paddle_x"] = (SIZE - PADDLE_W) // 2
+        s["started"] = 1
+        self._spawn()
+        return self._obs(0.0, is_first=True)
+
+    def step(self, action: Any) -> Obs:
+        a = self._check_action(action)
+        s = self._s
+        if not s["started"] or s["done"]:
+            raise RuntimeError(f"env {self.spec.id}: call reset() before step() (episode over or not started)")
+        move = (0, -PADDLE_SPEED, PADDLE_SPEED)[a]
+        s["paddle_x"] = int(np.clip(s["paddle_x"] + move, 0, SIZE - PADDLE_W))
+        s["steps"] += 1
+        reward = 0.0
+        terminal = False
+        if s["need_spawn"]:
+            self._spawn()
+        else:
+            s["ball_y"] += FALL_SPEED
+            x = s["ball_x"] + s["ball_dx"]
+            if x < 0 or x > SIZE - BALL:  # bounce off the side walls
+                s["ball_dx"] = -s["ball_dx"]
+                x = s["ball_x"] + s["ball_dx"]
+            s["ball_x"] = x
+            if s["ball_y"] >= RESOLVE_Y:
+                centre = s["ball_x"] + BALL // 2
+                caught = s["paddle_x"] <= centre < s["paddle_x"] + PADDLE_W
+                reward = 1.0 if caught else -1.0
+                s["balls_done"] += 1
+                s["need_spawn"] = 1
+                terminal = s["balls_done"] >= self.balls
+        truncated = s["steps"] >= MAX_STEPS
+        if terminal or truncated:
+            s["done"] = 1
+        return self._obs(reward, is_last=terminal or truncated, is_terminal=terminal)
+
+    # ------------------------------------------------------------------ rendering
+    def _ball_box(self) -> tuple[int, int, int, int]:
+        s = self._s
+        if self.pixel:
+            return s["ball_x"] + BALL // 2, s["ball_y"] + BALL // 2, 1, 1
+        return s["ball_x"], s["ball_y"], BALL, BALL
+
+    def _obs(self, reward: float, is_first: bool = False, is_last: bool = False, is_terminal: bool = False) -> Obs:
+        s = self._s
+        img = np.zeros((1, SIZE, SIZE), dtype=np.uint8)
+        bx, by, bw, bh = self._ball_box()
+        img[0, by : by + bh, bx : bx + bw] = 255
+        px = s["paddle_x"]
+        img[0, PADDLE_Y : PADDLE_Y + PADDLE_H, px : px + PADDLE_W] = 255
+        objects = {"ball": box(bx, by, bw, bh), "paddle": box(px, PADDLE_Y, PADDLE_W, PADDLE_H)}
+        return make_obs(img, reward, is_first, is_last, is_terminal, objects)
+
+    def render(self) -> Obs:
+        """Observation of the current state (e.g. after `set_state`), with reward 0 and no flags."""
+        return self._obs(0.0)
+
+    # ------------------------------------------------------------------ branching
+    def get_state(self) -> State:
+        state = self._state_header()
+        state["rng"] = rng_to_array(self._rng)
+        state["ints"] = np.array([self._s[k] for k in _FIELDS], dtype=np.int64)
+        return state
+
+    def set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self._check_state_header(state, ("rng", "ints"))
+        ints = np.asarray(state["ints"])
+        if ints.shape != (len(_FIELDS),):
+            raise ValueError(f"state for {self.spec.id}: 'ints' must have shape ({len(_FIELDS)},), got {ints.shape}")
+        array_to_rng(self._rng, state["rng"])
+        self._s = {k: int(v) for k, v in zip(_FIELDS, ints)}
+
+
+def make_toy(name: str, seed: int | None = None, **overrides: Any) -> CatchEnv:
+    """Build `toy:<name>`; overrides: `drift` (bool, default False), `balls` (int, default 5)."""
+    if name not in TOY_GAMES:
+        raise ValueError(f"unknown toy game 'toy:{name}'; known: {', '.join('toy:' + g for g in TOY_GAMES)}")
+    allowed = {"drift", "balls"}
+    bad = sorted(set(overrides) - allowed)
+    if bad:
+        raise ValueError(f"toy:{name}: unknown override(s) {bad}; allowed: {sorted(allowed)}")
+    return CatchEnv(pixel=(name == "catch-pixel"), seed=seed, **overrides)
