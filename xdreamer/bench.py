@@ -35,6 +35,9 @@ def bench_preset(preset: str, repeats: int) -> dict[str, Any]:
     from .config import build_config
     from .envs import EnvSpec
 
+    from .training import configure_cpu
+
+    configure_cpu()
     cfg = build_config([preset])
     spec = EnvSpec(id="atari:Pong", obs_shape=(1, 64, 64), discrete=True, num_actions=6,
                    action_names=("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"),

@@ -71,6 +71,13 @@ class TrainResult:
     eval_mean: float | None
 
 
+def configure_cpu() -> None:
+    """Flush denormal floats to zero on CPU. Early in training Adam's second moments and tiny
+    activations fall into the denormal range, which made CPU updates 2-3x slower here; the
+    losses were identical to the printed precision with and without flushing."""
+    torch.set_flush_denormal(True)
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -103,6 +110,7 @@ class Trainer:
         assert cfg is not None
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        configure_cpu()
         seed_everything(cfg.seed)
         self.cfg = cfg
         self.env = make_env(cfg, seed=cfg.seed)
