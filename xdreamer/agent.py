@@ -14,6 +14,7 @@ from torch import nn
 from .behavior import ActorCritic
 from .config import Config
 from .envs import EnvSpec
+from .nets import init_weights
 from .rssm import State
 from .world_model import WorldModel
 
@@ -53,6 +54,8 @@ class Agent(nn.Module):
         self.cfg, self.spec = cfg, spec
         self.wm = WorldModel(cfg, spec.obs_shape[0], spec.num_actions, spec.discrete)
         self.ac = ActorCritic(cfg, self.wm.rssm.feat_dim, spec.num_actions, spec.discrete)
+        init_weights(self)
+        self.ac.target_critic.load_state_dict(self.ac.critic.state_dict())
         self.device = resolve_device(device or cfg.device) if not isinstance(device, torch.device) else device
         self.to(self.device)
         self.updates = 0

@@ -1,0 +1,175 @@
+"""CLI subcommands of the analysis layer: ``record``, ``whatif``, ``highlights``.
+
+``add_commands(subparsers)`` registers them on the ``xdreamer`` parser; each handler takes the parsed
+``argparse.Namespace`` and returns an exit status. User errors raise ``ValueError`` /
+``CheckpointError`` (the CLI prints them as one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+
+
+def _write_json(path: str | os.PathLike, data: Any) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _load(args):
+    from .. import checkpoint
+    from ..envs import import_modules, make
+    from ..training import env_kwargs
+
+    import_modules(getattr(args, "imports", []) or [])
+    agent = checkpoint.load(args.checkpoint, device=args.device)
+    env = make(agent.cfg.env, **env_kwargs(agent.cfg))
+    checkpoint.check_env(agent.spec, env.spec)
+    return agent, env
+
+
+def _trace(args, agent, env, max_steps=None):
+    from .trace import check_trace_matches, load_trace, record
+
+    if getattr(args, "trace", None):
+        trace = load_trace(args.trace)
+        check_trace_matches(trace, agent)
+        if trace.meta.get("env") != env.spec.id:
+            raise ValueError(f"trace was recorded on {trace.meta.get('env')}, the checkpoint's env is {env.spec.id}")
+        return trace
+    return record(agent, env, episodes=1, seed=args.seed, max_steps=max_steps,
+                  progress=not getattr(args, "no_progress", False))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint folder or run folder")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (registers custom gym envs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from .trace import record, save
+
+    agent, env = _load(args)
+    try:
+        trace = record(agent, env, episodes=args.episodes, seed=args.seed, policy=args.policy,
+                       max_steps=args.max_steps, progress=not args.no_progress)
+    finally:
+        env.close()
+    out = save(trace, args.out)
+    returns = trace.table.groupby("episode")["reward"].sum()
+    print(f"recorded {len(trace)} steps over {args.episodes} episode(s) of {env.spec.id} "
+          f"(returns {', '.join(f'{r:.2f}' for r in returns)})")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_whatif(args: argparse.Namespace) -> int:
+    from .dreams import whatif
+    from .grounded import ground
+    from .render import write_whatif_video
+
+    agent, env = _load(args)
+    try:
+        trace = _trace(args, agent, env, max_steps=args.step + args.horizon)
+        trace.check_step(args.step)
+        result = whatif(agent, trace, args.step, args.horizon, args.actions)
+        grounded = ground(agent, env, trace, args.step, args.actions, args.horizon, dream=result) \
+            if args.grounded else None
+    finally:
+        env.close()
+    taken = result.taken_action
+    print(f"step {args.step}: agent took {trace.table['action_name'][args.step]}; imagined {args.horizon}-step "
+          "returns per first action:")
+    for row, label in enumerate(result.labels):
+        line = f"  {label:>12}: Q {result.q[row]:+.3f}  dream return {result.dream_return[row]:+.3f}"
+        if grounded is not None:
+            line += (f"  real return {grounded.real_return[row]:+.3f}"
+                     f"  pixel mse {float(np.nanmean(grounded.pixel_mse[row])):.4f}")
+        print(line + ("  (taken)" if np.ndim(taken) == 0 and result.first_actions[row] == taken else ""))
+    if args.json:
+        data = {"checkpoint": str(args.checkpoint), "trace": args.trace, "seed": None if args.trace else args.seed,
+                "env": env.spec.id, "taken_action_name": str(trace.table["action_name"][args.step]),
+                "dream": result.to_dict(), "grounded": grounded.to_dict() if grounded is not None else None}
+        print(f"wrote {_write_json(args.json, data)}")
+    if args.video:
+        print(f"wrote {write_whatif_video(args.video, trace, result, grounded, args.alternatives, fps=args.fps)}")
+    return 0
+
+
+def cmd_highlights(args: argparse.Namespace) -> int:
+    from .highlights import highlights
+    from .render import highlights_image, write_image
+
+    agent, env = _load(args)
+    try:
+        trace = _trace(args, agent, env)
+    finally:
+        env.close()
+    result = highlights(agent, trace, k=args.k, context=args.context, min_gap=args.min_gap, horizon=args.horizon,
+                        progress=not args.no_progress)
+    for m in result.moments:
+        print(f"  step {m.step} (episode {m.episode}, t={m.t}): importance {m.importance:.4f}")
+    if args.json:
+        data = {"checkpoint": str(args.checkpoint), "trace": args.trace, "env": env.spec.id,
+                "horizon": args.horizon, **result.to_dict()}
+        print(f"wrote {_write_json(args.json, data)}")
+    if args.image:
+        print(f"wrote {write_image(args.image, highlights_image(trace, result.moments))}")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    """Register ``record``, ``whatif`` and ``highlights`` on an ``argparse`` subparsers object."""
+    p = subparsers.add_parser("record", help="record a decision trace of a checkpoint", description=(
+        "Run the agent in its env (evaluation seeds) and record per step the frame, action, action "
+        "probabilities, value, rewards, latents, reconstructions, surprise, objects and simulator states "
+        "into one .npz trace."))
+    _common(p)
+    p.add_argument("--episodes", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--policy", choices=("mode", "sample"), default="mode")
+    p.add_argument("--max-steps", type=int, default=None, help="cut each episode after this many steps")
+    p.add_argument("--out", default="trace.npz", help="output .npz (default trace.npz)")
+    p.set_defaults(func=cmd_record)
+
+    p = subparsers.add_parser("whatif", help="what-if dreams (and real branches) at one step", description=(
+        "Imagine the next steps for every alternative first action at --step, following the actor; "
+        "with --grounded also run the branches in the real simulator. Writes a video and/or JSON."))
+    _common(p)
+    p.add_argument("--trace", help="trace .npz recorded from this checkpoint (else one episode is recorded)")
+    p.add_argument("--seed", type=int, default=0, help="episode seed when no --trace is given")
+    p.add_argument("--step", type=int, required=True, help="trace step to branch from")
+    p.add_argument("--actions", type=int, nargs="+", default=None, help="first actions (default: all)")
+    p.add_argument("--alternatives", type=int, nargs="+", default=None,
+                   help="actions shown as alternatives in the video (default: up to 4 others)")
+    p.add_argument("--horizon", type=int, default=15)
+    p.add_argument("--grounded", action="store_true", help="also run each branch in the real simulator")
+    p.add_argument("--video", help="output .mp4 (or .gif)")
+    p.add_argument("--fps", type=int, default=4)
+    p.add_argument("--json", help="output JSON of the numbers")
+    p.set_defaults(func=cmd_whatif)
+
+    p = subparsers.add_parser("highlights", help="HIGHLIGHTS summary of a trace", description=(
+        "Importance I(t) = max_a Q - min_a Q from the dreams at every step; the top-k diverse moments."))
+    _common(p)
+    p.add_argument("--trace", help="trace .npz recorded from this checkpoint (else one episode is recorded)")
+    p.add_argument("--seed", type=int, default=0, help="episode seed when no --trace is given")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--context", type=int, default=5, help="context frames either side")
+    p.add_argument("--min-gap", type=int, default=10, help="minimum distance between moments (steps)")
+    p.add_argument("--horizon", type=int, default=15)
+    p.add_argument("--json", help="output JSON")
+    p.add_argument("--image", help="output .png strip of the moments with context")
+    p.set_defaults(func=cmd_highlights)
