@@ -22,10 +22,12 @@ from xdreamer.explain.saliency import (METHODS, PixelForward, attribute_pixels, 
 # An n-node Gauss-Legendre rule is exact for polynomials of degree 2n-1 = 63; the integrand (the
 # gradient along the straight path) of these ELU networks is smooth except where a pre-activation
 # crosses 0, where ELU's second derivative jumps, so the error falls like O(n^-2) per crossing
-# instead of exponentially. With 32 nodes that is ~1e-3 of the gap in the worst case; we measured
-# relative deltas of 1e-6..1e-4 on debug models. 1% leaves an order of magnitude of margin and still
-# catches real errors (a wrong baseline or a missing path segment gives O(1) relative deltas).
-# The absolute floor covers float32 rounding of the sum over 4096 pixel / 64 latent attributions.
+# instead of exponentially. Measured on debug models (3 seeds, both targets): relative deltas
+# 1e-6..1.2e-4 (latent) and 9e-6..3.5e-4 (pixels) at n=32, about 10x larger at n=8 -- consistent
+# with that rate. 1% leaves more than an order of magnitude of margin and still catches real errors
+# (a wrong baseline or a missing path segment gives O(1) relative deltas). The absolute floor covers
+# float32 rounding of the sum over 4096 pixel / 64 latent attributions (observed ~2e-6 when the gap
+# itself was only 2e-5).
 IG_REL_TOL = 1e-2
 IG_ABS_TOL = 1e-5
 
@@ -90,7 +92,8 @@ def test_pixel_ig_completeness(agent, target):
         result = saliency(agent, noisy, state.latent, state.action, target, "integrated_gradients",
                           baseline=baseline, n_steps=32)
         assert_complete(result.delta, result.channels.sum(), result.value, result.baseline_value)
-    assert abs(result.value - result.baseline_value) > 0
+        if baseline == "zero":
+            assert abs(result.value - result.baseline_value) > 1e-2  # the check is not vacuous
 
 
 # ---- hooks and modes ---------------------------------------------------------------------------
@@ -277,8 +280,13 @@ def test_occlusion_and_greydanus_find_planted_pixel_in_agent(agent):
     rows, cols = np.nonzero(amap > 1e-4 * amap.max())
     assert amap[r, c] > 0 and set(rows) <= {20, 21} and set(cols) <= {44, 45}  # the one 2x2 block over it
     grey = saliency(agent, frame, state.latent, state.action, "action", "greydanus")
-    pr, pc = divmod(int(np.abs(grey.map).argmax()), 64)
-    assert abs(pr - r) <= 2 and abs(pc - c) <= 2  # peak on the pixel, up to the stride-2 grid
+    gmap = np.abs(grey.map)
+    pr, pc = divmod(int(gmap.argmax()), 64)
+    # The peak lies within one mask sigma (5 px) of the pixel: not necessarily on it, since the score
+    # need not be monotone in the pixel's blurred value. Beyond 3 sigma the mask leaves the pixel alone.
+    assert np.hypot(pr - r, pc - c) <= 5
+    yy, xx = np.mgrid[:64, :64]
+    assert gmap[np.hypot(yy - r, xx - c) > 25].max() <= 1e-3 * gmap.max()
     grad = saliency(agent, frame, state.latent, state.action, "action", "saliency")
     assert divmod(int(grad.map.argmax()), 64) == (r, c) and (grad.map > 0).sum() == 1  # exact: one input pixel
 

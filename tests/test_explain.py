@@ -205,7 +205,17 @@ def test_grounded_branch_reproduces_recorded_frames_toy(toy):
     assert (every.real_actions[:, 0] == [0, 1, 2]).all() and 0 <= every.action_agreement.min() <= 1
     # Branches are really different: LEFT and RIGHT move the paddle apart.
     assert not np.array_equal(every.real_frames[1, 1], every.real_frames[2, 1])
-    json.dumps(every.to_dict())
+    json.dumps(every.to_dict(), allow_nan=False)
+    # A branch that outlives the episode is marked invalid after its end (one-ball episodes are short).
+    short_env = make("toy:catch", balls=1)
+    short = record(agent, short_env)
+    n = len(short)
+    assert short.arrays["is_last"][-1] and n < 25
+    g = ground(agent, short_env, short, n - 3, actions=[int(short.arrays["action"][n - 3])], horizon=5)
+    assert g.valid[0].tolist() == [True, True, True, False, False, False]
+    assert np.array_equal(g.real_frames[0, 1:3], short.arrays["frame"][n - 2:])
+    assert np.isnan(g.pixel_mse[0, 3:]).all() and np.isfinite(g.real_return).all()
+    assert g.to_dict()["pixel_mse"][0][3] is None
 
 
 def test_grounded_branch_reproduces_recorded_frames_pong():

@@ -1,4 +1,5 @@
-"""``xdreamer`` command line: train, eval, bench.
+"""``xdreamer`` command line: train, eval, bench, and the analysis commands (record, whatif,
+highlights, saliency).
 
 Errors a user can cause (bad env id, preset or key, missing or corrupt checkpoint, checkpoint
 that does not fit the env) print one line ``xdreamer: error: ...`` and exit with status 2.
@@ -112,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed updates per preset")
     p.add_argument("--out", default="bench.json")
     p.set_defaults(func=_bench)
+
+    from .explain.commands import add_commands as add_explain_commands
+    from .explain.saliency_commands import add_commands as add_saliency_commands
+
+    add_explain_commands(sub)
+    add_saliency_commands(sub)
     return parser
 
 

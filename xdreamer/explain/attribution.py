@@ -68,7 +68,8 @@ class LatentAttribution:
                 "baseline_value": self.baseline_value, "delta": self.delta,
                 "relative_delta": self.relative_delta, "baseline": self.baseline,
                 "ablation_baseline": self.ablation_baseline, "n_steps": self.n_steps,
-                "per_variable": self.per_variable.tolist(), "per_variable_ablation": self.per_variable_ablation.tolist(),
+                "per_variable": self.per_variable.tolist(),
+                "per_variable_ablation": self.per_variable_ablation.tolist(),
                 "top_variables": self.top_variables()}
 
 

@@ -96,7 +96,8 @@ def _action_matrix(agent, actions, what: str) -> torch.Tensor:
         return F.one_hot(torch.tensor(ids, dtype=torch.long), spec.num_actions).float().to(agent.device)
     arr = np.asarray(actions, dtype=np.float32).reshape(len(actions), -1)
     if arr.shape[1] != spec.num_actions or not np.all(np.isfinite(arr)) or np.abs(arr).max(initial=0) > 1:
-        raise ValueError(f"invalid continuous actions in {what}: need finite vectors of size {spec.num_actions} in [-1, 1]")
+        raise ValueError(f"invalid continuous actions in {what}: "
+                         f"need finite vectors of size {spec.num_actions} in [-1, 1]")
     return torch.as_tensor(arr, device=agent.device)
 
 
@@ -211,7 +212,8 @@ def intervene(agent, trace: Trace, step: int, variable: int, cls: int | str, hor
             raise ValueError(f"cls must be a class index, 'prior' or 'prior_probs', got {cls!r}")
         prior_logits = torch.as_tensor(trace.arrays["prior_logits"][step, variable], dtype=torch.float32,
                                        device=agent.device)
-        row = prior_logits.softmax(-1) if cls == "prior_probs" else F.one_hot(prior_logits.argmax(), rssm.classes).float()
+        row = (prior_logits.softmax(-1) if cls == "prior_probs"
+               else F.one_hot(prior_logits.argmax(), rssm.classes).float())
     else:
         if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)) or not 0 <= cls < rssm.classes:
             raise ValueError(f"cls must be an integer in [0, {rssm.classes}), 'prior' or 'prior_probs', got {cls!r}")

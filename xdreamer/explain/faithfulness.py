@@ -7,11 +7,11 @@
   value). A faithful map gives a low deletion AUC and a high insertion AUC (trapezoid over the
   fraction of pixels in [0, 1]).
 * **Cascading model randomisation** (Adebayo et al. 2018, "Sanity checks for saliency maps"):
-  re-initialise the layers of a deep copy of the agent from the top (the actor's / critic's output
-  layer) down through the posterior head to the encoder's first convolution, cumulatively, and
-  recompute the map after each stage. Reported: Spearman rank correlation between the trained and
-  the randomised map per stage. A map that stays highly correlated while the network is destroyed
-  does not explain the network.
+  re-initialise (with the agent's own initialiser) the layers of a deep copy of the agent from the
+  top (the actor's / critic's output layer) down through the posterior head to the encoder's
+  first convolution, cumulatively, and recompute the map after each stage. Reported: Spearman
+  rank correlation between the trained and the randomised map per stage. A map that stays highly
+  correlated while the network is destroyed does not explain the network.
 * **IntegratedGradients completeness delta** ``sum(attr) - (f(x) - f(baseline))``.
 """
 
@@ -141,6 +141,21 @@ def randomization_stages(agent, target: str = "action") -> list[str]:
     return [names[id(m)] for m in order]
 
 
+def _reinitialise(module: nn.Module) -> None:
+    """Re-draw ``module``'s weights with the agent's own initialiser (``nets.init_weights``: Glorot
+    weights, zero biases), falling back to PyTorch's ``reset_parameters``."""
+    try:
+        from ..nets import init_weights
+    except ImportError:  # pragma: no cover - older package without a shared initialiser
+        init_weights = None
+    with torch.no_grad():
+        if init_weights is not None:
+            init_weights(module)
+        for m in module.modules():
+            if not isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)) and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+
 def _detached_copy(agent):
     """Deep copy of the agent without its optimisers (their state is not needed and may be large)."""
     memo = {id(agent.optimizers): {}} if hasattr(agent, "optimizers") else {}
@@ -185,10 +200,7 @@ def randomization_check(agent, frame: Any, prev_state: Any = None, prev_action: 
     for k, name in enumerate(stages):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + k)
-            with torch.no_grad():
-                for m in modules[name].modules():
-                    if hasattr(m, "reset_parameters"):
-                        m.reset_parameters()
+            _reinitialise(modules[name])
         result = saliency(clone, frame, prev_state, prev_action, target, method, action, is_first=is_first, **options)
         maps.append(result.map)
         corrs.append(spearman(reference, np.abs(result.map) if absolute else result.map))

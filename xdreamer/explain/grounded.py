@@ -20,7 +20,6 @@ import dataclasses
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from ..agent import PolicyState
 from .dreams import WhatIf, _plan, start_state, whatif
@@ -47,8 +46,9 @@ class Grounded:
     action_agreement: np.ndarray  # [K] fraction of steps where dream and real branch chose the same action
 
     def to_dict(self) -> dict[str, Any]:
-        def clean(a):
-            return np.where(np.isfinite(a), a, np.nan).astype(float).round(6).tolist()
+        def clean(a):  # strict JSON: NaN (no object / step after the episode ended) -> null
+            a = np.asarray(a, dtype=float).round(6)
+            return np.where(np.isfinite(a), a, None).tolist()
 
         return {"step": self.step, "horizon": self.horizon, "labels": self.labels,
                 "first_actions": self.first_actions.tolist(), "real_actions": self.real_actions.tolist(),
@@ -85,6 +85,10 @@ def ground(agent, env, trace: Trace, step: int, actions: Sequence | None = None,
         raise ValueError("grounded branches follow the actor's mode or a fixed action sequence, not 'sample'")
     if trace.arrays["is_last"][step]:
         raise ValueError(f"step {step} is the last step of its episode; there is no future to branch into")
+    if dream is not None and (dream.step != step or dream.horizon != horizon or dream.frames is None
+                              or not np.array_equal(dream.first_actions, first_ids)):
+        raise ValueError("the dream passed to ground() was computed for another step, horizon or actions "
+                         "(or without frames)")
     if dream is None:
         dream = whatif(agent, trace, step, horizon, list(first_ids) if agent.spec.discrete else first_ids, follow)
     spec = agent.spec
@@ -126,12 +130,12 @@ def ground(agent, env, trace: Trace, step: int, actions: Sequence | None = None,
                 break
             if i + 1 == horizon:
                 break
-            if i + 1 < fixed:  # the fixed prefix still drives; keep the agent's state in step anyway
-                _, state = agent.policy({"image": obs["image"][None], "is_first": np.array([False])}, state, mode="eval")
+            # The agent keeps observing the real frames (its policy state stays in step with the branch).
+            _, state = agent.policy({"image": obs["image"][None], "is_first": np.array([False])}, state, mode="eval")
+            if i + 1 < fixed:  # the fixed sequence still drives the branch
                 action_vec = prefix[k, i + 1][None]
                 state = PolicyState(state.latent, action_vec)
-            else:
-                _, state = agent.policy({"image": obs["image"][None], "is_first": np.array([False])}, state, mode="eval")
+            else:  # the actor's mode on the real frame
                 action_vec = state.action
     # ---- fidelity ----------------------------------------------------------------------------
     dream_frames = dream.frames.astype(np.float32) / 255.0

@@ -17,6 +17,7 @@ import numpy as np
 
 BAR = 24  # pixels of title bar / footer per panel (upscaled panels stay multiples of 16 in total)
 GAP = 4
+GAP_GREY = 90
 
 
 def _text(img: np.ndarray, text: str, x: int, y: int, scale: float = 0.38, color=(255, 255, 255)) -> None:
@@ -44,6 +45,15 @@ def panel(frame: np.ndarray, title: str, footer: str, scale: int = 4, color=(255
     _text(top, title[: max(4, W // 7)], 4, BAR - 8, color=color)
     _text(bottom, footer[: max(4, W // 7)], 4, BAR - 8)
     return np.concatenate([top, img, bottom], 0)
+
+
+def _hstack(panels: list[np.ndarray]) -> np.ndarray:
+    """Panels side by side with grey separators."""
+    gap = np.full((panels[0].shape[0], GAP, 3), GAP_GREY, np.uint8)
+    row = [panels[0]]
+    for p in panels[1:]:
+        row += [gap, p]
+    return np.concatenate(row, 1)
 
 
 def _fmt(x: float) -> str:
@@ -96,11 +106,7 @@ def whatif_frames(trace, dream, grounded=None, alternatives: Sequence[int] | Non
                 panels.append(panel(grounded.real_frames[g, i], f"real {grounded.labels[g]}",
                                     f"r {_fmt(grounded.real_reward[g, i])} R {_fmt(grounded.real_return[g])}"
                                     if ok else "ended", scale, (150, 255, 150), dim=not ok))
-        gap = np.zeros((panels[0].shape[0], GAP, 3), np.uint8)
-        row = [panels[0]]
-        for p in panels[1:]:
-            row += [gap, p]
-        out.append(np.concatenate(row, 1))
+        out.append(_hstack(panels))
     frames = np.stack(out)
     pad_w = (-frames.shape[2]) % 16  # H.264 macro blocks
     pad_h = (-frames.shape[1]) % 16
@@ -135,8 +141,12 @@ def highlights_image(trace, moments, scale: int = 2) -> np.ndarray:
                                f"I {m.importance:.2f}" if j == m.step else "", scale, color))
         blank = np.zeros_like(tiles[0])
         tiles += [blank] * (width - len(tiles))
-        rows.append(np.concatenate(tiles, 1))
-    return np.concatenate(rows, 0)
+        rows.append(_hstack(tiles))
+    sep = np.full((GAP, rows[0].shape[1], 3), GAP_GREY, np.uint8)
+    out = [rows[0]]
+    for r in rows[1:]:
+        out += [sep, r]
+    return np.concatenate(out, 0)
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:

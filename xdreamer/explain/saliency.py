@@ -395,7 +395,8 @@ def attribute_pixels(forward: Callable[[torch.Tensor], torch.Tensor], frame: tor
         with gen:
             torch.manual_seed(seed)
             attr = NoiseTunnel(Saliency(forward)).attribute(
-                frame.clone().requires_grad_(), nt_type=nt_type, nt_samples=nt_samples, nt_samples_batch_size=nt_samples,
+                frame.clone().requires_grad_(), nt_type=nt_type, nt_samples=nt_samples,
+                nt_samples_batch_size=nt_samples,
                 stdevs=stdevs, abs=True)
         out["params"] = {"nt_type": nt_type, "nt_samples": nt_samples, "stdevs": stdevs, "seed": seed}
     elif method == "integrated_gradients":
