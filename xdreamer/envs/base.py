@@ -207,3 +207,15 @@ def make_obs(
     }
     obs.update(extra)
     return obs
+
+
+def repeat_step(env: Any, action: Any, repeat: int) -> tuple[Any, float, bool, bool]:
+    """Step a Gymnasium env ``repeat`` times with the same action (rewards summed), stopping at the
+    episode's end. Returns ``(last_obs, reward, terminated, truncated)``."""
+    obs, reward, terminated, truncated = None, 0.0, False, False
+    for _ in range(repeat):
+        obs, r, terminated, truncated, _ = env.step(action)
+        reward += float(r)
+        if terminated or truncated:
+            break
+    return obs, reward, bool(terminated), bool(truncated)

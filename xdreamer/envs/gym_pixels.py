@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Env, EnvSpec, Obs, make_obs, rescale_action
+from .base import Env, EnvSpec, Obs, make_obs, repeat_step, rescale_action
 
 __all__ = ["GymPixelEnv", "make_gym"]
 
@@ -144,16 +144,9 @@ class GymPixelEnv(Env):
         else:
             scaled = np.where(self._finite, rescale_action(a, np.nan_to_num(self._low), np.nan_to_num(self._high)), a)
             env_action = scaled.astype(self._act_dtype)
-        reward, terminated, truncated = 0.0, False, False
-        obs = None
-        for _ in range(self._repeat):
-            obs, r, terminated, truncated, _ = self._env.step(env_action)
-            reward += float(r)
-            if terminated or truncated:
-                break
+        obs, reward, terminated, truncated = repeat_step(self._env, env_action, self._repeat)
         self._steps += 1
-        terminated = bool(terminated)
-        truncated = bool(truncated) or self._steps >= self._limit
+        truncated = truncated or self._steps >= self._limit
         self._done = terminated or truncated
         return make_obs(self._image(obs), reward, is_last=self._done, is_terminal=terminated)
 

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .base import Env, EnvSpec, Obs, State, array_to_rng, make_obs, rescale_action, rng_to_array
+from .base import Env, EnvSpec, Obs, State, array_to_rng, make_obs, repeat_step, rescale_action, rng_to_array
 
 __all__ = ["MujocoPixelEnv", "make_mujoco"]
 
@@ -101,15 +101,9 @@ class MujocoPixelEnv(Env):
         a = rescale_action(self._check_action(action), self._low, self._high).astype(np.float32)
         if self._done:
             raise RuntimeError(f"env {self.spec.id}: call reset() before step() (episode over or not started)")
-        reward, terminated, truncated = 0.0, False, False
-        for _ in range(self._repeat):
-            _, r, terminated, truncated, _ = self._env.step(a)
-            reward += float(r)
-            if terminated or truncated:
-                break
+        _, reward, terminated, truncated = repeat_step(self._env, a, self._repeat)
         self._steps += 1
-        terminated = bool(terminated)
-        truncated = bool(truncated) or self._steps >= self._limit
+        truncated = truncated or self._steps >= self._limit
         self._done = terminated or truncated
         return make_obs(self._image(), reward, is_last=self._done, is_terminal=terminated)
 
