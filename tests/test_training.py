@@ -281,3 +281,18 @@ def test_cli_eval_env_mismatch_and_corrupt(tmp_path, capsys, debug_cfg, toy_spec
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "xdreamer", "train", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--preset" in out.stdout and "--set" in out.stdout
+
+
+def test_bench_writes_json(tmp_path):
+    from xdreamer.bench import run_benchmark
+
+    out = tmp_path / "bench.json"
+    results = run_benchmark(["debug"], out, repeats=1, envs=("toy:catch",), env_steps=300)
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(results))
+    debug = data["presets"]["debug"]
+    for key in ("world_model_update_s", "behavior_update_s", "updates_per_s", "peak_rss_mb", "whatif_s",
+                "integrated_gradients_s"):
+        assert debug[key] > 0, key
+    env = data["envs"]["toy:catch"]
+    assert env["env_steps_per_s"] > 0 and 0 < env["replay_bytes_per_step"] < 4096

@@ -65,11 +65,43 @@ def bench_preset(preset: str, repeats: int) -> dict[str, Any]:
         model_s.append(agent.last_timings["model_s"])
         behavior_s.append(agent.last_timings["behavior_s"])
     params = sum(p.numel() for p in agent.parameters())
+    analysis = bench_analysis(agent, repeats)
     return {"preset": preset, "batch": B, "length": T, "horizon": cfg.horizon, "parameters": params,
             "repeats": repeats, "world_model_update_s": float(np.mean(model_s)),
             "behavior_update_s": float(np.mean(behavior_s)), "update_s": float(np.mean(total_s)),
             "updates_per_s": float(1.0 / np.mean(total_s)),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            **analysis, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def bench_analysis(agent, repeats: int, actions: int = 18, horizon: int = 15) -> dict[str, float]:
+    """Analysis hot paths on ``agent``'s world model: a what-if for ``actions`` first actions x
+    ``horizon`` steps with decoding (one batched ``imagine``), and pixel IntegratedGradients (32
+    steps) for one frame. Atari's full action set has 18 actions; the agent's own action count is
+    used for the one-hot inputs, repeated up to ``actions`` rows."""
+    import torch
+
+    from .explain.dreams import dream
+    from .explain.saliency import saliency
+
+    agent.eval()
+    n = agent.spec.num_actions
+    start = agent.wm.rssm.initial(1).map(lambda x: x.expand(actions, *x.shape[1:]).contiguous())
+    prefix = torch.nn.functional.one_hot(torch.arange(actions) % n, n).float()[:, None]
+    frame = np.random.default_rng(0).integers(0, 256, agent.spec.obs_shape, dtype=np.uint8)
+
+    def timed(fn):
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return float(np.mean(times))
+
+    return {"whatif_s": timed(lambda: dream(agent, start, horizon, prefix=prefix, decode=True)),
+            "whatif_actions": actions, "whatif_horizon": horizon,
+            "integrated_gradients_s": timed(lambda: saliency(agent, frame, None, None,
+                                                            method="integrated_gradients"))}
 
 
 def bench_env(env_id: str, steps: int) -> dict[str, Any]:
