@@ -344,3 +344,17 @@ def test_cli_handlers_write_trace_video_and_json(toy, tmp_path, capsys):
     args = parser.parse_args(["whatif", str(ckpt), "--trace", str(trace_path), "--step", "99"])
     with pytest.raises(ValueError, match="out of range"):
         args.func(args)
+
+
+def test_saliency_overlay_video(toy, tmp_path):
+    from xdreamer.explain.render import write_saliency_video
+
+    agent, env, _ = toy
+    trace = record(agent, env, episodes=1, seed=0, max_steps=6)
+    path = write_saliency_video(tmp_path / "sal.mp4", agent, trace, method="saliency")
+    import imageio.v3 as iio
+
+    frames = iio.imread(path)
+    assert frames.shape[0] == len(trace) and frames.shape[1] % 16 == 0 and frames.shape[2] % 16 == 0
+    with pytest.raises(ValueError, match="no steps"):
+        write_saliency_video(tmp_path / "none.mp4", agent, trace, steps=[])

@@ -39,6 +39,11 @@ def panel(frame: np.ndarray, title: str, footer: str, scale: int = 4, color=(255
     img = _rgb(frame, scale)
     if dim:
         img = (img * 0.35).astype(np.uint8)
+    return _framed(img, title, footer, color)
+
+
+def _framed(img: np.ndarray, title: str, footer: str, color=(255, 255, 255)) -> np.ndarray:
+    """An RGB image ``[H, W, 3]`` with a title bar above and a footer bar below."""
     W = img.shape[1]
     top = np.zeros((BAR, W, 3), np.uint8)
     bottom = np.zeros((BAR, W, 3), np.uint8)
@@ -107,8 +112,12 @@ def whatif_frames(trace, dream, grounded=None, alternatives: Sequence[int] | Non
                                     f"r {_fmt(grounded.real_reward[g, i])} R {_fmt(grounded.real_return[g])}"
                                     if ok else "ended", scale, (150, 255, 150), dim=not ok))
         out.append(_hstack(panels))
-    frames = np.stack(out)
-    pad_w = (-frames.shape[2]) % 16  # H.264 macro blocks
+    return _pad16(np.stack(out))
+
+
+def _pad16(frames: np.ndarray) -> np.ndarray:
+    """Pad ``[T, H, W, 3]`` frames to multiples of 16 (H.264 macro blocks)."""
+    pad_w = (-frames.shape[2]) % 16
     pad_h = (-frames.shape[1]) % 16
     if pad_w or pad_h:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
@@ -157,3 +166,34 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
     imageio.imwrite(tmp, image)
     os.replace(tmp, path)
     return path
+
+
+def write_saliency_video(path: str | os.PathLike, agent, trace, method: str = "saliency", target: str = "action",
+                         steps: Sequence[int] | None = None, scale: int = 4, fps: int = 8,
+                         progress: bool = False) -> pathlib.Path:
+    """Saliency-overlay video of a trace (an episode or the given ``steps``): each frame is the real
+    frame with the chosen method's map over it and the step, action and value written below.
+    Maps come from ``explain.saliency.saliency`` with the trace's own recurrent state per step."""
+    from ..logger import write_video
+    from .saliency import saliency, trace_inputs
+    from .saliency_commands import overlay
+
+    steps = list(range(len(trace))) if steps is None else [int(s) for s in steps]
+    if not steps:
+        raise ValueError("no steps to render")
+    iterator = steps
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(steps, desc=f"saliency video ({method})", unit="frame")
+    names = agent.spec.action_names
+    frames = []
+    for step in iterator:
+        inputs = trace_inputs(trace, step)
+        result = saliency(agent, inputs["frame"], inputs["prev_state"], inputs["prev_action"], target=target,
+                          method=method, action=inputs["action"], is_first=inputs["is_first"])
+        image = np.ascontiguousarray(overlay(inputs["frame"], result.map, scale=scale))
+        action = inputs["action"]
+        label = names[action] if action is not None and action < len(names) else str(action)
+        frames.append(_framed(image, f"t={step} {method}", f"a={label} v={_fmt(float(trace.table['value'].iloc[step]))}"))
+    return write_video(path, _pad16(np.stack(frames)), fps=fps)

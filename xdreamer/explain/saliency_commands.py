@@ -102,11 +102,19 @@ def _saliency(args: argparse.Namespace) -> int:
     from .saliency import saliency, trace_inputs
 
     agent = checkpoint.load(args.checkpoint, device=args.device)
+    if args.video and not args.trace:
+        raise ValueError("--video needs --trace (record one with `xdreamer record`)")
     if args.trace:
         from .trace import check_trace_matches, load_trace
 
         trace = load_trace(args.trace)
         check_trace_matches(trace, agent)
+        if args.video:
+            from .render import write_saliency_video
+
+            path = write_saliency_video(args.video, agent, trace, method=_ALIASES.get(args.method, args.method),
+                                        target=args.target, progress=True)
+            print(f"wrote {path}")
         inputs = trace_inputs(trace, args.step)
         source = {"trace": str(args.trace), "step": args.step}
     else:
@@ -194,6 +202,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--target", choices=TARGETS, default="action")
     p.add_argument("--action", type=int, help="action to explain (default: the recorded / chosen one)")
     p.add_argument("--out", help="output .png (overlay) or .npz (arrays)")
+    p.add_argument("--video", help="also write a saliency-overlay .mp4/.gif of the whole trace (needs --trace)")
     p.add_argument("--json", help="write the numbers as JSON here")
     p.add_argument("--window", type=int, default=4, help="occlusion window (pixels)")
     p.add_argument("--stride", type=int, default=2, help="occlusion stride (pixels)")
