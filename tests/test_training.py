@@ -296,3 +296,26 @@ def test_bench_writes_json(tmp_path):
         assert debug[key] > 0, key
     env = data["envs"]["toy:catch"]
     assert env["env_steps_per_s"] > 0 and 0 < env["replay_bytes_per_step"] < 4096
+
+
+def test_interrupt_saves_checkpoint(tmp_path, monkeypatch):
+    """Ctrl-C during training writes a checkpoint at the current step before stopping."""
+    from xdreamer.training import Trainer
+
+    cfg = build_config(["debug"], {"env": "toy:catch", "steps": 10_000, "checkpoint_every": 0, "eval_every": 0,
+                                    "video_every": 0})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    calls = {"n": 0}
+    original = trainer.agent.train_step
+
+    def interrupted(batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(batch)
+
+    monkeypatch.setattr(trainer.agent, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    agent = xdreamer.load(tmp_path / "run")
+    assert agent.manifest["steps"] == trainer.step > cfg.prefill

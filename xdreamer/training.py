@@ -248,6 +248,11 @@ class Trainer:
                 self.logger.write(self.step, {"eval/return_mean": final_eval.mean,
                                               "eval/return_std": final_eval.std})
             path = self.save(final_eval or eval_result)
+        except KeyboardInterrupt:
+            # Ctrl-C: keep the progress made since the last scheduled checkpoint, then stop.
+            saved = self.save(eval_result)
+            print(f"\ninterrupted at step {self.step}; saved {saved}; continue with --resume", flush=True)
+            raise
         finally:
             if bar is not None:
                 bar.close()
