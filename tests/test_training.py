@@ -2,7 +2,7 @@
 
 import json
 import os
-import pathlib
+import pickle
 import signal
 import subprocess
 import sys
@@ -163,7 +163,7 @@ def test_checkpoint_load_executes_no_code(tmp_path, debug_cfg, toy_spec):
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
 
     torch.save({"step": Evil()}, path / "trainer.pt")
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         checkpoint.load(path, trainer=True)
     assert not (tmp_path / "pwned").exists()
 

@@ -109,6 +109,13 @@ class Agent(nn.Module):
         env_action = action.argmax(-1).cpu().numpy() if self.spec.discrete else action.cpu().numpy()
         return env_action, PolicyState(latent, action)
 
+    def act(self, obs: Mapping[str, Any], state: PolicyState | None = None, mode: str = "explore"
+            ) -> tuple[Any, PolicyState]:
+        """``policy`` for one env observation dict: returns the env action (int or float ``[A]``)."""
+        actions, state = self.policy({"image": obs["image"][None], "is_first": np.array([obs["is_first"]])},
+                                     state, mode=mode)
+        return actions[0], state
+
     # ---- learning -----------------------------------------------------------------------
     def init_optimizers(self) -> None:
         cfg = self.cfg

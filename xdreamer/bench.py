@@ -128,8 +128,7 @@ def bench_env(env_id: str, steps: int) -> dict[str, Any]:
                 builder.add(obs, None)
         elapsed = time.perf_counter() - start
         if builder.steps:  # store the partial episode too, for the bytes-per-step figure
-            partial = {k: np.stack([s[k] for s in builder.steps]) for k in builder.steps[0]}
-            replay.add_episode(partial)
+            replay.add_episode(builder.stacked())
         stored = replay.stored_bytes() / max(replay.total_steps, 1)
         sample_start = time.perf_counter()
         for _ in range(10):

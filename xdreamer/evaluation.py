@@ -64,10 +64,7 @@ def evaluate(agent, env: Env, episodes: int, seed: int = 0, policy: str = "mode"
             if policy == "random":
                 action = random_action(env.spec, rng)
             else:
-                actions, state = agent.policy(
-                    {"image": obs["image"][None], "is_first": np.array([obs["is_first"]])},
-                    state, mode="eval" if policy == "mode" else "explore")
-                action = actions[0]
+                action, state = agent.act(obs, state, mode="eval" if policy == "mode" else "explore")
             obs = env.step(action)
             total += float(obs["reward"])
             length += 1

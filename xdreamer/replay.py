@@ -163,7 +163,11 @@ class EpisodeBuilder:
             "is_last": bool(obs["is_last"]), "is_terminal": bool(obs["is_terminal"]),
         })
         if obs["is_last"]:
-            episode = {k: np.stack([s[k] for s in self.steps]) for k in KEYS}
+            episode = self.stacked()
             self.steps = []
             return episode
         return None
+
+    def stacked(self) -> dict[str, np.ndarray]:
+        """The steps collected so far as arrays ``[T, ...]`` (also for an unfinished episode)."""
+        return {k: np.stack([s[k] for s in self.steps]) for k in KEYS}

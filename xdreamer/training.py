@@ -195,10 +195,7 @@ class Trainer:
                 if prefilling:
                     action = random_action(self.env.spec, self.rng)
                 else:
-                    actions, self.policy_state = self.agent.policy(
-                        {"image": obs["image"][None], "is_first": np.array([obs["is_first"]])},
-                        self.policy_state, mode="explore")
-                    action = actions[0]
+                    action, self.policy_state = self.agent.act(obs, self.policy_state, mode="explore")
                 obs = self.env.step(action)
                 self.step += 1
                 episode_return += float(obs["reward"])

@@ -63,19 +63,17 @@ def episode_inputs(agent, step: int, seed: int = 0) -> dict[str, Any]:
         obs = env.reset(seed=EVAL_SEED_OFFSET + episode_seed(seed, 0))
         state = None
         for t in range(step):
-            actions, state = agent.policy({"image": obs["image"][None], "is_first": np.array([obs["is_first"]])},
-                                          state, mode="eval")
+            action, state = agent.act(obs, state, mode="eval")
             if obs["is_last"]:
                 raise ValueError(f"step {step} is out of range: the episode (seed {seed}) ended after step {t}")
-            obs = env.step(actions[0])
-        actions, _ = agent.policy({"image": obs["image"][None], "is_first": np.array([obs["is_first"]])},
-                                  state, mode="eval")
+            obs = env.step(action)
+        action, _ = agent.act(obs, state, mode="eval")
     finally:
         env.close()
     return {"frame": obs["image"], "prev_state": None if state is None else state.latent,
             "prev_action": None if state is None else state.action,
             "is_first": bool(obs["is_first"]) or state is None,
-            "action": int(actions[0]) if agent.spec.discrete else None}
+            "action": int(action) if agent.spec.discrete else None}
 
 
 def _write_json(path: str, data: dict) -> None:
