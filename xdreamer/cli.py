@@ -1,5 +1,5 @@
-"""``xdreamer`` command line: train, eval, bench, and the analysis commands (record, whatif,
-highlights, saliency).
+"""``xdreamer`` command line: train, eval, bench, the analysis commands (record, whatif,
+highlights, saliency) and ``app`` (the Streamlit explainer).
 
 Errors a user can cause (bad env id, preset or key, missing or corrupt checkpoint, checkpoint
 that does not fit the env) print one line ``xdreamer: error: ...`` and exit with status 2.
@@ -16,6 +16,12 @@ import time
 from typing import Sequence
 
 
+def _command_line() -> str:
+    import shlex
+
+    return "xdreamer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
 def _train(args: argparse.Namespace) -> int:
     from .config import build_config, parse_set_args
     from .envs import import_modules
@@ -26,7 +32,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.logdir:
             raise ValueError("--resume needs --logdir of the run to continue")
-        result = train(None, args.logdir, resume=True, progress=not args.no_progress, overrides=overrides)
+        result = train(None, args.logdir, resume=True, progress=not args.no_progress, overrides=overrides,
+                       command=_command_line())
     else:
         env = args.env or overrides.get("env") or "toy:catch"
         overrides["env"] = env
@@ -35,7 +42,7 @@ def _train(args: argparse.Namespace) -> int:
 
         make(cfg.env).close()  # fail fast, with the env's own message, before any folder is made
         logdir = args.logdir or f"runs/{env.replace(':', '-').replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
-        result = train(cfg, logdir, progress=not args.no_progress)
+        result = train(cfg, logdir, progress=not args.no_progress, command=_command_line())
     print(f"trained {result.steps} agent steps, {result.updates} updates"
           + (f", eval return {result.eval_mean:.3f}" if result.eval_mean is not None else ""))
     print(f"checkpoint: {result.checkpoint}")
@@ -72,6 +79,26 @@ def _bench(args: argparse.Namespace) -> int:
     results = run_benchmark(args.presets, args.out, repeats=args.repeats)
     print(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
+    return 0
+
+
+def _app(args: argparse.Namespace) -> int:
+    from .app import run_app
+
+    return run_app(args.path, port=args.port, headless=args.headless)
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from . import checkpoint
+    from .bundle import bundle, markdown_row
+
+    record = bundle(args.source, args.out, episodes=args.episodes, seed=args.seed, command=args.command,
+                    progress=not args.no_progress)
+    m, r = record["eval_mode"], record["eval_random"]
+    print(f"bundled {record['source']} -> {args.out}")
+    print(f"eval over {args.episodes} episodes (seed {args.seed}): agent {m['mean']:.3f} ± {m['std']:.3f}, "
+          f"random {r['mean']:.3f} ± {r['std']:.3f}")
+    print(markdown_row(pathlib.Path(args.out).name, checkpoint.read_manifest(pathlib.Path(args.out))))
     return 0
 
 
@@ -114,11 +141,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench.json")
     p.set_defaults(func=_bench)
 
+    p = sub.add_parser("bundle", help="ship a checkpoint: copy it without optimiser state, evaluate it and "
+                       "a random policy on fixed seeds, record both in its manifest")
+    p.add_argument("source", help="checkpoint folder or run folder")
+    p.add_argument("--out", required=True, help="destination folder, e.g. checkpoints/catch")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--command", help="training command to record (default: the run's commands.txt)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_bundle)
+
     from .explain.commands import add_commands as add_explain_commands
     from .explain.saliency_commands import add_commands as add_saliency_commands
 
     add_explain_commands(sub)
     add_saliency_commands(sub)
+
+    from .app import DEFAULT_PORT
+
+    p = sub.add_parser("app", help="open the Streamlit explainer", description=(
+        "Start the explainer app (apps/explainer.py, Streamlit) on a checkpoint folder, run folder or trace "
+        "file and print its local URL. Without PATH it opens the bundled default checkpoint checkpoints/catch."))
+    p.add_argument("path", nargs="?", help="checkpoint folder, run folder or trace .npz (default: checkpoints/catch)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"local port (default {DEFAULT_PORT})")
+    p.add_argument("--headless", action="store_true", help="do not open a browser tab")
+    p.set_defaults(func=_app)
     return parser
 
 

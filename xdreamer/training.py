@@ -85,9 +85,11 @@ def seed_everything(seed: int) -> None:
 
 class Trainer:
     def __init__(self, cfg: Config | None, logdir: str | os.PathLike, resume: bool = False,
-                 progress: bool = True, overrides: Mapping[str, Any] | None = None) -> None:
+                 progress: bool = True, overrides: Mapping[str, Any] | None = None,
+                 command: str | None = None) -> None:
         """``cfg`` configures a new run. With ``resume`` the run's saved config is used and
-        ``overrides`` may change only run-time fields (``RUNTIME_KEYS``)."""
+        ``overrides`` may change only run-time fields (``RUNTIME_KEYS``). ``command`` (the command
+        line that started or resumed the run) is appended to ``commands.txt`` for provenance."""
         self.logdir = pathlib.Path(logdir)
         self.ckpt_dir = self.logdir / "checkpoints"
         has_run = (self.ckpt_dir / "latest").exists()
@@ -122,11 +124,15 @@ class Trainer:
         self.agent.init_optimizers()
         self.logdir.mkdir(parents=True, exist_ok=True)
         (self.logdir / "config.json").write_text(cfg.to_json() + "\n")
+        if command:
+            with open(self.logdir / "commands.txt", "a") as f:
+                f.write(command.strip() + "\n")
         self.replay = Replay(self.logdir / "replay", cfg.replay_capacity, seed=cfg.seed,
                              prioritize_ends=cfg.prioritize_ends)
         self.logger = Logger(self.logdir)
         self.rng = np.random.default_rng(cfg.seed)
         self.step, self.episodes, self.pretrained = 0, 0, False
+        self.wall_s = 0.0  # training wall time summed over resumes
         if trainer_state is not None:
             self._restore(trainer_state)
         self.replay.load()
@@ -134,21 +140,26 @@ class Trainer:
     # ---- state for resume ------------------------------------------------------------------
     def _trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "episodes": self.episodes, "updates": self.agent.updates,
-                "pretrained": self.pretrained, "optimizers": self.agent.optimizer_state(),
+                "pretrained": self.pretrained, "wall_s": self._wall(), "optimizers": self.agent.optimizer_state(),
                 "torch_rng": torch.get_rng_state(), "numpy_rng": json.dumps(self.rng.bit_generator.state),
                 "replay_rng": json.dumps(self.replay.rng.bit_generator.state)}
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.step, self.episodes = int(state["step"]), int(state["episodes"])
         self.agent.updates, self.pretrained = int(state["updates"]), bool(state["pretrained"])
+        self.wall_s = float(state.get("wall_s", 0.0))
         self.agent.load_optimizer_state(state["optimizers"])
         torch.set_rng_state(state["torch_rng"])
         self.rng.bit_generator.state = json.loads(state["numpy_rng"])
         self.replay.rng.bit_generator.state = json.loads(state["replay_rng"])
 
+    def _wall(self) -> float:
+        started = getattr(self, "_started", None)
+        return self.wall_s + (time.time() - started if started is not None else 0.0)
+
     def save(self, eval_result=None) -> pathlib.Path:
         name = f"step-{self.step:09d}"
-        extra = {"train_episodes": self.episodes}
+        extra = {"train_episodes": self.episodes, "train_wall_s": round(self._wall(), 1)}
         if eval_result is not None:
             extra["eval"] = eval_result.to_dict()
         path = checkpoint.save(self.ckpt_dir / name, self.agent, steps=self.step, extra=extra,
@@ -176,6 +187,7 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg = self.cfg
         self.builder = EpisodeBuilder(self.env.spec.discrete, self.env.spec.num_actions)
+        self._started = time.time()
         should_log, should_eval = Every(cfg.log_every, self.step), Every(cfg.eval_every, self.step)
         should_video, should_ckpt = Every(cfg.video_every, self.step), Every(cfg.checkpoint_every, self.step)
         last_ckpt_time = time.time()
@@ -268,6 +280,6 @@ class Trainer:
 
 
 def train(cfg: Config | None, logdir: str | os.PathLike, resume: bool = False, progress: bool = True,
-          overrides: Mapping[str, Any] | None = None) -> TrainResult:
+          overrides: Mapping[str, Any] | None = None, command: str | None = None) -> TrainResult:
     """Train an agent per ``cfg`` in ``logdir``, or resume the run there (see ``Trainer``)."""
-    return Trainer(cfg, logdir, resume=resume, progress=progress, overrides=overrides).run()
+    return Trainer(cfg, logdir, resume=resume, progress=progress, overrides=overrides, command=command).run()

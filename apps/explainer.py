@@ -1,0 +1,482 @@
+"""xdreamer explainer: a Streamlit app over ``xdreamer.explain``.
+
+    xdreamer app [CHECKPOINT_OR_TRACE] [--port N]
+    streamlit run apps/explainer.py -- CHECKPOINT_OR_TRACE
+
+Panels: Run (sidebar: source, manifest, recording), Timeline (always shown, with the step slider and
+HIGHLIGHTS bookmarks), then Frame, Latent, What-if and Failures. All analysis goes through
+``xdreamer.explain`` (recording, saliency, latent attribution, what-if dreams, grounded branches,
+HIGHLIGHTS); drawing helpers and error text live in ``xdreamer.app``. Models load once per checkpoint
+(``st.cache_resource``); traces and every per-step result are cached (``st.cache_data``) under hash-free
+keys (paths + modification times, seeds, steps), so scrubbing back to a step is instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import tempfile
+
+import numpy as np
+import streamlit as st
+
+from xdreamer import app as ui
+from xdreamer import checkpoint, explain
+
+st.set_page_config(page_title="xdreamer explainer", layout="wide")
+
+
+# ---- cached computations (all analysis through xdreamer.explain) ---------------------------------
+@st.cache_resource(show_spinner="Loading the agent ...", max_entries=4)
+def load_agent(ckpt_key: tuple):
+    return checkpoint.load(ckpt_key[0], device="cpu")
+
+
+@st.cache_data(show_spinner="Loading the trace ...", max_entries=8)
+def load_trace_file(key: tuple):
+    return explain.load_trace(key[0])
+
+
+@st.cache_data(show_spinner="Reading the upload ...", max_entries=4)
+def load_trace_upload(digest: str, _data: bytes):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "upload.npz"
+        path.write_bytes(_data)
+        return explain.load_trace(path)
+
+
+@st.cache_data(show_spinner="Recording an episode ...", max_entries=8)
+def record_episode(ckpt_key: tuple, seed: int):
+    from xdreamer.training import make_env
+
+    agent = load_agent(ckpt_key)
+    env = make_env(agent.cfg)
+    try:
+        return explain.record(agent, env, episodes=1, seed=int(seed))
+    finally:
+        env.close()
+
+
+@st.cache_data(show_spinner="Finding HIGHLIGHTS moments ...", max_entries=16)
+def highlight_moments(ctx: tuple, _agent, _trace, k: int):
+    result = explain.highlights(_agent, _trace, k=k)
+    return [(m.step, m.episode, m.t, m.importance) for m in result.moments]
+
+
+@st.cache_data(show_spinner="Computing saliency ...", max_entries=256)
+def pixel_saliency(ctx: tuple, _agent, _trace, step: int, method: str, target: str):
+    from xdreamer.explain.saliency import saliency, trace_inputs
+
+    inputs = trace_inputs(_trace, step)
+    action = inputs["action"] if target == "action" else None
+    return saliency(_agent, inputs["frame"], inputs["prev_state"], inputs["prev_action"], target=target,
+                    method=method, action=action, is_first=inputs["is_first"])
+
+
+@st.cache_data(show_spinner="Attributing the latent ...", max_entries=256)
+def latent_attr(ctx: tuple, _agent, _trace, step: int, target: str):
+    from xdreamer.explain.attribution import latent_attribution
+
+    a = _trace.arrays
+    action = int(a["action"][step]) if target == "action" else None
+    return latent_attribution(_agent, a["deter"][step], a["post_logits"][step], target=target, action=action,
+                              prior=a["prior_logits"][step])
+
+
+@st.cache_data(show_spinner="Decoding class effects ...", max_entries=256)
+def class_effects(ctx: tuple, _agent, _trace, step: int, variable: int):
+    from xdreamer.explain.attribution import class_effects as effects
+
+    a = _trace.arrays
+    return effects(_agent, a["deter"][step], a["post_class"][step], variable)
+
+
+@st.cache_data(max_entries=64)
+def class_means(ctx: tuple, _trace, variable: int, classes: int):
+    from xdreamer.explain.attribution import class_conditional_means
+
+    onehot = np.eye(classes, dtype=np.float32)[_trace.arrays["post_class"][:, variable]][:, None]
+    means, counts = class_conditional_means(_trace.arrays["frame"], onehot)
+    return means[0], counts[0]
+
+
+@st.cache_data(show_spinner="Dreaming the what-if branches ...", max_entries=32)
+def run_whatif(ctx: tuple, _agent, _trace, step: int, actions: tuple | None, horizon: int, grounded: bool):
+    from xdreamer.training import make_env
+
+    dream = explain.whatif(_agent, _trace, step, horizon=horizon, actions=None if actions is None else list(actions))
+    real, note = None, None
+    if grounded:
+        env = make_env(_agent.cfg)
+        try:
+            real = explain.ground(_agent, env, _trace, step, actions=None if actions is None else list(actions),
+                                  horizon=horizon, dream=dream)
+        except ValueError as exc:
+            note = ui.error_text(exc)
+        finally:
+            env.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = explain.write_whatif_video(pathlib.Path(tmp) / "whatif.mp4", _trace, dream, real)
+        video = path.read_bytes()
+    return dream, real, note, video
+
+
+# ---- callbacks ---------------------------------------------------------------------------------
+def jump_to(step: int) -> None:
+    st.session_state["step"] = int(step)
+
+
+def on_timeline_select() -> None:
+    step = ui.step_from_selection(st.session_state.get("timeline"), st.session_state.get("_n_steps", 1))
+    if step is not None:
+        st.session_state["step"] = step
+
+
+def on_heatmap_select(key: str) -> None:
+    cell = ui.cell_from_selection(st.session_state.get(key))
+    if cell is not None:
+        st.session_state["latent_var"], st.session_state["latent_class"] = cell
+
+
+def show_error(exc: BaseException, prefix: str = "") -> None:
+    st.error(prefix + ui.error_text(exc))
+
+
+# ---- Run (sidebar) -----------------------------------------------------------------------------
+def run_panel():
+    """Returns (agent or None, checkpoint key or None, trace or None, trace key)."""
+    sb = st.sidebar
+    sb.header("Run")
+    if "source" not in st.session_state:
+        st.session_state["source"] = ui.initial_source()
+    source = sb.text_input("Checkpoint folder, run folder or trace file (.npz)", key="source")
+    upload = sb.file_uploader("... or upload a trace (.npz)", type=["npz"], key="upload")
+    agent = ckpt_key = trace = trace_key = None
+    trace_from_file = None
+    try:
+        kind, path = ui.classify_source(source)
+    except ValueError as exc:  # CheckpointError is a ValueError
+        sb.error(ui.error_text(exc))
+        kind = path = None
+    if kind == "checkpoint":
+        try:
+            ckpt_key = ui.checkpoint_key(path)
+            agent = load_agent(ckpt_key)
+        except Exception as exc:  # noqa: BLE001 - any load failure becomes a message
+            sb.error("Cannot load the checkpoint: " + ui.error_text(exc))
+            agent = ckpt_key = None
+    elif kind == "trace":
+        try:
+            trace_from_file = (ui.file_key(path), load_trace_file(ui.file_key(path)))
+        except Exception as exc:  # noqa: BLE001
+            sb.error("Cannot load the trace: " + ui.error_text(exc))
+    if upload is not None:
+        data = upload.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            trace_from_file = (("upload", digest), load_trace_upload(digest, data))
+        except Exception as exc:  # noqa: BLE001
+            sb.error(f"Cannot read the uploaded file {upload.name}: " + ui.error_text(exc))
+    if trace_from_file is not None:
+        trace_key, trace = trace_from_file
+        if agent is None:  # the checkpoint the trace was recorded with
+            ckpt_path = trace.meta.get("checkpoint")
+            try:
+                if not ckpt_path:
+                    raise ValueError("the trace names no checkpoint")
+                ckpt_key = ui.checkpoint_key(ckpt_path)
+                agent = load_agent(ckpt_key)
+            except Exception as exc:  # noqa: BLE001
+                sb.warning("The trace's checkpoint cannot be loaded (" + ui.error_text(exc) + "); the panels show "
+                           "the recorded data only: saliency, latent attribution and what-if need the checkpoint. "
+                           "Open the checkpoint folder and upload the trace to use them.")
+                agent = ckpt_key = None
+        if agent is not None:
+            try:
+                explain.check_trace_matches(trace, agent)
+            except ValueError as exc:
+                sb.error("The trace does not belong to this checkpoint: " + ui.error_text(exc))
+                agent = ckpt_key = None
+    elif agent is not None:
+        sb.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="seed")
+        if sb.button("Record new episode", key="record"):
+            st.session_state["record_seed"] = int(st.session_state["seed"])
+        seed = int(st.session_state.get("record_seed", 0))
+        try:
+            trace = record_episode(ckpt_key, seed)
+            trace_key = ("record", seed)
+        except Exception as exc:  # noqa: BLE001
+            sb.error("Recording failed: " + ui.error_text(exc))
+    if agent is not None:
+        sb.subheader("Checkpoint")
+        sb.caption(str(agent.path))
+        for name, value in ui.manifest_rows(agent.manifest).items():
+            sb.markdown(f"**{name}:** {value}")
+    if trace is not None:
+        sb.subheader("Episode")
+        for name, value in ui.trace_rows(trace).items():
+            sb.markdown(f"**{name}:** {value}")
+    return agent, ckpt_key, trace, trace_key
+
+
+# ---- Timeline ----------------------------------------------------------------------------------
+def timeline_panel(agent, ctx, trace) -> int:
+    st.subheader("Timeline")
+    n = len(trace)
+    st.session_state["_n_steps"] = n
+    if st.session_state.get("step", 0) >= n:
+        st.session_state["step"] = 0
+    st.session_state.setdefault("step", 0)
+    bookmarks = []
+    if agent is not None and agent.spec.discrete:
+        if st.checkbox("HIGHLIGHTS bookmarks (most important moments)", value=True, key="show_highlights"):
+            try:
+                moments = highlight_moments(ctx, agent, trace, k=5)
+                bookmarks = [(s, f"HIGHLIGHT ep {e} t={t} (importance {imp:.3f})") for s, e, t, imp in moments]
+            except Exception as exc:  # noqa: BLE001
+                show_error(exc, "HIGHLIGHTS failed: ")
+    failures = st.session_state.get("_failure_bookmarks", {}).get(ctx, [])
+    bookmarks += failures
+    step = int(st.session_state["step"])
+    st.plotly_chart(ui.timeline_figure(trace, step, bookmarks), key="timeline", on_select=on_timeline_select,
+                    selection_mode="points", config={"displayModeBar": False})
+    if bookmarks:
+        cols = st.columns(min(len(bookmarks), 6))
+        for i, (s, label) in enumerate(bookmarks):
+            cols[i % len(cols)].button(f"★ step {s}", key=f"bookmark_{i}", help=label, on_click=jump_to, args=(s,))
+    if n > 1:
+        st.slider("Step", 0, n - 1, key="step")
+    step = int(st.session_state["step"])
+    row = trace.table.iloc[step]
+    st.caption(f"step {step}: episode {int(row['episode'])}, t={int(row['t'])}, action {row['action_name']}, "
+               f"reward {float(row['reward']):+.3f}, value {float(row['value']):+.3f}, "
+               f"surprise {float(row['surprise']):.3f}")
+    return step
+
+
+# ---- Frame -------------------------------------------------------------------------------------
+def frame_panel(agent, ctx, trace, step: int) -> None:
+    from xdreamer.explain.saliency import METHODS, TARGETS
+    from xdreamer.explain.saliency_commands import overlay
+
+    a = trace.arrays
+    cols = st.columns(4)
+    real = ui.to_rgb(a["frame"][step])
+    show_boxes = st.session_state.get("show_boxes", True)
+    if show_boxes and trace.object_names:
+        real = ui.draw_boxes(real, ui.boxes_at(trace, step))
+    cols[0].image(real, caption=f"real frame (step {step})")
+    cols[0].checkbox("ground-truth object boxes", value=True, key="show_boxes",
+                     disabled=not trace.object_names)
+    cols[1].image(ui.to_rgb(a["recon"][step]), caption="world-model reconstruction")
+    sqerr = a["recon_sqerr"][step].astype(np.float32).sum(0)
+    cols[2].image(ui.heat_rgb(sqerr),
+                  caption=f"reconstruction squared error (mean {float(trace.table['recon_error'].iloc[step]):.4f})")
+    with cols[3]:
+        method = st.selectbox("saliency method", METHODS, key="saliency_method")
+        targets = TARGETS if agent is None or agent.spec.discrete else ("value",)
+        target = st.selectbox("explained output", targets, key="saliency_target")
+        if agent is None:
+            st.info("Saliency needs the checkpoint the trace was recorded with.")
+        else:
+            try:
+                result = pixel_saliency(ctx, agent, trace, step, method, target)
+                st.image(overlay(a["frame"][step], result.map),
+                         caption=f"{method} of the {target}"
+                         + (f" ({result.score} of {trace.action_names[result.action]})"
+                            if target == "action" and result.action is not None else ""))
+            except Exception as exc:  # noqa: BLE001
+                show_error(exc, "Saliency failed: ")
+    st.markdown("**Action probabilities**")
+    if "action_probs" in a:
+        taken = int(a["action"][step])
+        st.plotly_chart(ui.action_figure(a["action_probs"][step], trace.action_names, taken), key="actions",
+                        config={"displayModeBar": False})
+        st.caption(f"taken action: {trace.action_names[taken]}; entropy {float(a['entropy'][step]):.3f}")
+    else:
+        st.write(f"continuous action taken: {np.round(a['action'][step], 3).tolist()}")
+
+
+# ---- Latent ------------------------------------------------------------------------------------
+def latent_panel(agent, ctx, trace, step: int) -> None:
+    a = trace.arrays
+    logits = np.asarray(a["post_logits"][step], np.float64)
+    stoch, classes = logits.shape
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    st.session_state.setdefault("latent_var", 0)
+    st.session_state.setdefault("latent_class", int(a["post_class"][step][0]))
+    if st.session_state["latent_var"] >= stoch or st.session_state["latent_class"] >= classes:
+        st.session_state["latent_var"], st.session_state["latent_class"] = 0, 0
+    mark = (int(st.session_state["latent_var"]), int(st.session_state["latent_class"]))
+    left, right = st.columns(2)
+    left.plotly_chart(ui.heatmap_figure(probs, f"posterior at step {step} ({stoch} variables × {classes} classes)",
+                                        mark=mark),
+                      key="posterior_map", on_select=lambda: on_heatmap_select("posterior_map"),
+                      selection_mode="points", config={"displayModeBar": False})
+    attribution = None
+    with right:
+        if agent is None:
+            st.info("Latent attribution needs the checkpoint the trace was recorded with.")
+        else:
+            targets = ("action", "value") if agent.spec.discrete else ("value",)
+            target = st.selectbox("attributed output", targets, key="latent_target")
+            try:
+                attribution = latent_attr(ctx, agent, trace, step, target)
+                st.plotly_chart(ui.heatmap_figure(attribution.map, f"IntegratedGradients attribution of the {target}",
+                                                  diverging=True, mark=mark),
+                                key="attribution_map", on_select=lambda: on_heatmap_select("attribution_map"),
+                                selection_mode="points", config={"displayModeBar": False})
+                st.caption(f"baseline: {attribution.baseline}; completeness delta {attribution.delta:+.2e}; "
+                           f"top variables {attribution.top_variables()}")
+            except Exception as exc:  # noqa: BLE001
+                show_error(exc, "Latent attribution failed: ")
+    st.markdown("**What does a latent class mean?** Click a cell of a heat map or pick it here.")
+    c1, c2 = st.columns(2)
+    variable = c1.selectbox("latent variable", list(range(stoch)), key="latent_var")
+    cls = c2.selectbox("class", list(range(classes)), key="latent_class")
+    current = int(a["post_class"][step][variable])
+    cols = st.columns(3)
+    cols[0].image(ui.to_rgb(a["recon"][step]),
+                  caption=f"reconstruction at step {step} (variable {variable} has class {current})")
+    if agent is None:
+        cols[1].info("The decoded difference needs the checkpoint.")
+    else:
+        try:
+            effect = class_effects(ctx, agent, trace, step, variable)[cls]
+            image, top = ui.diverging_rgb(effect)
+            cols[1].image(image, caption=f"decoded difference: variable {variable} → class {cls} "
+                                                     f"(red brighter, blue darker; max |Δ| {top:.3f})")
+        except Exception as exc:  # noqa: BLE001
+            with cols[1]:
+                show_error(exc, "Decoding failed: ")
+    means, counts = class_means(ctx, trace, variable, classes)
+    if counts[cls] > 0:
+        cols[2].image(ui.to_rgb(np.clip(means[cls], 0, 255).round().astype(np.uint8)),
+                      caption=f"mean real frame when variable {variable} = class {cls} ({int(counts[cls])} steps)")
+    else:
+        cols[2].info(f"Variable {variable} never had class {cls} in this trace.")
+
+
+# ---- What-if -----------------------------------------------------------------------------------
+def whatif_panel(agent, ctx, trace, step: int) -> None:
+    if agent is None:
+        st.info("What-if dreams need the checkpoint the trace was recorded with.")
+        return
+    names = trace.action_names
+    with st.form("whatif_form", border=False):
+        cols = st.columns([3, 2, 2])
+        if agent.spec.discrete:
+            chosen = cols[0].multiselect("first actions", names, default=names, key="whatif_actions")
+        else:
+            chosen = None
+            cols[0].caption("continuous actions: the recorded action is dreamed")
+        horizon = cols[1].slider("horizon", 1, 50, 15, key="whatif_horizon")
+        can_ground = trace.has_sim_states
+        grounded = cols[2].checkbox("also run in the real simulator", value=can_ground, disabled=not can_ground,
+                                    key="whatif_grounded")
+        if st.form_submit_button(f"Run what-if at step {step}", type="primary", key="whatif_run"):
+            actions = None if chosen is None else tuple(names.index(c) for c in chosen)
+            st.session_state["whatif_request"] = (ctx, step, actions, int(horizon), bool(grounded and can_ground))
+    request = st.session_state.get("whatif_request")
+    if not request or request[0] != ctx:
+        st.caption("Choose the first actions and the horizon, then run the what-if.")
+        return
+    _, req_step, actions, horizon, grounded = request
+    if actions is not None and not actions:
+        st.error("Choose at least one first action.")
+        return
+    try:
+        dream, real, note, video = run_whatif(ctx, agent, trace, req_step, actions, horizon, grounded)
+    except Exception as exc:  # noqa: BLE001
+        show_error(exc, "What-if failed: ")
+        return
+    st.markdown(f"**What-if at step {req_step}**, horizon {horizon}: every chosen first action, then the actor "
+                "(taken action: " + (str(names[int(dream.taken_action)]) if trace.discrete else "recorded") + ")")
+    if note:
+        st.warning("Real branches not run: " + note)
+    st.table(ui.whatif_table(dream, real).round(4).set_index("action"))
+    left, right = st.columns([3, 2])
+    with left:
+        st.video(video, format="video/mp4")
+        st.caption("columns: real future of the trace, the dream of the taken action, then dreams of alternatives"
+                   + (" each followed by its real branch" if real is not None else ""))
+        st.download_button("Download the what-if video (mp4)", video, file_name=f"whatif-step{req_step}.mp4",
+                           mime="video/mp4", key="whatif_download")
+    with right:
+        if real is not None:
+            st.markdown("**Dream fidelity** (pixel MSE per imagined step)")
+            st.plotly_chart(ui.fidelity_figure(real), key="fidelity", config={"displayModeBar": False})
+
+
+# ---- Failures ----------------------------------------------------------------------------------
+def failures_panel(agent, ctx, trace) -> None:
+    folder = st.text_input("Failure report folder (made by `xdreamer report`)", key="report_dir")
+    try:
+        table, clips = ui.read_report(folder)
+    except ui.NoReport as exc:
+        st.info(("" if not str(folder).strip() else f"{exc}. ") + ui.REPORT_HOWTO)
+        return
+    except ValueError as exc:
+        show_error(exc)
+        return
+    st.dataframe(table, hide_index=True, key="report_table")
+    if table.empty:
+        st.info("The report has no cases.")
+        return
+    case = st.selectbox("case", table["case"].tolist(), key="report_case")
+    row = table[table["case"] == case].iloc[0]
+    st.markdown(f"**{case}**: detector `{row['detector']}`, score {row['score']}, episode {row['episode']}, "
+                f"step {row['step']}, checkpoint `{row['checkpoint']}`")
+    steps = {}
+    if trace is not None and agent is not None:
+        for _, r in table.iterrows():
+            s = ui.case_step(trace, r, agent.path, folder)
+            if s is not None:
+                steps[r["case"]] = s
+    st.session_state.setdefault("_failure_bookmarks", {})[ctx] = [(s, f"failure {c}") for c, s in steps.items()]
+    if case in steps:
+        st.button(f"Show step {steps[case]} in the timeline", key="report_jump", on_click=jump_to, args=(steps[case],))
+    else:
+        st.caption("This case is not in the episode shown (other checkpoint or episode): record its episode to "
+                   "inspect it here.")
+    if case in clips:
+        st.video(clips[case].read_bytes(), format="video/mp4")
+
+
+# ---- page --------------------------------------------------------------------------------------
+def main() -> None:
+    st.title("xdreamer explainer")
+    agent, ckpt_key, trace, trace_key = run_panel()
+    if trace is None:
+        st.info("Open a checkpoint folder or a trace file in the sidebar (**Run**). "
+                f"No checkpoint yet? Train one with `{ui.TRAIN_HINT}` and open `runs/catch-debug`.")
+        st.subheader("Failures")
+        failures_panel(None, None, None)
+        return
+    ctx = (ckpt_key, trace_key)
+    if st.session_state.get("_ctx") != ctx:
+        if "_ctx" in st.session_state:  # another run was opened: start at its first step
+            st.session_state["step"] = 0
+            st.session_state.pop("whatif_request", None)
+        st.session_state["_ctx"] = ctx
+    try:
+        step = timeline_panel(agent, ctx, trace)
+    except Exception as exc:  # noqa: BLE001
+        show_error(exc, "Timeline failed: ")
+        return
+    panel = st.segmented_control("Panel", ui.PANELS, default=ui.PANELS[0], required=True, key="panel")
+    try:
+        if panel == "Frame":
+            frame_panel(agent, ctx, trace, step)
+        elif panel == "Latent":
+            latent_panel(agent, ctx, trace, step)
+        elif panel == "What-if":
+            whatif_panel(agent, ctx, trace, step)
+        else:
+            failures_panel(agent, ctx, trace)
+    except Exception as exc:  # noqa: BLE001
+        show_error(exc, f"{panel} failed: ")
+
+
+main()

@@ -1,0 +1,472 @@
+"""The Streamlit explainer (apps/explainer.py): every panel through Streamlit's AppTest on a tiny checkpoint
+built here, the non-UI helpers, the ``xdreamer app`` command, and one end-to-end run in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from xdreamer import app as ui
+from xdreamer import checkpoint, explain
+from xdreamer.agent import Agent
+from xdreamer.config import build_config
+from xdreamer.envs import make
+from xdreamer.evaluation import evaluate
+
+APP = pathlib.Path(__file__).resolve().parent.parent / "apps" / "explainer.py"
+STEPS_TRAINED = 123
+TIMEOUT = 180
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny debug-preset checkpoint of toy:catch (untrained weights, real evaluation in its manifest),
+    a trace file recorded with it and its own seed-0 episode as the app records it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # single-step inference: one thread is fastest on 2 shared cores
+    root = tmp_path_factory.mktemp("app")
+    env = make("toy:catch")
+    torch.manual_seed(0)
+    agent = Agent(build_config(["debug"], {"env": "toy:catch", "device": "cpu"}), env.spec)
+    agent.eval()
+    result = evaluate(agent, env, episodes=1, seed=0)
+    path = checkpoint.save(root / "ckpt", agent, steps=STEPS_TRAINED, extra={"eval": result.to_dict()})
+    agent = checkpoint.load(path)
+    episode = explain.record(agent, env, episodes=1, seed=0)  # what the app records on opening
+    trace_file = explain.save(explain.record(agent, env, episodes=1, seed=1, max_steps=30), root / "trace.npz")
+    env.close()
+    yield {"root": root, "path": path, "agent": agent, "episode": episode, "trace_file": trace_file,
+           "eval": result}
+    torch.set_num_threads(threads)
+
+
+def open_app(source, **state):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.session_state["source"] = str(source)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def assert_clean(at):
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def sidebar_text(at) -> str:
+    return "\n".join(m.value for m in at.sidebar.markdown)
+
+
+def chart(at, key):
+    for element in at.get("plotly_chart"):
+        spec = json.loads(element.proto.spec)
+        if element.proto.id and key in element.proto.id:
+            return spec
+    raise AssertionError(f"no plotly chart with key {key}")
+
+
+def table_of(at):
+    """The page's one table (st.table / st.dataframe elements carry no key in AppTest), index as a column."""
+    tables = list(at.table) + list(at.dataframe)
+    assert len(tables) == 1, len(tables)
+    value = tables[0].value
+    return value.reset_index() if value.index.name else value
+
+
+def arr(value) -> np.ndarray:
+    """A plotly JSON array: a list, or plotly>=6's typed array {"dtype", "bdata"[, "shape"]}."""
+    if isinstance(value, dict) and "bdata" in value:
+        import base64
+
+        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        if shape:
+            out = out.reshape([int(x) for x in str(shape).split(",")])
+        return out
+    return np.asarray(value)
+
+
+def set_panel(at, name):
+    at.segmented_control(key="panel").set_value(name).run()
+    assert_clean(at)
+    return at
+
+
+# ---- Run + Timeline ----------------------------------------------------------------------------------
+def test_run_panel_manifest_and_timeline(ckpt):
+    at = open_app(ckpt["path"])
+    assert_clean(at)
+    text = sidebar_text(at)
+    assert "**env:** toy:catch" in text
+    assert f"**steps trained:** {STEPS_TRAINED}" in text
+    assert f"{ckpt['eval'].mean:.3f}" in text and "1 episodes" in text
+    n = len(ckpt["episode"])
+    assert f"**steps:** {n}" in text and "**seed:** 0" in text
+    # Timeline: five series, one point per step, with the recorded values.
+    spec = chart(at, "timeline")
+    lines = [d for d in spec["data"] if d.get("mode") == "lines+markers"]
+    assert [d["name"] for d in lines] == [label for _, label in ui.TIMELINE_SERIES]
+    assert all(len(arr(d["x"])) == n and len(arr(d["y"])) == n for d in lines)
+    assert np.allclose(arr(lines[1]["y"]).astype(float), ckpt["episode"].table["value"], atol=1e-6)
+    slider = at.slider(key="step")
+    assert (slider.min, slider.max, slider.value) == (0, n - 1, 0)
+    # HIGHLIGHTS bookmarks are explain.highlights' moments; clicking one jumps there.
+    moments = explain.highlights(ckpt["agent"], ckpt["episode"], k=5).moments
+    labels = [b.label for b in at.button if b.key and b.key.startswith("bookmark_")]
+    assert labels == [f"★ step {m.step}" for m in moments]
+    target = moments[1].step
+    at.button(key="bookmark_1").click().run()
+    assert_clean(at)
+    assert at.slider(key="step").value == target
+    assert any(c.value.startswith(f"step {target}: episode 0, t={target}") for c in at.caption)
+    # Scrubbing with the slider.
+    at.slider(key="step").set_value(7).run()
+    assert_clean(at)
+    assert any(c.value.startswith("step 7: episode 0, t=7") for c in at.caption)
+
+
+def test_record_new_episode_with_seed(ckpt):
+    at = open_app(ckpt["path"])
+    at.number_input(key="seed").set_value(2).run()
+    at.button(key="record").click().run()
+    assert_clean(at)
+    text = sidebar_text(at)
+    assert "**seed:** 2" in text
+    env = make("toy:catch")
+    expected = explain.record(ckpt["agent"], env, episodes=1, seed=2)
+    env.close()
+    assert f"**steps:** {len(expected)}" in text
+    assert at.slider(key="step").max == len(expected) - 1
+
+
+# ---- Frame ---------------------------------------------------------------------------------------------
+def test_frame_panel(ckpt):
+    from xdreamer.explain.saliency import METHODS
+
+    at = open_app(ckpt["path"], step=5)
+    assert_clean(at)
+    captions = [c for image in at.image for c in image.captions]
+    assert "real frame (step 5)" in captions and "world-model reconstruction" in captions
+    assert any(c.startswith("reconstruction squared error") for c in captions)
+    assert any(c.startswith("saliency of the action") for c in captions)
+    trace = ckpt["episode"]
+    taken = int(trace.arrays["action"][5])
+    bars = chart(at, "actions")["data"][0]
+    assert np.allclose(arr(bars["y"]), trace.arrays["action_probs"][5], atol=1e-6)
+    assert [i for i, x in enumerate(bars["x"]) if x.endswith("(taken)")] == [taken]
+    for method in METHODS[1:]:
+        at.selectbox(key="saliency_method").set_value(method).run()
+        assert_clean(at)
+        assert any(c.startswith(f"{method} of the action") for image in at.image for c in image.captions)
+    at.selectbox(key="saliency_target").set_value("value").run()
+    assert_clean(at)
+
+
+# ---- Latent --------------------------------------------------------------------------------------------
+def test_latent_panel(ckpt):
+    at = set_panel(open_app(ckpt["path"], step=9), "Latent")
+    trace = ckpt["episode"]
+    stoch, classes = trace.arrays["post_logits"].shape[1:]
+    posterior = chart(at, "posterior_map")["data"][0]
+    z = arr(posterior["z"]).astype(float)
+    assert z.shape == (stoch, classes) and np.allclose(z.sum(1), 1, atol=1e-5)
+    attribution = chart(at, "attribution_map")["data"][0]
+    assert arr(attribution["z"]).shape == (stoch, classes)
+    at.selectbox(key="latent_var").set_value(3).run()
+    at.selectbox(key="latent_class").set_value(2).run()
+    assert_clean(at)
+    captions = [c for image in at.image for c in image.captions]
+    assert any(c.startswith("decoded difference: variable 3 → class 2") for c in captions)
+    count = int((trace.arrays["post_class"][:, 3] == 2).sum())
+    if count:
+        assert f"mean real frame when variable 3 = class 2 ({count} steps)" in captions
+    else:
+        assert any("never had class 2" in i.value for i in at.info)
+    at.selectbox(key="latent_target").set_value("value").run()
+    assert_clean(at)
+
+
+# ---- What-if -------------------------------------------------------------------------------------------
+def test_whatif_panel(ckpt):
+    at = set_panel(open_app(ckpt["path"], step=10), "What-if")
+    at.button(key="whatif_run").click().run()
+    assert_clean(at)
+    table = table_of(at)
+    trace = ckpt["episode"]
+    assert list(table["action"]) == trace.action_names  # one row per action
+    assert list(table["taken"]) == [i == int(trace.arrays["action"][10]) for i in range(trace.num_actions)]
+    dream = explain.whatif(ckpt["agent"], trace, 10, horizon=15)
+    assert np.allclose(table["imagined Q (λ-return)"], dream.q, atol=1e-4)
+    assert {"real return", "real return (discounted)", "pixel MSE (mean)"} <= set(table.columns)
+    assert at.download_button(key="whatif_download").label.startswith("Download the what-if video")
+    assert at.get("video")
+    # Fewer actions and another horizon; the last step has no real future (a warning, not an error).
+    at.multiselect(key="whatif_actions").set_value(["LEFT"])
+    at.slider(key="whatif_horizon").set_value(4)
+    at.button(key="whatif_run").click().run()
+    assert_clean(at)
+    assert list(table_of(at)["action"]) == ["LEFT"]
+    at.slider(key="step").set_value(len(trace) - 1).run()
+    at.button(key="whatif_run").click().run()
+    assert_clean(at)
+    assert any("last step of its episode" in w.value for w in at.warning)
+
+
+# ---- Failures ------------------------------------------------------------------------------------------
+def test_failures_panel(ckpt, tmp_path):
+    at = set_panel(open_app(ckpt["path"]), "Failures")
+    assert any("summary.csv" in i.value for i in at.info)  # no folder: how to make one
+    at.text_input(key="report_dir").set_value(str(tmp_path)).run()
+    assert_clean(at)
+    assert any("has no summary.csv" in i.value for i in at.info)
+    report = tmp_path / "report"
+    (report / "clips").mkdir(parents=True)
+    (report / "summary.csv").write_text(
+        "case,checkpoint,episode,step,detector,score\n"
+        f"case-a,{ckpt['path']},0,4,value_drop,0.9\n"
+        f"case-b,/elsewhere/ckpt,3,7,surprise,0.5\n")
+    (report / "clips" / "case-a.mp4").write_bytes(b"not really a video")
+    at.text_input(key="report_dir").set_value(str(report)).run()
+    assert_clean(at)
+    assert list(table_of(at)["case"]) == ["case-a", "case-b"]
+    assert at.get("video")  # case-a's clip
+    at.button(key="report_jump").click().run()
+    assert_clean(at)
+    assert at.slider(key="step").value == 4
+    assert any(b.label == "★ step 4" for b in at.button)  # the case is a timeline bookmark
+    at.selectbox(key="report_case").set_value("case-b").run()
+    assert_clean(at)
+    assert not any(b.key == "report_jump" for b in at.button)
+    (report / "summary.csv").write_text("case,score\nx,1\n")
+    at.text_input(key="report_dir").set_value(str(report) + " ").run()
+    assert not at.exception
+    assert any("lacks the column(s) checkpoint, episode, step, detector" in e.value for e in at.error)
+
+
+# ---- sources: trace files and invalid input -------------------------------------------------------------
+def test_trace_file_source(ckpt):
+    at = open_app(ckpt["trace_file"])
+    assert_clean(at)
+    text = sidebar_text(at)
+    assert "**seed:** 1" in text and "**steps:** 31" in text
+    assert "**env:** toy:catch" in text  # its checkpoint was found through the trace's meta
+    assert all(len(arr(d["x"])) == 31 for d in chart(at, "timeline")["data"] if d.get("mode") == "lines+markers")
+    set_panel(at, "What-if")
+    at.button(key="whatif_run").click().run()
+    assert_clean(at)
+    assert len(table_of(at)) == 3
+
+
+def test_uploaded_traces(ckpt, tmp_path):
+    at = open_app(ckpt["path"])
+    at.file_uploader(key="upload").set_value(("t.npz", ckpt["trace_file"].read_bytes(), "application/zip")).run()
+    assert_clean(at)
+    assert "**seed:** 1" in sidebar_text(at) and at.slider(key="step").max == 30
+    at.file_uploader(key="upload").set_value(("bad.npz", b"not a trace", "application/zip")).run()
+    assert not at.exception
+    assert any("Cannot read the uploaded file bad.npz" in e.value for e in at.sidebar.error)
+    # A trace of another agent next to this checkpoint: a readable refusal, the recorded data still shown.
+    torch.manual_seed(7)
+    other = checkpoint.save(tmp_path / "other", Agent(build_config(["debug"], {"env": "toy:catch"}),
+                                                      ckpt["agent"].spec), steps=0)
+    env = make("toy:catch")
+    data = explain.save(explain.record(checkpoint.load(other), env, episodes=1, seed=0, max_steps=6),
+                        tmp_path / "o.npz").read_bytes()
+    env.close()
+    at.file_uploader(key="upload").set_value(("o.npz", data, "application/zip")).run()
+    assert not at.exception
+    assert any("does not belong to this checkpoint" in e.value for e in at.sidebar.error)
+    assert at.slider(key="step").max == 6
+
+
+def test_trace_without_its_checkpoint_shows_recorded_data(ckpt, tmp_path):
+    copy = shutil.copytree(ckpt["path"], tmp_path / "gone")
+    agent = checkpoint.load(copy)
+    env = make("toy:catch")
+    trace_path = explain.save(explain.record(agent, env, episodes=1, seed=4, max_steps=12), tmp_path / "t.npz")
+    env.close()
+    shutil.rmtree(copy)
+    at = open_app(trace_path)
+    assert not at.exception and not at.error
+    assert any("cannot be loaded" in w.value for w in at.sidebar.warning)
+    assert any("real frame (step 0)" in c for image in at.image for c in image.captions)
+    assert any("Saliency needs the checkpoint" in i.value for i in at.info)
+    for panel in ("Latent", "What-if", "Failures"):
+        set_panel(at, panel)
+
+
+def test_invalid_sources_show_messages(ckpt, tmp_path):
+    (tmp_path / "garbage.npz").write_bytes(b"this is no npz")
+    (tmp_path / "notes.txt").write_text("hello")
+    bad = shutil.copytree(ckpt["path"], tmp_path / "bad-ckpt")
+    (bad / "weights.safetensors").write_bytes(b"\0" * 64)
+    cases = {
+        tmp_path / "missing": "not found",
+        tmp_path / "garbage.npz": "Cannot load the trace: corrupt trace file",
+        tmp_path / "notes.txt": "neither a checkpoint folder nor a trace file",
+        tmp_path: "is not a checkpoint",
+        bad: "sha256",
+        "": "no checkpoint or trace given",
+    }
+    if not ui.DEFAULT_SOURCE.exists():
+        cases[ui.DEFAULT_SOURCE] = "xdreamer train --env toy:catch --preset debug"
+    for source, message in cases.items():
+        at = open_app(source)
+        assert not at.exception, (source, [e.value for e in at.exception])
+        assert any(message in e.value for e in at.error), (source, [e.value for e in at.error])
+        assert not any("Traceback" in e.value for e in at.error)
+        assert any("Open a checkpoint folder or a trace file" in i.value for i in at.info)
+    # A trace whose checkpoint folder was since overwritten by other weights: refused for the model
+    # panels (a readable error), its recorded data still shown.
+    spec = ckpt["agent"].spec
+    first = checkpoint.save(tmp_path / "reused", Agent(build_config(["debug"], {"env": "toy:catch"}), spec), steps=0)
+    env = make("toy:catch")
+    stale = explain.save(explain.record(checkpoint.load(first), env, episodes=1, seed=0, max_steps=5),
+                         tmp_path / "stale.npz")
+    env.close()
+    torch.manual_seed(99)
+    checkpoint.save(first, Agent(build_config(["debug"], {"env": "toy:catch"}), spec), steps=1)
+    at = open_app(stale)
+    assert not at.exception
+    assert any("does not belong to this checkpoint" in e.value for e in at.sidebar.error)
+    assert any("Saliency needs the checkpoint" in i.value for i in at.info)
+
+
+# ---- helpers and the command ---------------------------------------------------------------------------
+def test_helpers():
+    state = {"selection": {"points": [{"x": 41.2, "y": 0.3}], "point_indices": [41]}}
+    assert ui.step_from_selection(state, 100) == 41
+    assert ui.step_from_selection(state, 10) == 9
+    assert ui.step_from_selection({"selection": {"points": []}}, 10) is None
+    assert ui.step_from_selection(None, 10) is None
+    assert ui.cell_from_selection({"selection": {"points": [{"x": 5, "y": 3}]}}) == (3, 5)
+    assert ui.initial_source(["/x/apps/explainer.py", "runs/a"], {}) == "runs/a"
+    assert ui.initial_source(["pytest", "tests/test_app.py"], {}) == str(ui.DEFAULT_SOURCE)
+    assert ui.initial_source(["pytest"], {ui.SOURCE_ENV: "t.npz"}) == "t.npz"
+    assert ui.app_script() == APP
+    cmd = ui.streamlit_command("ck", 8999)
+    assert cmd[:5] == [sys.executable, "-m", "streamlit", "run", str(APP)]
+    assert cmd[cmd.index("--server.port") + 1] == "8999" and cmd[cmd.index("--server.headless") + 1] == "true"
+    assert cmd[-2:] == ["--", "ck"]
+    assert ui.error_text(ValueError("bad thing")) == "bad thing"
+    assert ui.error_text(RuntimeError("boom")) == "RuntimeError: boom"
+    with pytest.raises(ui.NoReport):
+        ui.read_report("")
+    rgb, top = ui.diverging_rgb(np.array([[[-1.0, 0.0], [0.5, 1.0]]]), scale=1)
+    assert top == 1.0 and tuple(rgb[0, 0]) == (0, 0, 255) and tuple(rgb[0, 1]) == (255, 255, 255)
+    assert tuple(rgb[1, 1]) == (255, 0, 0)
+
+
+def test_app_command_parsing(monkeypatch):
+    from xdreamer import cli
+
+    args = cli.build_parser().parse_args(["app", "runs/x", "--port", "9001", "--headless"])
+    assert (args.path, args.port, args.headless, args.func) == ("runs/x", 9001, True, cli._app)
+    args = cli.build_parser().parse_args(["app"])
+    assert args.path is None and args.port == ui.DEFAULT_PORT and not args.headless
+    assert cli.main(["app", "--port", "0"]) == 2  # one-line error, no server
+    monkeypatch.setattr(ui, "app_script", lambda: (_ for _ in ()).throw(FileNotFoundError("no apps/ folder")))
+    assert cli.main(["app", "--headless"]) == 2
+
+
+# ---- end to end in a real browser ----------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_browser_end_to_end(ckpt, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("Chromium not found: install Debian's chromium (`apt-get install -y chromium`; .ci/run does)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: pip install -e '.[test]'")
+    port = free_port()
+    url = f"http://localhost:{port}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "xdreamer", "app", str(ckpt["path"]), "--port", str(port),
+                               "--headless"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the app did not answer within 120 s"
+            time.sleep(0.5)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1800})
+                page.goto(url)
+                page.get_by_text("step 0: episode 0").wait_for(timeout=120_000)
+                page.get_by_text("toy:catch").first.wait_for()
+                slider = page.get_by_role("slider").first
+                slider.focus()
+                for _ in range(3):
+                    page.keyboard.press("ArrowRight")
+                page.get_by_text("step 3: episode 0, t=3").wait_for(timeout=60_000)
+                assert page.get_by_text("real frame (step 3)").count() == 1
+                page.get_by_text("What-if", exact=True).click()
+                page.get_by_role("button", name="Run what-if at step 3").click()
+                page.get_by_text("What-if at step 3").wait_for(timeout=120_000)
+                page.get_by_text("Download the what-if video (mp4)").wait_for(timeout=60_000)
+                page.wait_for_timeout(1000)
+                page.screenshot(path=str(tmp_path / "explainer.png"), full_page=True)
+                body = page.inner_text("body")
+                # The what-if table (a canvas grid: one row per action), the video, and the timeline's
+                # plot with one marker per step in each of its five series (+ the bookmark stars).
+                table = page.locator('[data-testid="stTable"] table')
+                assert table.locator("tbody tr").count() == 3
+                header = table.locator("thead").inner_text()
+                for column in ("imagined Q", "imagined return", "real return", "pixel MSE"):
+                    assert column in header, header
+                assert page.locator("video").count() == 1
+                points = page.locator(".js-plotly-plot").first.locator("path.point").count()
+                assert points >= 5 * len(ckpt["episode"]), points
+            finally:
+                browser.close()
+        for expected in ("xdreamer explainer", "Timeline", "steps trained", "toy:catch", "HIGHLIGHTS",
+                         "What-if at step 3", "Dream fidelity", "Download the what-if video (mp4)"):
+            assert expected in body, expected
+        for action in ("NOOP", "LEFT", "RIGHT"):
+            assert action in body
+        assert "Traceback" not in body and "Error" not in body, body
+        assert (tmp_path / "explainer.png").stat().st_size > 10_000
+    finally:
+        server.terminate()  # the launcher stops its Streamlit child on SIGTERM
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+        try:
+            os.killpg(server.pid, 0)
+        except ProcessLookupError:
+            pass
+        else:  # a child outlived the launcher
+            os.killpg(server.pid, signal.SIGKILL)
