@@ -140,7 +140,8 @@ def bench_env(env_id: str, steps: int) -> dict[str, Any]:
 
 
 def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
-                  envs: tuple[str, ...] = ("toy:catch", "atari:Pong"), env_steps: int = 2000) -> dict[str, Any]:
+                  envs: tuple[str, ...] = ("toy:catch", "atari:Pong"), env_steps: int = 2000,
+                  report_episodes: int = 10) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": _machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                "presets": {}, "envs": {}}
     for preset in presets:
@@ -153,6 +154,12 @@ def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
     for env_id in envs:
         print(f"bench: env {env_id} ...", file=sys.stderr, flush=True)
         results["envs"][env_id] = bench_env(env_id, env_steps)
+    if report_episodes:  # `xdreamer report` over a fresh small-preset toy:catch agent x report_episodes episodes
+        from .report import bench_report
+
+        print("bench: report ...", file=sys.stderr, flush=True)
+        results["report"] = bench_report(episodes=report_episodes)
+        results["report_s"] = results["report"]["report_s"]
     path = pathlib.Path(out)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")

@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_explain_commands(sub)
     add_saliency_commands(sub)
+    from .report.commands import add_commands as add_report_commands
+
+    add_report_commands(sub)
 
     from .app import DEFAULT_PORT
 

@@ -11,6 +11,11 @@ with `is_last = is_terminal = True` (at most 94 agent steps).
 x+2 in [paddle_x, paddle_x+11]), so for a given seed and action sequence they produce identical rewards and flags:
 a controlled, minutes-on-CPU version of the one-pixel-ball failure (VideoPinball, Venture).
 
+`toy:catch-lanes` is `toy:catch` with the ball spawning in one of 3 fixed lanes (ball columns 10, 30, 50) instead of
+any column: the same game with far fewer distinct ball positions, so a DreamerV2 world model learns to see the ball
+in minutes on a CPU (the 4x4 ball at any of 61 columns takes the conv decoder thousands of updates). It exists for
+the fast end-to-end learning test; it is an easier diagnostic, not a replacement for `toy:catch`.
+
 Per ball spawn the RNG draws, in order: column x in [0, 60], start row y in [0, 4], drift dx in {-1, 0, 1}. The drift
 is used only with `drift=True` (default off: straight down); when on, the ball bounces off the side walls.
 """
@@ -37,7 +42,8 @@ BALLS_PER_EPISODE = 5
 MAX_STEPS = 100
 ACTION_NAMES = ("NOOP", "LEFT", "RIGHT")
 
-TOY_GAMES = ("catch", "catch-pixel")
+TOY_GAMES = ("catch", "catch-pixel", "catch-lanes")
+LANES = (10, 30, 50)  # toy:catch-lanes ball columns (top-left x): centres 12, 32, 52
 
 # Integer state vector layout (stored as int64 in get_state()).
 _FIELDS = ("ball_x", "ball_y", "ball_dx", "paddle_x", "balls_done", "steps", "need_spawn", "done", "started")
@@ -46,13 +52,17 @@ _FIELDS = ("ball_x", "ball_y", "ball_dx", "paddle_x", "balls_done", "steps", "ne
 class CatchEnv(Env):
     """The catch game; `pixel=True` draws the ball as a single pixel."""
 
-    def __init__(self, pixel: bool = False, seed: int | None = None, drift: bool = False, balls: int = BALLS_PER_EPISODE):
+    def __init__(self, pixel: bool = False, seed: int | None = None, drift: bool = False, balls: int = BALLS_PER_EPISODE,
+                 lanes: bool = False):
         if balls < 1 or balls > 5:
             raise ValueError(f"toy:catch balls must be in [1, 5] to keep episodes < {MAX_STEPS} steps, got {balls}")
         self.pixel = bool(pixel)
         self.drift = bool(drift)
         self.balls = int(balls)
-        name = "toy:catch-pixel" if pixel else "toy:catch"
+        self.lanes = bool(lanes)
+        if pixel and lanes:
+            raise ValueError("toy:catch lanes and pixel modes do not combine")
+        name = "toy:catch-pixel" if pixel else "toy:catch-lanes" if lanes else "toy:catch"
         self.spec = EnvSpec(
             id=name,
             obs_shape=(1, SIZE, SIZE),
@@ -69,7 +79,10 @@ class CatchEnv(Env):
     # ------------------------------------------------------------------ dynamics
     def _spawn(self) -> None:
         s = self._s
-        s["ball_x"] = int(self._rng.integers(0, SIZE - BALL + 1))
+        if self.lanes:
+            s["ball_x"] = LANES[int(self._rng.integers(0, len(LANES)))]
+        else:
+            s["ball_x"] = int(self._rng.integers(0, SIZE - BALL + 1))
         s["ball_y"] = int(self._rng.integers(0, 5))
         dx = int(self._rng.integers(-1, 2))
         s["ball_dx"] = dx if self.drift else 0
@@ -161,4 +174,4 @@ def make_toy(name: str, seed: int | None = None, **overrides: Any) -> CatchEnv:
     bad = sorted(set(overrides) - allowed)
     if bad:
         raise ValueError(f"toy:{name}: unknown override(s) {bad}; allowed: {sorted(allowed)}")
-    return CatchEnv(pixel=(name == "catch-pixel"), seed=seed, **overrides)
+    return CatchEnv(pixel=(name == "catch-pixel"), lanes=(name == "catch-lanes"), seed=seed, **overrides)

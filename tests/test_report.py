@@ -1,0 +1,290 @@
+"""Batch failure reports: detectors on planted failures, probes, Ray vs in-process, outputs, CLI errors."""
+
+import copy
+import html.parser
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from xdreamer import checkpoint
+from xdreamer.agent import Agent
+from xdreamer.cli import main
+from xdreamer.config import build_config
+from xdreamer.envs import make
+from xdreamer.explain import record, save
+from xdreamer.report import detectors as D
+from xdreamer.report import render
+from xdreamer.report.build import run_report
+from xdreamer.report.tables import objects_table, verdicts_table
+from xdreamer.report.jobs import analyse
+from xdreamer.report.probes import probe, probe_table, samples_from_trace
+
+MAX_STEPS = 30  # steps per recorded episode in the end-to-end runs (keeps the file fast on 2 shared cores)
+
+
+def _agent(seed=0):
+    env = make("toy:catch")
+    torch.manual_seed(seed)
+    agent = Agent(build_config(["debug"], {"env": "toy:catch", "device": "cpu"}), env.spec)
+    env.close()
+    return agent
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    path = checkpoint.save(root / "catch-debug", _agent(0), steps=0)
+    other = checkpoint.save(root / "other", _agent(1), steps=0)
+    return root, path, other
+
+
+@pytest.fixture(scope="module")
+def trace(ckpt):
+    agent = checkpoint.load(ckpt[1])
+    env = make("toy:catch")
+    tr = record(agent, env, episodes=3, seed=5)  # whole episodes: 5 reward events each
+    env.close()
+    return tr
+
+
+def clean(trace):
+    """A consistent synthetic version of ``trace``: perfect reconstruction and reward head, constant
+    surprise, values equal to the realised returns (the fixed point of the lambda-return)."""
+    t = copy.deepcopy(trace)
+    a = t.arrays
+    a["recon"] = a["frame"].copy()
+    a["recon_sqerr"] = np.zeros(a["frame"].shape, np.float16)
+    a["recon_error"] = np.zeros(len(t), np.float32)
+    a["pred_reward"] = D.reward_target(t).astype(np.float32)
+    a["surprise"] = np.full(len(t), 1.0, np.float32)
+    r, term = D.reward_target(t), t.table["is_terminal"].to_numpy(bool)
+    g = np.zeros(len(t))
+    for i in reversed(range(len(t))):  # v_t = r_t + gamma (1 - terminal_t) v_{t+1} within an episode
+        last = i + 1 < len(t) and a["episode"][i + 1] == a["episode"][i]
+        g[i] = r[i] + (t.meta["discount"] * (1 - term[i]) * g[i + 1] if last else 0.0)
+    a["value"] = g.astype(np.float32)
+    return t
+
+
+def test_clean_trace_flags_nothing(trace):
+    t = clean(trace)
+    assert t.table["is_terminal"].sum() == 3 and (np.abs(t.arrays["reward"]) > 0).sum() == 15
+    assert np.allclose(D.lambda_returns(t), t.arrays["value"], atol=1e-5)
+    assert len(D.detect(t)) == 0
+    vis = D.object_visibility(t).set_index("object")
+    assert vis.loc["ball", "survive_frac"] == 1.0 and vis.loc["ball", "area_px"] == 16
+    out = analyse(t)
+    assert out["events"] == [] and all(o["blind_steps"] == 0 for o in out["objects"])
+    assert D.coverage(t)["visited"] >= 1 and D.coverage(t)["total"] == 64
+
+
+def _blank_ball(t):
+    a = t.arrays
+    for i in range(len(t)):
+        s = D.box_slices(a["objects/ball"][i])
+        a["recon"][i][:, s[0], s[1]] = 0
+    a["recon_sqerr"] = ((a["recon"].astype(np.float32) - a["frame"]) / 255.0) ** 2
+    return t
+
+
+def test_blind_spot_detector_finds_blanked_ball(trace):
+    t = _blank_ball(clean(trace))
+    events = D.blind_spots(t)
+    assert len(events) >= 3 and set(events["detector"]) == {"blind_spot"}
+    assert all(d.startswith("ball:") for d in events["detail"]) and (events["score"] >= 1).all()
+    errors = D.object_errors(t)
+    assert (errors[errors.object == "ball"]["ratio"] > 100).all()
+    assert np.allclose(errors[errors.object == "paddle"]["ratio"], 1.0)
+    assert set(D.detect(t)["detector"]) == {"blind_spot"}
+    # The verdict calls it perception ("cannot see it") with the numbers behind it.
+    out = analyse(t)
+    result = {**out, "checkpoint": "c", "episode": 0}
+    objects = objects_table([result])
+    episodes = pd.DataFrame([{"env": "toy:catch", **out["stats"]}])
+    scores = pd.DataFrame([{"env": "toy:catch", "return_mean": 0.0, "random": -2.0, "dreamerv2_published": None}])
+    v = verdicts_table(episodes, objects, pd.DataFrame(columns=["env"]), scores).iloc[0]
+    assert v["verdict"] == "cannot see it (perception)" and "ball is a reconstruction blind spot" in v["evidence"]
+    assert json.loads(v["numbers"])["ball_blind_frac"] == 1.0
+    # A game where no positive reward was ever found is exploration.
+    episodes["positive_rewards"] = 0
+    v = verdicts_table(episodes, objects_table([{**analyse(clean(trace)), "checkpoint": "c", "episode": 0}]),
+                       pd.DataFrame(columns=["env"]), scores).iloc[0]
+    assert v["verdict"] == "never found reward (exploration)" and "no positive reward" in v["evidence"]
+
+
+def test_reward_detectors_find_missed_and_phantom_rewards(trace):
+    t = clean(trace)
+    events_at = np.flatnonzero(np.abs(t.arrays["reward"]) > 0)
+    t.arrays["pred_reward"][events_at] = 0.0  # a reward head that misses every event
+    quiet = int(np.flatnonzero(t.arrays["reward"] == 0)[10])
+    t.arrays["pred_reward"][quiet] = 0.9  # and predicts one that never comes
+    ev = D.reward_misses(t)
+    miss = ev[ev.detector == "reward_miss"]
+    assert sorted(miss["step"]) == sorted(events_at.tolist())
+    assert list(ev[ev.detector == "phantom_reward"]["step"]) == [quiet]
+    assert set(D.detect(t)["detector"]) == {"reward_miss", "phantom_reward"}
+
+
+def test_surprise_and_value_detectors(trace):
+    t = clean(trace)
+    t.arrays["surprise"] += np.random.default_rng(0).normal(0, 0.01, len(t)).astype(np.float32)
+    t.arrays["surprise"][20] = 5.0
+    t.arrays["value"][40] += 3.0
+    ev = D.detect(t)
+    assert list(ev[ev.detector == "surprise_spike"]["step"]) == [20]
+    # value[40] is wrong, and so is the lambda-return of step 39, which bootstraps from it (1 - lambda = 0.05).
+    assert 40 in list(ev[ev.detector == "value_error"]["step"])
+    assert set(ev["detector"]) == {"surprise_spike", "value_error"}
+
+
+def test_probes_recover_a_linearly_encoded_position(trace):
+    # No trained toy:catch agent is available to the tests, so the latents are built to encode the ball
+    # position linearly (plus noise); the probe must find it on held-out steps, and not in random classes.
+    t = copy.deepcopy(trace)
+    rng = np.random.default_rng(0)
+    ball = t.arrays["objects/ball"]
+    pos = np.stack([ball[:, 0] + 2, ball[:, 1] + 2], 1)
+    mix = rng.normal(size=(2, t.arrays["deter"].shape[1]))
+    t.arrays["deter"] = (pos / 32 - 1) @ mix + 0.05 * rng.normal(size=t.arrays["deter"].shape)
+    t.arrays["post_class"] = rng.integers(0, 8, t.arrays["post_class"].shape)
+    samples = samples_from_trace(t, None)
+    table = probe_table(samples, classes=8).set_index(["variable", "features"])
+    assert table.loc[("ball_x", "deter"), "r2"] > 0.95 and table.loc[("ball_y", "deter"), "r2"] > 0.95
+    assert table.loc[("ball_x", "stoch"), "r2"] < 0.5
+    assert np.isnan(table.loc[("paddle_y", "deter"), "r2"])  # constant: no R^2
+    # A direct check of the closed-form ridge on a noiseless linear target.
+    X = rng.normal(size=(200, 5))
+    y = X @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) + 4.0
+    assert probe(X, y, np.arange(200) % 4 == 3)["r2"] > 0.999
+
+
+def _read(folder):
+    return {name: pd.read_csv(folder / name) for name in
+            ("summary.csv", "episodes.csv", "verdicts.csv", "scores.csv", "probes.csv", "objects.csv")}
+
+
+class _Parser(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tables, self.imgs, self.headers, self._table = [], [], {}, None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self._table = attrs.get("id")
+            self.tables.append(self._table)
+            self.headers[self._table] = []
+        elif tag == "img":
+            self.imgs.append(attrs.get("src", ""))
+        elif tag == "th" and self._table:
+            self._th = True
+
+    def handle_data(self, data):
+        if getattr(self, "_th", False) and self._table:
+            self.headers[self._table].append(data.strip())
+            self._th = False
+
+
+def test_report_outputs(ckpt, tmp_path, capsys, monkeypatch):
+    root, path, _ = ckpt
+    agent = checkpoint.load(path)
+    env = make("toy:catch")
+    tr = save(record(agent, env, episodes=1, seed=11, max_steps=20), tmp_path / "t.npz")
+    env.close()
+    out = tmp_path / "reports" / "run"
+    rc = main(["report", str(path), "--traces", str(tr), "--episodes", "2", "--seed", "3", "--out", str(out),
+               "--max-steps", str(MAX_STEPS), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["run"]  # no temp folder left
+    tables = _read(out)
+    summary = tables["summary.csv"]
+    assert {"case", "checkpoint", "env", "episode", "step", "detector", "score", "detail"} <= set(summary.columns)
+    assert len(summary) > 0 and (summary["score"] >= 1).all() and set(summary["detector"]) <= set(D.DETECTORS)
+    assert all((out / "clips" / f"{c}.mp4").stat().st_size > 1000 for c in summary["case"])
+    parquet = pd.read_parquet(out / "summary.parquet")
+    pd.testing.assert_frame_equal(parquet, summary, check_dtype=False)
+    episodes = tables["episodes.csv"]
+    assert len(episodes) == 3 and list(episodes["episode"]) == [0, 1, 2]
+    assert list(episodes["record_seed"][:2]) == [300009, 300010] and episodes["source"][2].startswith("trace ")
+    assert (episodes["steps"][:2] == MAX_STEPS + 1).all() and episodes["steps"][2] == 21
+    verdicts = tables["verdicts.csv"]
+    assert list(verdicts["env"]) == ["toy:catch"] and verdicts["verdict"][0] and verdicts["numbers"][0].startswith("{")
+    assert set(tables["probes.csv"]["features"]) == {"deter", "stoch", "feat", "pixels"}
+    assert "random" in tables["scores.csv"] and np.isfinite(tables["scores.csv"]["random"][0])
+    text = (out / "index.html").read_text()
+    parser = _Parser()
+    parser.feed(text)
+    assert {"summary", "verdicts", "scores", "episodes", "probes", "objects"} <= set(parser.tables)
+    assert parser.headers["summary"][:8] == ["case", "checkpoint", "env", "episode", "step", "detector", "score",
+                                             "detail"]
+    pngs = [s for s in parser.imgs if s.startswith("data:image/png;base64,")]
+    assert len(pngs) == len(parser.imgs) >= 4 + len(summary)
+    assert "http://" not in text and "https://" not in text
+    assert all(c in text for c in summary["case"])
+    md = (out / "summary.md").read_text()
+    assert "## Verdicts" in md and "| case |" in md
+    meta = json.loads((out / "report.json").read_text())
+    assert meta["jobs"] == 3 and meta["ray"] is False
+    # Rerunning replaces the report atomically; a failure half-way leaves the old one untouched.
+    before = (out / "summary.csv").read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(render, "write_markdown", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_report([str(path)], out, episodes=1, seed=3, max_steps=5, dream_steps=0, progress=False)
+    assert (out / "summary.csv").read_text() == before
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["run"]
+    monkeypatch.undo()
+    run_report([str(path)], out, episodes=1, seed=3, max_steps=5, dream_steps=0, progress=False)
+    assert len(pd.read_csv(out / "episodes.csv")) == 1
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["run"]
+
+
+def test_bad_inputs_give_one_line_errors(ckpt, tmp_path, capsys, monkeypatch):
+    root, path, other = ckpt
+    out = str(tmp_path / "r")
+
+    def err(argv):
+        rc = main(["report", *argv, "--out", out, "--no-progress"])
+        text = capsys.readouterr().err.strip()
+        assert rc == 2 and text.startswith("xdreamer: error: ") and "\n" not in text, text
+        return text
+
+    assert "checkpoint not found" in err([str(tmp_path / "nope"), "--episodes", "1"])
+    assert "--episodes is 0" in err([str(path), "--episodes", "0"])
+    assert "non-negative" in err([str(path), "--episodes", "-1"])
+    other_agent = checkpoint.load(other)
+    env = make("toy:catch")
+    foreign = save(record(other_agent, env, episodes=1, seed=0, max_steps=5), tmp_path / "foreign.npz")
+    env.close()
+    assert "does not belong" in err([str(path), "--traces", str(foreign), "--episodes", "1"])
+    assert "trace file not found" in err([str(path), "--traces", str(tmp_path / "x.npz"), "--episodes", "1"])
+    (tmp_path / "notreport").mkdir()
+    (tmp_path / "notreport" / "keep.txt").write_text("x")
+    rc = main(["report", str(path), "--episodes", "1", "--out", str(tmp_path / "notreport"), "--no-progress"])
+    assert rc == 2 and "is not an xdreamer report" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
+    text = err([str(path), "--episodes", "1", "--max-steps", "3", "--dream-steps", "0", "--ray"])
+    assert "--ray needs Ray" in text
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_ray_and_in_process_reports_are_identical(ckpt, tmp_path):
+    pytest.importorskip("ray")
+    root, path, _ = ckpt
+    kw = dict(episodes=2, seed=1, max_steps=MAX_STEPS, progress=False)
+    a = run_report([str(path)], tmp_path / "local", **kw)
+    b = run_report([str(path)], tmp_path / "ray", ray=True, **kw)
+    assert a["ray"] is False and b["ray"] is True
+    ta, tb = _read(tmp_path / "local"), _read(tmp_path / "ray")
+    for name in ta:
+        pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True, obj=name)
+    assert (tmp_path / "local" / "summary.csv").read_bytes() == (tmp_path / "ray" / "summary.csv").read_bytes()
+    assert len(ta["summary.csv"]) > 0

@@ -1,0 +1,211 @@
+"""Report tables from job results: cases, episodes, objects, probes, score context and verdicts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from . import detectors as D
+from .jobs import make_env_for
+from .probes import concat_samples, probe_table
+from .scores import reference
+
+SUMMARY_COLUMNS = ["case", "checkpoint", "env", "episode", "step", "detector", "score", "detail", "value", "rank",
+                   "source", "record_seed", "clip"]
+
+
+def episodes_table(results: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        rows.append({"checkpoint": r["checkpoint"], "env": r["env"], "episode": r["episode"], "source": r["source"],
+                     "record_seed": r["record_seed"], **r["stats"],
+                     "coverage_detail": r["coverage"]["detail"], "checkpoint_path": r["checkpoint_path"]})
+    df = pd.DataFrame(rows)
+    for col in ("coverage", "coverage_total", "record_seed"):
+        if col in df:
+            df[col] = df[col].astype("Int64")
+    return df
+
+
+def cases_table(results: list[dict], max_cases: int = 5) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """The worst ``max_cases`` events per checkpoint and detector across the batch, with case ids in table
+    order (checkpoint, detector, score descending); returns the table and each case's clip window."""
+    rows, windows = [], []
+    for r in results:
+        for ev, w in zip(r["events"], r["windows"]):
+            rows.append({"checkpoint": r["checkpoint"], "ckpt_index": r["index"][0], "env": r["env"],
+                         "episode": r["episode"], "step": int(ev["t"]), "detector": ev["detector"],
+                         "score": float(ev["score"]), "detail": ev["detail"], "value": float(ev["value"]),
+                         "source": r["source"], "record_seed": r["record_seed"], "w": len(windows)})
+            windows.append(w)
+    if not rows:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in SUMMARY_COLUMNS}), {}
+    df = pd.DataFrame(rows)
+    order = {d: i for i, d in enumerate(D.DETECTORS)}
+    df["det_order"] = df["detector"].map(order)
+    df = df.sort_values(["ckpt_index", "det_order", "score", "episode", "step"],
+                        ascending=[True, True, False, True, True], kind="stable")
+    df["rank"] = df.groupby(["ckpt_index", "detector"]).cumcount() + 1
+    df = df[df["rank"] <= max_cases].reset_index(drop=True)
+    df["case"] = [f"c{i + 1:03d}" for i in range(len(df))]
+    df["clip"] = "clips/" + df["case"] + ".mp4"
+    df["record_seed"] = df["record_seed"].astype("Int64")
+    case_windows = {c: windows[w] for c, w in zip(df["case"], df["w"])}
+    return df[SUMMARY_COLUMNS].reset_index(drop=True), case_windows
+
+
+def objects_table(results: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        vis = {v["object"]: v for v in r["visibility"]}
+        for o in r["objects"]:
+            v = vis.get(o["object"], {})
+            rows.append({"checkpoint": r["checkpoint"], "env": r["env"], **o,
+                         **{k: v.get(k, np.nan) for k in ("area_px", "contrast", "survive_frac")}})
+    cols = ["checkpoint", "env", "object", "present_steps", "blind_steps", "blind_frac", "ratio_median",
+            "object_error_median", "background_error_median", "area_px", "contrast", "survive_frac"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    df = pd.DataFrame(rows)
+    w = df["present_steps"].clip(lower=0)
+
+    def wmean(g, col):
+        m = np.isfinite(g[col].to_numpy(float)) & (w[g.index] > 0)
+        return float(np.average(g[col][m], weights=w[g.index][m])) if m.any() else float("nan")
+
+    out = []
+    for (ck, env, obj), g in df.groupby(["checkpoint", "env", "object"], sort=False):
+        present = int(g["present_steps"].sum())
+        out.append({"checkpoint": ck, "env": env, "object": obj, "present_steps": present,
+                    "blind_steps": int(g["blind_steps"].sum()),
+                    "blind_frac": float(g["blind_steps"].sum() / present) if present else float("nan"),
+                    **{c: wmean(g, c) for c in ("ratio_median", "object_error_median", "background_error_median",
+                                                "area_px", "contrast", "survive_frac")}})
+    return pd.DataFrame(out, columns=cols)
+
+
+def probes_table(results: list[dict]) -> pd.DataFrame:
+    parts: dict[str, list] = {}
+    meta = {}
+    for r in results:
+        parts.setdefault(r["checkpoint"], []).append(r["probe"])
+        meta[r["checkpoint"]] = (r["env"], r["classes"])
+    frames = []
+    for ck, samples in parts.items():
+        table = probe_table(concat_samples(samples), meta[ck][1])
+        table.insert(0, "env", meta[ck][0])
+        table.insert(0, "checkpoint", ck)
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def random_baseline(env_id: str, agents_by_env: dict, episodes: int, seed: int) -> tuple[float | None, str]:
+    """Random-policy mean return for toy games (cheap to run: same eval seeds), else from a bundled
+    checkpoint's manifest; (None, reason) otherwise."""
+    from ..evaluation import evaluate
+
+    agent = agents_by_env[env_id]
+    if env_id.startswith("toy:"):
+        env = make_env_for(agent)
+        try:
+            res = evaluate(None, env, max(episodes, 10), seed=seed, policy="random")
+        finally:
+            env.close()
+        return res.mean, f"random policy, {len(res.returns)} episodes (seed {seed})"
+    bundle = (getattr(agent, "manifest", None) or {}).get("bundle") or {}
+    if "eval_random" in bundle:
+        return float(bundle["eval_random"]["mean"]), "checkpoint bundle (xdreamer bundle)"
+    return None, "n/a"
+
+
+def scores_table(episodes: pd.DataFrame, agents_by_env: dict, n_episodes: int, seed: int) -> pd.DataFrame:
+    rows = []
+    for env_id, g in episodes.groupby("env", sort=False):
+        ref = reference(env_id) or {}
+        rnd, rnd_src = (ref["random"], ref["source"]) if ref else random_baseline(env_id, agents_by_env,
+                                                                                 n_episodes, seed)
+        mean = float(g["return"].mean())
+        human = ref.get("human")
+        norm = (mean - rnd) / (human - rnd) if human is not None and rnd is not None and human != rnd else None
+        rows.append({"env": env_id, "episodes": int(len(g)), "return_mean": mean,
+                     "return_std": float(g["return"].std(ddof=0)), "random": rnd, "human": human,
+                     "dreamerv2_published": ref.get("dreamerv2"), "rainbow": ref.get("rainbow"),
+                     "human_normalised": norm, "reference_source": ref.get("source", rnd_src)})
+    return pd.DataFrame(rows)
+
+
+def verdicts_table(episodes: pd.DataFrame, objects: pd.DataFrame, probes: pd.DataFrame,
+                   scores: pd.DataFrame, th: dict | None = None) -> pd.DataFrame:
+    """Per game: perception ("cannot see it") vs exploration ("never found reward"), with the numbers.
+
+    Perception is flagged when an object is reconstructed as a blind spot on at least 25% of the steps it is
+    present, survives the 64x64 frame on fewer than half its pixels, or a linear probe finds an object
+    coordinate in the pixels (R^2 >= 0.5) but the best latent probe is at least 0.3 lower. Exploration is
+    flagged when no episode of the game ever received a positive reward."""
+    rows = []
+    for env_id, g in episodes.groupby("env", sort=False):
+        why_p, why_e, numbers = [], [], {}
+        obj = objects[objects["env"] == env_id]
+        for name, og in obj.groupby("object", sort=False):
+            present = og["present_steps"].sum()
+            blind = og["blind_steps"].sum() / present if present else float("nan")
+            survive = float(og["survive_frac"].mean())
+            ratio = float(og["ratio_median"].mean())
+            numbers[f"{name}_blind_frac"] = blind
+            numbers[f"{name}_recon_ratio"] = ratio
+            numbers[f"{name}_survive_frac"] = survive
+            if np.isfinite(blind) and blind >= 0.25:
+                why_p.append(f"{name} is a reconstruction blind spot on {blind:.0%} of its steps "
+                             f"(in-box error {ratio:.1f}x background)")
+            if np.isfinite(survive) and survive < 0.5:
+                why_p.append(f"only {survive:.0%} of {name}'s pixels survive the 64x64 frame "
+                             f"(area {float(og['area_px'].mean()):.2f} px)")
+        pr = probes[probes["env"] == env_id] if len(probes) else probes
+        for var, vg in (pr.groupby("variable", sort=False) if len(pr) else []):
+            r2 = vg.groupby("features")["r2"].mean()
+            pixels = float(r2.get("pixels", np.nan))
+            latent = float(np.nanmax([r2.get(k, np.nan) for k in ("deter", "stoch", "feat")])) \
+                if np.isfinite([r2.get(k, np.nan) for k in ("deter", "stoch", "feat")]).any() else float("nan")
+            numbers[f"{var}_r2_latent"] = latent
+            numbers[f"{var}_r2_pixels"] = pixels
+            if np.isfinite(pixels) and pixels >= 0.5 and (not np.isfinite(latent) or latent < pixels - 0.3):
+                why_p.append(f"{var} is linearly decodable from pixels (R2 {pixels:.2f}) but not from the latent "
+                             f"(best R2 {latent:.2f})")
+        found = int((g["positive_rewards"] > 0).sum())
+        numbers["episodes"] = int(len(g))
+        numbers["episodes_with_positive_reward"] = found
+        numbers["positive_rewards_per_episode"] = float(g["positive_rewards"].mean())
+        cov = g["coverage"].dropna() if "coverage" in g else pd.Series(dtype=float)
+        total = g["coverage_total"].dropna() if "coverage_total" in g else pd.Series(dtype=float)
+        cov_text = "n/a"
+        if len(cov):
+            numbers["coverage_mean"] = float(cov.mean())
+            cov_text = f"{float(cov.mean()):.1f}" + (f"/{int(total.iloc[0])}" if len(total) else "") + \
+                f" {g['coverage_metric'].iloc[0]}"
+        if found == 0:
+            why_e.append(f"no positive reward in any of {len(g)} episode(s)")
+        sc = scores[scores["env"] == env_id].iloc[0]
+        perception, exploration = bool(why_p), bool(why_e)
+        verdict = ("cannot see it and never found reward (perception + exploration)" if perception and exploration
+                   else "cannot see it (perception)" if perception
+                   else "never found reward (exploration)" if exploration
+                   else "no perception or exploration failure detected")
+        score_text = f"return {sc['return_mean']:.2f}"
+        if sc["random"] is not None and pd.notna(sc["random"]):
+            score_text += f" vs random {sc['random']:.2f}"
+        if sc["dreamerv2_published"] is not None and pd.notna(sc["dreamerv2_published"]):
+            score_text += (f", published DreamerV2 {sc['dreamerv2_published']:g}, Rainbow {sc['rainbow']:g}, "
+                           f"human {sc['human']:g}")
+        evidence = "; ".join(why_p + why_e) or "no detector crossed its verdict threshold"
+        rows.append({"env": env_id, "verdict": verdict, "perception": perception, "exploration": exploration,
+                     "evidence": evidence, "score_context": score_text,
+                     "coverage": cov_text, "numbers": json.dumps(_clean(numbers), sort_keys=True)})
+    return pd.DataFrame(rows, columns=["env", "verdict", "perception", "exploration", "evidence", "score_context",
+                                       "coverage", "numbers"])
+
+
+def _clean(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else round(v, 4) if isinstance(v, float) else v)
+            for k, v in d.items()}
