@@ -75,9 +75,7 @@ def bundle(source: str | os.PathLike, out: str | os.PathLike, episodes: int = 10
         for name in BUNDLE_FILES:
             shutil.copy2(src / name, tmp / name)
         checkpoint.update_manifest(tmp, bundle=record)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        checkpoint.replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -72,6 +72,18 @@ def _write_json(path: pathlib.Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def replace_folder(tmp: pathlib.Path, path: pathlib.Path) -> None:
+    """Move the finished folder ``tmp`` to ``path``, replacing any folder there: the old one is
+    renamed aside first and deleted only after ``tmp`` is in place."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def save(path: str | os.PathLike, agent, *, steps: int, extra: Mapping[str, Any] | None = None,
          trainer_state: Mapping[str, Any] | None = None) -> pathlib.Path:
     """Write ``agent`` to the checkpoint folder ``path`` atomically; returns the path."""
@@ -99,13 +111,7 @@ def save(path: str | os.PathLike, agent, *, steps: int, extra: Mapping[str, Any]
         _write_json(tmp / MANIFEST, manifest)
         if trainer_state is not None:
             torch.save(dict(trainer_state), tmp / TRAINER)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

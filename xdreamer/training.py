@@ -132,7 +132,8 @@ class Trainer:
         self.logger = Logger(self.logdir)
         self.rng = np.random.default_rng(cfg.seed)
         self.step, self.episodes, self.pretrained = 0, 0, False
-        self.wall_s = 0.0  # training wall time summed over resumes
+        self.wall_s = 0.0  # training wall time summed over resumes, up to the current run()
+        self._started: float | None = None  # when the current run() began
         if trainer_state is not None:
             self._restore(trainer_state)
         self.replay.load()
@@ -154,8 +155,7 @@ class Trainer:
         self.replay.rng.bit_generator.state = json.loads(state["replay_rng"])
 
     def _wall(self) -> float:
-        started = getattr(self, "_started", None)
-        return self.wall_s + (time.time() - started if started is not None else 0.0)
+        return self.wall_s + (time.time() - self._started if self._started is not None else 0.0)
 
     def save(self, eval_result=None) -> pathlib.Path:
         name = f"step-{self.step:09d}"

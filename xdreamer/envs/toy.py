@@ -13,8 +13,8 @@ a controlled, minutes-on-CPU version of the one-pixel-ball failure (VideoPinball
 
 `toy:catch-lanes` is `toy:catch` with the ball spawning in one of 3 fixed lanes (ball columns 10, 30, 50) instead of
 any column: the same game with far fewer distinct ball positions, so a DreamerV2 world model learns to see the ball
-in minutes on a CPU (the 4x4 ball at any of 61 columns takes the conv decoder thousands of updates). It exists for
-the fast end-to-end learning test; it is an easier diagnostic, not a replacement for `toy:catch`.
+in minutes on a CPU (the 4x4 ball at any of 61 columns takes the conv decoder thousands of updates). It is meant
+for a fast end-to-end learning test; it is an easier diagnostic, not a replacement for `toy:catch`.
 
 Per ball spawn the RNG draws, in order: column x in [0, 60], start row y in [0, 4], drift dx in {-1, 0, 1}. The drift
 is used only with `drift=True` (default off: straight down); when on, the ball bounces off the side walls.

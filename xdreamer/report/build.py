@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..checkpoint import replace_folder
 from . import detectors as D
 from . import render
 from .jobs import Job, load_agent, run_job
@@ -229,13 +230,7 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
         render.write_markdown(tmp / "summary.md", meta, cases, verdicts, scores, objects, probes)
         meta["wall_s"] = round(time.perf_counter() - start, 3)
         (tmp / REPORT_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
