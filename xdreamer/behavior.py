@@ -22,7 +22,7 @@ from torch import nn
 from torch.distributions import Independent, Normal, OneHotCategorical, TanhTransform, TransformedDistribution
 
 from .config import Config
-from .nets import MLP
+from .nets import MLP, sample_categorical
 from .rssm import State
 
 
@@ -73,7 +73,8 @@ class Actor(nn.Module):
         dist = self(feat)
         if self.discrete:
             probs = dist.probs
-            return dist.sample() + probs - probs.detach()
+            onehot = F.one_hot(sample_categorical(probs), self.action_dim).to(probs.dtype)
+            return onehot + probs - probs.detach()
         return dist.rsample()
 
     def mode(self, feat: torch.Tensor) -> torch.Tensor:

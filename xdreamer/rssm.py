@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nets import LayerNormGRUCell
+from .nets import LayerNormGRUCell, sample_categorical
 
 
 class State(NamedTuple):
@@ -85,9 +85,7 @@ class RSSM(nn.Module):
         logits = flat_logits.reshape(*flat_logits.shape[:-1], self.stoch_size, self.classes)
         probs = logits.softmax(-1)
         if sample:
-            # Gumbel-max: an exact categorical sample, several times cheaper than torch.multinomial on CPU.
-            gumbel = -torch.empty_like(logits).exponential_().log()
-            index = (logits.detach() + gumbel).argmax(-1)
+            index = sample_categorical(probs)
         else:
             index = probs.argmax(-1)
         onehot = F.one_hot(index, self.classes).to(probs.dtype)
