@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import platform
 import resource
 import subprocess
@@ -160,10 +159,9 @@ def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
         print("bench: report ...", file=sys.stderr, flush=True)
         results["report"] = bench_report(episodes=report_episodes)
         results["report_s"] = results["report"]["report_s"]
-    path = pathlib.Path(out)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, path)
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(out, json.dumps(results, indent=2) + "\n")
     return results
 
 

@@ -82,6 +82,33 @@ def bundle(source: str | os.PathLike, out: str | os.PathLike, episodes: int = 10
     return record
 
 
+TABLE_BEGIN = "<!-- bundled-table:begin (written by xdreamer bundle) -->"
+TABLE_END = "<!-- bundled-table:end -->"
+TABLE_HEAD = ("| folder | env | env steps | updates | train wall time | eval return (mode) | random policy | "
+              "episodes | commit |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def update_readme(root: str | os.PathLike) -> pathlib.Path | None:
+    """Rewrite the table between the markers in ``root/README.md`` from every bundled manifest
+    under ``root``; returns the README path, or None when it has no markers."""
+    root = pathlib.Path(root)
+    readme = root / "README.md"
+    if not readme.exists():
+        return None
+    text = readme.read_text()
+    if TABLE_BEGIN not in text or TABLE_END not in text:
+        return None
+    rows = [markdown_row(folder.name, checkpoint.read_manifest(folder))
+            for folder in sorted(root.iterdir())
+            if (folder / checkpoint.MANIFEST).exists()
+            and "bundle" in checkpoint.read_manifest(folder)]
+    head, rest = text.split(TABLE_BEGIN, 1)
+    tail = rest.split(TABLE_END, 1)[1]
+    body = "\n".join([TABLE_BEGIN, TABLE_HEAD, *rows, TABLE_END])
+    checkpoint.atomic_write_text(readme, head + body + tail)
+    return readme
+
+
 def markdown_row(name: str, manifest: dict[str, Any]) -> str:
     """One row of checkpoints/README.md's table, from a bundled manifest."""
     b = manifest["bundle"]

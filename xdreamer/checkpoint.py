@@ -143,6 +143,17 @@ def resolve(path: str | os.PathLike) -> pathlib.Path:
     raise CheckpointError(f"{path} is not a checkpoint (no {MANIFEST}) nor a run folder with checkpoints")
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: readers see the old
+    file or the new one, never a partial write."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
 def read_manifest(path: pathlib.Path) -> dict[str, Any]:
     try:
         manifest = json.loads((path / MANIFEST).read_text())

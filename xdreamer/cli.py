@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 import time
@@ -64,9 +63,7 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate(agent, env, args.episodes, seed=args.seed, policy=args.policy, progress=not args.no_progress)
     out = args.out or f"eval-{agent.path.name}-{args.policy}-seed{args.seed}.json"
     data = {"checkpoint": str(agent.path), "steps": agent.manifest.get("steps"), **result.to_dict()}
-    tmp = pathlib.Path(out).with_name(f".{pathlib.Path(out).name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, out)
+    checkpoint.atomic_write_text(out, json.dumps(data, indent=2) + "\n")
     print(f"{env_id} {args.policy} policy over {args.episodes} episodes (seed {args.seed}): "
           f"return {result.mean:.3f} ± {result.std:.3f}")
     print(f"wrote {out}")
@@ -90,7 +87,7 @@ def _app(args: argparse.Namespace) -> int:
 
 def _bundle(args: argparse.Namespace) -> int:
     from . import checkpoint
-    from .bundle import bundle, markdown_row
+    from .bundle import bundle, markdown_row, update_readme
 
     record = bundle(args.source, args.out, episodes=args.episodes, seed=args.seed, command=args.command,
                     progress=not args.no_progress)
@@ -99,6 +96,9 @@ def _bundle(args: argparse.Namespace) -> int:
     print(f"eval over {args.episodes} episodes (seed {args.seed}): agent {m['mean']:.3f} ± {m['std']:.3f}, "
           f"random {r['mean']:.3f} ± {r['std']:.3f}")
     print(markdown_row(pathlib.Path(args.out).name, checkpoint.read_manifest(pathlib.Path(args.out))))
+    readme = update_readme(pathlib.Path(args.out).parent)
+    if readme is not None:
+        print(f"updated the table in {readme}")
     return 0
 
 

@@ -170,6 +170,18 @@ def box(x: float, y: float, w: float, h: float) -> np.ndarray:
     return np.array([x, y, w, h], dtype=np.float32)
 
 
+def box_slices(box: np.ndarray, size: int = 64) -> tuple[slice, slice] | None:
+    """Pixel footprint (rows, cols) of a box ``[x, y, w, h]`` in frame coordinates; None when absent/empty."""
+    if not np.all(np.isfinite(box)):
+        return None
+    x, y, w, h = (float(v) for v in box)
+    x0, y0 = max(int(np.floor(x)), 0), max(int(np.floor(y)), 0)
+    x1, y1 = min(int(np.ceil(x + max(w, 1e-3))), size), min(int(np.ceil(y + max(h, 1e-3))), size)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return slice(y0, y1), slice(x0, x1)
+
+
 def str_to_array(s: str) -> np.ndarray:
     return np.frombuffer(s.encode("utf-8"), dtype=np.uint8).copy()
 

@@ -15,14 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from ..checkpoint import atomic_write_text
+
 
 def _write_json(path: str | os.PathLike, data: Any) -> pathlib.Path:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def _load(args):

@@ -226,3 +226,62 @@ def ig_completeness(agent, frame: Any, prev_state: Any = None, prev_action: Any 
     result = saliency(agent, frame, prev_state, prev_action, target, "integrated_gradients", action,
                       is_first=is_first, n_steps=n_steps, **options)
     return {**completeness(result), "n_steps": n_steps, "action": result.action}
+
+
+# ---- pointing game ---------------------------------------------------------------------------------
+@dataclass
+class PointingGame:
+    """Pointing game (Zhang et al. 2016, "Top-down neural attention by excitation backprop") on
+    ground-truth object boxes: a step is a hit when the saliency map's peak (largest absolute
+    value) lies inside an object box grown by ``margin`` pixels. ``chance`` is the mean fraction of
+    the frame those grown boxes cover: the hit rate of a peak placed uniformly at random."""
+
+    steps: np.ndarray
+    hits: np.ndarray
+    hit_rate: float
+    chance: float
+    method: str
+    target: str
+    objects: tuple[str, ...]
+    margin: int
+
+
+def pointing_game(agent, trace, steps: Any = None, method: str = "saliency", target: str = "action",
+                  objects: Any = None, margin: int = 2, **options: Any) -> PointingGame:
+    """Run the pointing game over ``steps`` of a recorded ``trace`` (default: every step with a
+    box for at least one of ``objects``; default objects: all the trace records)."""
+    from ..envs.base import box_slices
+    from .saliency import trace_inputs
+
+    names = tuple(objects) if objects is not None else tuple(trace.object_names)
+    if not names:
+        raise ValueError("the pointing game needs ground-truth object boxes; this trace records none")
+    unknown = [n for n in names if n not in trace.object_names]
+    if unknown:
+        raise ValueError(f"the trace has no boxes for {unknown}; it records {list(trace.object_names)}")
+    size = trace.arrays["frame"].shape[-1]
+
+    def mask_at(step: int) -> np.ndarray:
+        mask = np.zeros((size, size), bool)
+        for name in names:
+            s = box_slices(trace.arrays[f"objects/{name}"][step], size)
+            if s is not None:
+                rows, cols = s
+                mask[max(rows.start - margin, 0):rows.stop + margin, max(cols.start - margin, 0):cols.stop + margin] = True
+        return mask
+
+    if steps is None:
+        steps = [t for t in range(len(trace)) if mask_at(t).any()]
+    steps = np.asarray([trace.check_step(int(t)) for t in steps], np.int64)
+    if len(steps) == 0:
+        raise ValueError("no steps to score: no step has a box for the chosen objects")
+    hits, cover = [], []
+    for t in steps:
+        mask = mask_at(int(t))
+        m = np.abs(saliency(agent, method=method, target=target, **trace_inputs(trace, int(t)), **options).map)
+        peak = np.unravel_index(int(np.argmax(m)), m.shape)
+        hits.append(bool(mask[peak]))
+        cover.append(mask.mean())
+    hits = np.asarray(hits)
+    return PointingGame(steps=steps, hits=hits, hit_rate=float(hits.mean()), chance=float(np.mean(cover)),
+                        method=method, target=target, objects=names, margin=int(margin))

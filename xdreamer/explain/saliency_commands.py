@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 from typing import Any
 
 import numpy as np
 
+from ..checkpoint import atomic_write_text
 from .saliency import METHODS, TARGETS, _ALIASES
 
 
@@ -77,10 +77,7 @@ def episode_inputs(agent, step: int, seed: int = 0) -> dict[str, Any]:
 
 
 def _write_json(path: str, data: dict) -> None:
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(x):

@@ -20,6 +20,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..envs.base import box_slices
+
 EVENT_COLUMNS = ("detector", "step", "episode", "t", "score", "value", "detail")
 DETECTORS = ("blind_spot", "reward_miss", "phantom_reward", "surprise_spike", "value_error", "dream_infidelity")
 EPS = 1e-3  # squared-error floor of the in-box / background ratio (pixel units in [0, 1])
@@ -57,18 +59,6 @@ def events_from_mask(trace, detector: str, mask: np.ndarray, score: np.ndarray, 
                      "score": float(score[i]), "value": float(value[i]),
                      "detail": detail(i) + (f" ({hi - lo} consecutive steps)" if hi - lo > 1 else "")})
     return pd.DataFrame(rows, columns=list(EVENT_COLUMNS)) if rows else _empty()
-
-
-def box_slices(box: np.ndarray, size: int = 64) -> tuple[slice, slice] | None:
-    """Pixel footprint (rows, cols) of a box ``[x, y, w, h]`` in frame coordinates; None when absent/empty."""
-    if not np.all(np.isfinite(box)):
-        return None
-    x, y, w, h = (float(v) for v in box)
-    x0, y0 = max(int(np.floor(x)), 0), max(int(np.floor(y)), 0)
-    x1, y1 = min(int(np.ceil(x + max(w, 1e-3))), size), min(int(np.ceil(y + max(h, 1e-3))), size)
-    if x1 <= x0 or y1 <= y0:
-        return None
-    return slice(y0, y1), slice(x0, x1)
 
 
 def reward_target(trace) -> np.ndarray:
