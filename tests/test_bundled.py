@@ -4,7 +4,6 @@ evaluation its manifest records (issue 6)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import pathlib
 
 import numpy as np
@@ -38,7 +37,7 @@ def test_bundle_sizes():
 @pytest.mark.parametrize("folder", BUNDLED, ids=[p.name for p in BUNDLED])
 def test_bundled_checkpoint_reproduces_its_manifest(folder):
     assert sorted(f.name for f in folder.iterdir()) == sorted(bundle_mod.BUNDLE_FILES)
-    manifest = json.loads((folder / checkpoint.MANIFEST).read_text())
+    manifest = checkpoint.read_manifest(folder)
     for key in ("format_version", "env", "steps", "updates", "weights_sha256", "versions", "bundle"):
         assert key in manifest, f"{folder.name}: manifest lacks {key}"
     digest = hashlib.sha256((folder / checkpoint.WEIGHTS).read_bytes()).hexdigest()

@@ -22,7 +22,7 @@ from torch import nn
 from torch.distributions import Independent, Normal, OneHotCategorical, TanhTransform, TransformedDistribution
 
 from .config import Config
-from .nets import MLP, sample_categorical
+from .nets import MLP, sample_categorical, straight_through_onehot
 from .rssm import State
 
 
@@ -72,9 +72,7 @@ class Actor(nn.Module):
         """A differentiable sample: straight-through one-hot or reparameterised continuous."""
         dist = self(feat)
         if self.discrete:
-            probs = dist.probs
-            onehot = F.one_hot(sample_categorical(probs), self.action_dim).to(probs.dtype)
-            return onehot + probs - probs.detach()
+            return straight_through_onehot(dist.probs, sample_categorical(dist.probs))
         return dist.rsample()
 
     def mode(self, feat: torch.Tensor) -> torch.Tensor:

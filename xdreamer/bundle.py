@@ -98,10 +98,9 @@ def update_readme(root: str | os.PathLike) -> pathlib.Path | None:
     text = readme.read_text()
     if TABLE_BEGIN not in text or TABLE_END not in text:
         return None
-    rows = [markdown_row(folder.name, checkpoint.read_manifest(folder))
-            for folder in sorted(root.iterdir())
-            if (folder / checkpoint.MANIFEST).exists()
-            and "bundle" in checkpoint.read_manifest(folder)]
+    manifests = {folder.name: checkpoint.read_manifest(folder) for folder in sorted(root.iterdir())
+                 if (folder / checkpoint.MANIFEST).exists()}
+    rows = [markdown_row(name, manifest) for name, manifest in manifests.items() if "bundle" in manifest]
     head, rest = text.split(TABLE_BEGIN, 1)
     tail = rest.split(TABLE_END, 1)[1]
     body = "\n".join([TABLE_BEGIN, TABLE_HEAD, *rows, TABLE_END])

@@ -24,6 +24,13 @@ def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
     return (probs.cumsum(-1) < u).sum(-1).clamp_(max=probs.shape[-1] - 1)
 
 
+def straight_through_onehot(probs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """One-hot of ``index`` in the forward pass, gradients of ``probs`` in the backward pass
+    (straight-through estimator, DreamerV2 §2 / Algorithm 1)."""
+    onehot = torch.nn.functional.one_hot(index, probs.shape[-1]).to(probs.dtype)
+    return onehot + probs - probs.detach()
+
+
 def init_weights(module: nn.Module) -> None:
     """Glorot-uniform weights and zero biases, the Keras defaults that dreamerv2 trains with
     (PyTorch's default Kaiming-uniform(a=sqrt(5)) init learned the toy game's ball markedly

@@ -22,10 +22,9 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .nets import LayerNormGRUCell, sample_categorical
+from .nets import LayerNormGRUCell, sample_categorical, straight_through_onehot
 
 
 class State(NamedTuple):
@@ -88,9 +87,7 @@ class RSSM(nn.Module):
             index = sample_categorical(probs)
         else:
             index = probs.argmax(-1)
-        onehot = F.one_hot(index, self.classes).to(probs.dtype)
-        # Straight-through gradients (DreamerV2 §2, Algorithm 1).
-        return onehot + probs - probs.detach(), logits
+        return straight_through_onehot(probs, index), logits
 
     # ---- one step -----------------------------------------------------------------------
     def img_step(self, prev: State, prev_action: torch.Tensor, sample: bool = True) -> State:

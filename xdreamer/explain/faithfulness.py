@@ -271,13 +271,17 @@ def pointing_game(agent, trace, steps: Any = None, method: str = "saliency", tar
         return mask
 
     if steps is None:
-        steps = [t for t in range(len(trace)) if mask_at(t).any()]
-    steps = np.asarray([trace.check_step(int(t)) for t in steps], np.int64)
+        masks = {t: mask_at(t) for t in range(len(trace))}
+        steps = [t for t, mask in masks.items() if mask.any()]
+    else:
+        steps = [trace.check_step(int(t)) for t in steps]
+        masks = {int(t): mask_at(int(t)) for t in steps}
+    steps = np.asarray(steps, np.int64)
     if len(steps) == 0:
         raise ValueError("no steps to score: no step has a box for the chosen objects")
     hits, cover = [], []
     for t in steps:
-        mask = mask_at(int(t))
+        mask = masks[int(t)]
         m = np.abs(saliency(agent, method=method, target=target, **trace_inputs(trace, int(t)), **options).map)
         peak = np.unravel_index(int(np.argmax(m)), m.shape)
         hits.append(bool(mask[peak]))
