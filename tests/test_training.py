@@ -287,13 +287,18 @@ def test_bench_writes_json(tmp_path):
     from xdreamer.bench import run_benchmark
 
     out = tmp_path / "bench.json"
-    results = run_benchmark(["debug"], out, repeats=1, envs=("toy:catch",), env_steps=300)
+    results = run_benchmark(["debug"], out, repeats=1, precisions=("float32", "bfloat16"), envs=("toy:catch",),
+                            env_steps=300, report_episodes=0)
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(results))
-    debug = data["presets"]["debug"]
-    for key in ("world_model_update_s", "behavior_update_s", "updates_per_s", "peak_rss_mb", "whatif_s",
-                "integrated_gradients_s"):
-        assert debug[key] > 0, key
+    for precision in ("float32", "bfloat16"):
+        debug = data["presets"]["debug"][precision]
+        assert debug["precision"] == precision
+        for key in ("world_model_update_s", "behavior_update_s", "updates_per_s", "peak_rss_mb", "whatif_s",
+                    "integrated_gradients_s", "update_gflop", "achieved_gflops", "matmul_peak_gflops",
+                    "replay_sample_s"):
+            assert debug[key] > 0, key
+        assert debug["percent_of_matmul_peak"] == pytest.approx(100 * debug["achieved_gflops"] / debug["matmul_peak_gflops"])
     env = data["envs"]["toy:catch"]
     assert env["env_steps_per_s"] > 0 and 0 < env["replay_bytes_per_step"] < 4096
 

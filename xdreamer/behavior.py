@@ -59,7 +59,7 @@ class Actor(nn.Module):
         self.net = MLP(feat_dim, action_dim if discrete else 2 * action_dim, layers, units)
 
     def forward(self, feat: torch.Tensor) -> torch.distributions.Distribution:
-        out = self.net(feat)
+        out = self.net(feat).float()  # distributions in float32 also under bf16 autocast
         if self.discrete:
             return OneHotCategorical(logits=out, validate_args=False)
         mean, std = out.chunk(2, -1)

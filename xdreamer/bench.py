@@ -1,8 +1,11 @@
-"""``xdreamer bench``: update speed per preset, env speed, replay bytes per step, peak RSS.
+"""``xdreamer bench``: update speed per preset and precision, env speed, replay bytes per step, peak RSS.
 
-Each preset is measured in its own subprocess so that its peak RSS is its own. Updates run on
-random replay-shaped batches of the preset's size (batch x length, 64x64 grayscale, Pong's 6
-actions); the first update is a warm-up and is not timed.
+Each preset x precision is measured in its own subprocess so that its peak RSS is its own. Updates
+run on random replay-shaped batches of the preset's size (batch x length, 64x64 grayscale, Pong's 6
+actions); the first update is a warm-up and is not timed. The FLOPs of one update are counted with
+``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, forward and backward) and
+divided by the measured update time; the same subprocess measures the matmul peak of the precision
+in use (a 2048^3 matmul), so "percent of peak" compares numbers taken in the same run.
 """
 
 from __future__ import annotations
@@ -27,7 +30,31 @@ def _machine() -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
 
 
-def bench_preset(preset: str, repeats: int) -> dict[str, Any]:
+def matmul_peak_gflops(dtype_name: str = "float32", size: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` GFLOP/s of a ``size``^3 matmul in ``dtype_name`` with the current threads."""
+    import torch
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def count_update_flops(agent, batch) -> float:
+    """FLOPs of one ``agent.train_step(batch)`` (forward + backward of world model and behaviour)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        agent.train_step(batch)
+    return float(counter.get_total_flops())
+
+
+def bench_preset(preset: str, repeats: int, precision: str = "float32") -> dict[str, Any]:
     import torch
 
     from .agent import Agent
@@ -37,7 +64,7 @@ def bench_preset(preset: str, repeats: int) -> dict[str, Any]:
     from .training import configure_cpu
 
     configure_cpu()
-    cfg = build_config([preset])
+    cfg = build_config([preset], {"precision": precision})
     spec = EnvSpec(id="atari:Pong", obs_shape=(1, 64, 64), discrete=True, num_actions=6,
                    action_names=("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"),
                    object_names=(), can_branch=True, max_steps=cfg.time_limit)
@@ -55,6 +82,7 @@ def bench_preset(preset: str, repeats: int) -> dict[str, Any]:
                 "is_first": is_first, "is_last": np.zeros((B, T), bool), "is_terminal": np.zeros((B, T), bool)}
 
     agent.train_step(batch())  # warm-up
+    flops = count_update_flops(agent, batch())
     model_s, behavior_s, total_s = [], [], []
     for _ in range(repeats):
         data = batch()
@@ -65,11 +93,40 @@ def bench_preset(preset: str, repeats: int) -> dict[str, Any]:
         behavior_s.append(agent.last_timings["behavior_s"])
     params = sum(p.numel() for p in agent.parameters())
     analysis = bench_analysis(agent, repeats)
-    return {"preset": preset, "batch": B, "length": T, "horizon": cfg.horizon, "parameters": params,
-            "repeats": repeats, "world_model_update_s": float(np.mean(model_s)),
-            "behavior_update_s": float(np.mean(behavior_s)), "update_s": float(np.mean(total_s)),
-            "updates_per_s": float(1.0 / np.mean(total_s)),
+    sample_s = bench_replay_sample(agent, B, T, repeats=max(repeats, 5))
+    peak = matmul_peak_gflops(precision)
+    update_s = float(np.mean(total_s))
+    achieved = flops / update_s / 1e9
+    return {"preset": preset, "precision": precision, "batch": B, "length": T, "horizon": cfg.horizon,
+            "parameters": params, "repeats": repeats, "world_model_update_s": float(np.mean(model_s)),
+            "behavior_update_s": float(np.mean(behavior_s)), "update_s": update_s,
+            "updates_per_s": 1.0 / update_s, "update_gflop": flops / 1e9, "achieved_gflops": achieved,
+            "matmul_peak_gflops": peak, "percent_of_matmul_peak": 100 * achieved / peak,
+            "replay_sample_s": sample_s, "replay_sample_percent_of_update": 100 * sample_s / update_s,
             **analysis, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def bench_replay_sample(agent, batch: int, length: int, repeats: int = 5, episodes: int = 20,
+                        episode_len: int = 500) -> float:
+    """Seconds to sample one ``batch x length`` batch from an on-disk replay of ``episodes``
+    random 64x64 episodes and turn it into the update's tensors (``Agent.to_torch``)."""
+    from .replay import Replay
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        replay = Replay(tmp, capacity=10**7)
+        for _ in range(episodes):
+            n = episode_len
+            replay.add_episode({
+                "image": rng.integers(0, 256, (n, *agent.spec.obs_shape), dtype=np.uint8),
+                "action": rng.integers(0, agent.spec.num_actions, n).astype(np.int32),
+                "reward": rng.normal(size=n).astype(np.float32), "is_first": np.arange(n) == 0,
+                "is_last": np.arange(n) == n - 1, "is_terminal": np.zeros(n, bool)})
+        replay.sample(batch, length)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            agent.to_torch(replay.sample(batch, length))
+        return (time.perf_counter() - start) / repeats
 
 
 def bench_analysis(agent, repeats: int, actions: int = 18, horizon: int = 15) -> dict[str, float]:
@@ -139,17 +196,20 @@ def bench_env(env_id: str, steps: int) -> dict[str, Any]:
 
 
 def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
+                  precisions: tuple[str, ...] = ("float32",),
                   envs: tuple[str, ...] = ("toy:catch", "atari:Pong"), env_steps: int = 2000,
                   report_episodes: int = 10) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": _machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                "presets": {}, "envs": {}}
     for preset in presets:
-        print(f"bench: preset {preset} ...", file=sys.stderr, flush=True)
-        proc = subprocess.run([sys.executable, "-m", "xdreamer.bench", "preset", preset, str(repeats)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"benchmark of preset {preset} failed:\n{proc.stderr[-2000:]}")
-        results["presets"][preset] = json.loads(proc.stdout.strip().splitlines()[-1])
+        results["presets"][preset] = {}
+        for precision in precisions:
+            print(f"bench: preset {preset} ({precision}) ...", file=sys.stderr, flush=True)
+            proc = subprocess.run([sys.executable, "-m", "xdreamer.bench", "preset", preset, str(repeats), precision],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"benchmark of preset {preset} ({precision}) failed:\n{proc.stderr[-2000:]}")
+            results["presets"][preset][precision] = json.loads(proc.stdout.strip().splitlines()[-1])
     for env_id in envs:
         print(f"bench: env {env_id} ...", file=sys.stderr, flush=True)
         results["envs"][env_id] = bench_env(env_id, env_steps)
@@ -166,7 +226,7 @@ def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "preset":
-        print(json.dumps(bench_preset(sys.argv[2], int(sys.argv[3]))))
+    if len(sys.argv) in (4, 5) and sys.argv[1] == "preset":
+        print(json.dumps(bench_preset(sys.argv[2], int(sys.argv[3]), *sys.argv[4:])))
     else:
-        sys.exit("usage: python -m xdreamer.bench preset NAME REPEATS (use `xdreamer bench`)")
+        sys.exit("usage: python -m xdreamer.bench preset NAME REPEATS [PRECISION] (use `xdreamer bench`)")

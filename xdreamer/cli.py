@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Sequence
 
+from .config import PRESETS
+
 
 def _command_line() -> str:
     import shlex
@@ -73,7 +75,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_benchmark
 
-    results = run_benchmark(args.presets, args.out, repeats=args.repeats)
+    results = run_benchmark(args.presets, args.out, repeats=args.repeats, precisions=tuple(args.precision))
     print(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
     return 0
@@ -111,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. --preset atari small); --set key=value overrides any config field."))
     p.add_argument("--env", help="env id: toy:catch, toy:catch-pixel, atari:<Game>, mujoco:<Name>, gym:<id>")
     p.add_argument("--preset", nargs="+", default=[], metavar="NAME",
-                   help="presets to apply in order: atari, atari-paper, mujoco, small, debug")
+                   help="presets to apply in order: " + ", ".join(PRESETS))
     p.add_argument("--set", nargs="+", default=[], action="extend", metavar="KEY=VALUE",
                    help="override config fields, e.g. --set steps=20000 seed=1")
     p.add_argument("--logdir", help="run folder (default runs/<env>-<time>)")
@@ -138,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure update and env speed; writes JSON")
     p.add_argument("--presets", nargs="+", default=["atari", "small", "debug"])
     p.add_argument("--repeats", type=int, default=3, help="timed updates per preset")
+    p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                   help="precisions to measure (bfloat16 = CPU/CUDA autocast)")
     p.add_argument("--out", default="bench.json")
     p.set_defaults(func=_bench)
 

@@ -57,12 +57,14 @@ class Config:
 
     # --- world model ------------------------------------------------------------------
     cnn_depth: int = 48  # encoder/decoder cnn_depth 48
+    decoder: str = "dreamerv2"  # dreamerv2 (1x1 start, kernels 5,5,6,6) | dreamerv3 (4x4 start); nets.ConvDecoder
     mlp_layers: int = 4  # heads: 4 x 400, ELU
     mlp_units: int = 400
     deter: int = 600  # atari rssm deter 600
     hidden: int = 600  # atari rssm hidden 600
     stoch: int = 32  # 32 categorical variables ...
     classes: int = 32  # ... with 32 classes each
+    unimix: float = 0.0  # uniform mix into latent categoricals; DreamerV2 none, DreamerV3 0.01
     clip_rewards: str = "tanh"  # atari: clip_rewards tanh; dmc_vision: identity
     pred_discount: bool = True  # atari: pred_discount True; dmc_vision: False
     kl_scale: float = 0.1  # loss_scales.kl 0.1 (beta)
@@ -107,6 +109,7 @@ class Config:
             "precision": ("float32", "bfloat16"),
             "clip_rewards": ("tanh", "identity"),
             "actor_grad": ("auto", "reinforce", "dynamics", "both"),
+            "decoder": ("dreamerv2", "dreamerv3"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

@@ -56,9 +56,12 @@ Intervention = Callable[[int, State], State]  # (step index 1..H, prior state) -
 
 class RSSM(nn.Module):
     def __init__(self, embed_dim: int, action_dim: int, deter: int = 600, hidden: int = 600,
-                 stoch: int = 32, classes: int = 32) -> None:
+                 stoch: int = 32, classes: int = 32, unimix: float = 0.0) -> None:
         super().__init__()
         self.deter_size, self.stoch_size, self.classes = deter, stoch, classes
+        # DreamerV3 (Hafner et al. 2023, "unimix"): mix 1% uniform into every categorical so that
+        # probabilities never reach 0 or 1; 0.0 is DreamerV2.
+        self.unimix = unimix
         self.action_dim = action_dim
         self.img_in = nn.Sequential(nn.Linear(stoch * classes + action_dim, hidden), nn.ELU())
         self.gru = LayerNormGRUCell(hidden, deter)
@@ -81,8 +84,12 @@ class RSSM(nn.Module):
         return torch.cat([state.deter, state.stoch.flatten(-2)], -1)
 
     def _stoch_from_logits(self, flat_logits: torch.Tensor, sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = flat_logits.reshape(*flat_logits.shape[:-1], self.stoch_size, self.classes)
+        # Distributions in float32 also under bf16 autocast: sampling, KL and entropies need the precision.
+        logits = flat_logits.float().reshape(*flat_logits.shape[:-1], self.stoch_size, self.classes)
         probs = logits.softmax(-1)
+        if self.unimix > 0:
+            probs = (1 - self.unimix) * probs + self.unimix / self.classes
+            logits = probs.log()  # the mixed distribution is the one the KL and entropies see
         if sample:
             index = sample_categorical(probs)
         else:
@@ -165,7 +172,7 @@ class RSSM(nn.Module):
     @staticmethod
     def kl(lhs_logits: torch.Tensor, rhs_logits: torch.Tensor) -> torch.Tensor:
         """KL(lhs || rhs) summed over the categorical variables: ``[...]``."""
-        lp, lq = lhs_logits.log_softmax(-1), rhs_logits.log_softmax(-1)
+        lp, lq = lhs_logits.float().log_softmax(-1), rhs_logits.float().log_softmax(-1)
         return (lp.exp() * (lp - lq)).sum((-1, -2))
 
     def kl_loss(self, post: State, prior: State, balance: float, free: float,

@@ -24,9 +24,10 @@ class WorldModel(nn.Module):
         self.cfg = cfg
         self.channels, self.action_dim, self.discrete = channels, action_dim, discrete
         self.encoder = ConvEncoder(channels, cfg.cnn_depth)
-        self.rssm = RSSM(self.encoder.out_dim, action_dim, cfg.deter, cfg.hidden, cfg.stoch, cfg.classes)
+        self.rssm = RSSM(self.encoder.out_dim, action_dim, cfg.deter, cfg.hidden, cfg.stoch, cfg.classes,
+                         cfg.unimix)
         feat = self.rssm.feat_dim
-        self.decoder = ConvDecoder(feat, channels, cfg.cnn_depth)
+        self.decoder = ConvDecoder(feat, channels, cfg.cnn_depth, cfg.decoder)
         self.reward_head = MLP(feat, 1, cfg.mlp_layers, cfg.mlp_units)
         self.discount_head = MLP(feat, 1, cfg.mlp_layers, cfg.mlp_units) if cfg.pred_discount else None
 

@@ -1,0 +1,83 @@
+"""Does the full world model learn to draw toy:catch's 4x4 ball? World-model-only updates on random play.
+
+Fills a replay with random-policy toy:catch episodes, then trains only the world model (the same
+``WorldModel.loss`` and optimiser as ``xdreamer train``, ``--preset small toy`` plus overrides) and
+prints, every 100 updates, the batch image loss, the mean squared error on the ball's pixels of a
+held-out random-play sequence reconstructed from the posterior (1.0 = drawn as background), the
+posterior entropy (nats, summed over the latent variables) and the KL.
+
+    python docs/experiments/world_model_ball.py UPDATES [KEY=VALUE ...]
+    python docs/experiments/world_model_ball.py 600 decoder=dreamerv3
+    python docs/experiments/world_model_ball.py 600 decoder=dreamerv3 unimix=0.01
+
+Measured on the project's 2-core CPU (torch 2.13.0+cpu, seed 0, ~0.35 s per update; the replay
+there was the first 3,000 steps of a training run, this script's random play is equivalent): with
+decoder=dreamerv3 the ball-pixel MSE stayed at 0.98-1.0 through 600 updates while the posterior
+entropy fell from 44 to 0.13 nats (the latent becomes deterministic before it carries the ball);
+with unimix=0.01 too, the same (MSE 0.99 at 600, entropy 1.4). A full training run with
+decoder=dreamerv3 (runs to 5,000 steps, 1,995 updates) likewise kept the image loss at 7.7-8.5, which
+is the undrawn ball (0.5 x 16 px x 1.0^2 = 8).
+"""
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from xdreamer.agent import Agent
+from xdreamer.config import build_config
+from xdreamer.envs import make
+from xdreamer.evaluation import random_action
+from xdreamer.replay import EpisodeBuilder, Replay
+
+if len(sys.argv) < 2:
+    sys.exit(__doc__)
+updates = int(sys.argv[1])
+cfg = build_config(["small", "toy"], dict(a.split("=", 1) for a in sys.argv[2:]))
+torch.manual_seed(0)
+torch.set_num_threads(2)
+env = make("toy:catch", seed=0)
+agent = Agent(cfg, env.spec)
+agent.init_optimizers()
+rng = np.random.default_rng(0)
+
+
+def play(env, steps):
+    builder, episodes = EpisodeBuilder(env.spec.discrete, env.spec.num_actions), []
+    obs = env.reset()
+    builder.add(obs, None)
+    for _ in range(steps):
+        action = random_action(env.spec, rng)
+        obs = env.step(action)
+        episode = builder.add(obs, action)
+        if obs["is_last"]:
+            episodes.append(episode)
+            obs = env.reset()
+            builder.add(obs, None)
+    return episodes
+
+
+held_out = play(make("toy:catch", seed=123), 100)[0]
+img = torch.tensor(held_out["image"])[None].float() / 255 - 0.5
+act = torch.nn.functional.one_hot(torch.tensor(held_out["action"]).long(), env.spec.num_actions).float()[None]
+first = torch.tensor(held_out["is_first"])[None]
+ball = img[0, :, 0] > 0.2
+ball[:, 58:] = False  # the paddle's rows
+with tempfile.TemporaryDirectory() as tmp:
+    replay = Replay(tmp, capacity=10**6, seed=0)
+    for episode in play(env, 3000):
+        replay.add_episode(episode)
+    start = time.time()
+    for k in range(updates + 1):
+        agent.train()
+        loss, _, metrics = agent.wm.loss(agent.to_torch(replay.sample(cfg.batch, cfg.length)))
+        agent._step("model", loss, agent.wm.parameters())
+        if k % 100 == 0:
+            agent.eval()
+            with torch.no_grad():
+                post, _ = agent.wm.rssm.observe(agent.wm.encoder(img), act, first)
+                err = (agent.wm.decoder(agent.wm.rssm.get_feat(post)) - img).pow(2)[0, :, 0]
+            print(k, f"image loss {metrics['image_loss']:.2f}  ball MSE {err[ball].mean():.3f}  "
+                  f"posterior entropy {metrics['post_entropy']:.3f}  KL {metrics['kl']:.2f}  {time.time() - start:.0f}s",
+                  flush=True)
