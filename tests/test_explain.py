@@ -330,6 +330,12 @@ def test_cli_handlers_write_trace_video_and_json(toy, tmp_path, capsys):
     args = parser.parse_args(["whatif", str(ckpt), "--seed", "1", "--step", "2", "--horizon", "3",
                               "--actions", "0", "2", "--json", str(out), "--no-progress"])
     assert args.func(args) == 0 and json.loads(out.read_text())["dream"]["first_actions"] == [0, 2]
+    q32 = np.array(json.loads(out.read_text())["dream"]["q"])
+    # --precision bfloat16 runs the same query under bf16 autocast: same Q estimates up to bf16 rounding
+    args = parser.parse_args(["whatif", str(ckpt), "--seed", "1", "--step", "2", "--horizon", "3",
+                              "--actions", "0", "2", "--json", str(out), "--no-progress", "--precision", "bfloat16"])
+    assert args.func(args) == 0
+    assert np.allclose(np.array(json.loads(out.read_text())["dream"]["q"]), q32, atol=0.05)
     hl_out = tmp_path / "hl.json"
     args = parser.parse_args(["highlights", str(ckpt), "--trace", str(trace_path), "--k", "2", "--horizon", "3",
                               "--min-gap", "3", "--json", str(hl_out), "--image", str(tmp_path / "hl.png"),

@@ -296,7 +296,7 @@ def test_bench_writes_json(tmp_path):
         assert debug["precision"] == precision
         for key in ("world_model_update_s", "behavior_update_s", "updates_per_s", "peak_rss_mb", "whatif_s",
                     "integrated_gradients_s", "update_gflop", "achieved_gflops", "matmul_peak_gflops",
-                    "replay_sample_s"):
+                    "replay_sample_s", "eval_s", "record_s", "record_over_eval"):
             assert debug[key] > 0, key
         assert debug["percent_of_matmul_peak"] == pytest.approx(100 * debug["achieved_gflops"] / debug["matmul_peak_gflops"])
     env = data["envs"]["toy:catch"]

@@ -94,6 +94,7 @@ def bench_preset(preset: str, repeats: int, precision: str = "float32") -> dict[
     params = sum(p.numel() for p in agent.parameters())
     analysis = bench_analysis(agent, repeats)
     sample_s = bench_replay_sample(agent, B, T, repeats=max(repeats, 5))
+    recording = bench_record(cfg)
     peak = matmul_peak_gflops(precision)
     update_s = float(np.mean(total_s))
     achieved = flops / update_s / 1e9
@@ -103,7 +104,35 @@ def bench_preset(preset: str, repeats: int, precision: str = "float32") -> dict[
             "updates_per_s": 1.0 / update_s, "update_gflop": flops / 1e9, "achieved_gflops": achieved,
             "matmul_peak_gflops": peak, "percent_of_matmul_peak": 100 * achieved / peak,
             "replay_sample_s": sample_s, "replay_sample_percent_of_update": 100 * sample_s / update_s,
-            **analysis, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            **analysis, **recording, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def bench_record(cfg, episodes: int = 3, env_id: str = "toy:catch") -> dict[str, float]:
+    """Seconds for plain evaluation versus ``xdreamer record`` (a full decision trace: reconstruction,
+    prior, heads, simulator states) of the same ``episodes`` seeded episodes, with a fresh agent of
+    ``cfg``'s size on ``env_id`` (toy:catch: episodes under 100 steps, so the model dominates)."""
+    import torch
+
+    from .agent import Agent
+    from .envs import make
+    from .evaluation import evaluate
+    from .explain.trace import record
+
+    env = make(env_id, seed=0)
+    torch.manual_seed(0)
+    agent = Agent(cfg, env.spec, device="cpu")
+    agent.eval()
+    evaluate(agent, env, 1, seed=0)  # warm-up
+    start = time.perf_counter()
+    evaluate(agent, env, episodes, seed=0)
+    eval_s = time.perf_counter() - start
+    start = time.perf_counter()
+    trace = record(agent, env, episodes=episodes, seed=0)
+    record_s = time.perf_counter() - start
+    env.close()
+    steps = len(trace.arrays["action"])
+    return {"record_env": env_id, "record_steps": steps, "eval_s": eval_s, "record_s": record_s,
+            "record_over_eval": record_s / eval_s}
 
 
 def bench_replay_sample(agent, batch: int, length: int, repeats: int = 5, episodes: int = 20,

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..checkpoint import atomic_write_text
 from .saliency import METHODS, TARGETS, _ALIASES
+from .commands import add_precision, precision_override
 
 
 # ---- images ------------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ def _saliency(args: argparse.Namespace) -> int:
     from .faithfulness import completeness, deletion_insertion, randomization_check
     from .saliency import saliency, trace_inputs
 
-    agent = checkpoint.load(args.checkpoint, device=args.device)
+    agent = checkpoint.load(args.checkpoint, device=args.device, overrides=precision_override(args))
     if args.video and not args.trace:
         raise ValueError("--video needs --trace (record one with `xdreamer record`)")
     if args.trace:
@@ -209,4 +210,5 @@ def add_commands(subparsers) -> None:
     p.add_argument("--sanity", action="store_true", help="add the cascading model-randomisation check")
     p.add_argument("--latent", action="store_true", help="add the 32x32 latent-class attribution")
     p.add_argument("--device", default="cpu")
+    add_precision(p)
     p.set_defaults(func=_saliency)
