@@ -221,7 +221,7 @@ def test_decoder_fast_path_matches_native(layout):
     dec = ConvDecoder(20, 1, 4, layout)
     feat = torch.randn(2, 5, 20)
     outs, grads = {}, {}
-    for impl in ("native", "auto", "phases"):
+    for impl in ("native", "auto", "phases", "phases_cl"):
         for m in dec.modules():
             if isinstance(m, PhaseConvTranspose2d):
                 m.impl = impl
@@ -230,7 +230,7 @@ def test_decoder_fast_path_matches_native(layout):
         outs[impl].square().sum().backward()
         grads[impl] = [p.grad.clone() for p in dec.parameters()]
     assert outs["auto"].shape == (2, 5, 1, 64, 64)
-    for impl in ("auto", "phases"):
+    for impl in ("auto", "phases", "phases_cl"):
         torch.testing.assert_close(outs[impl], outs["native"], rtol=1e-5, atol=1e-5)
         for a, b in zip(grads[impl], grads["native"]):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
