@@ -11,8 +11,8 @@ mean squared error on the ball's pixels (1.0 = drawn as background, 0 = perfect)
 
 Measured on the project's 2-core CPU (torch 2.13.0+cpu): depth 8, lr 3e-3, batch 32: ball MSE 0.77 at 1,000
 updates, 0.18 at 2,000, 0.07 at 3,000, 0.04 at 4,000 (~2 min); lr 1e-3: 0.77 at 2,000.
-DreamerV3 layout (``--set decoder=dreamerv3``, a 4x4 start), depth 8, lr 3e-3, batch 32: 0.69 at 400
-updates, 0.43 at 500, 0.25 at 700, 0.16 at 800 (26 s); the DreamerV2 layout is still at 0.79 at 800.
+DreamerV3 layout (``--set decoder=dreamerv3``, a 4x4 start), depth 8, lr 3e-3, batch 32: 0.87 at 200,
+0.69 at 400, 0.33 at 600, 0.16 at 800 (26 s on an idle machine); the DreamerV2 layout is still at 0.79 at 800.
 """
 import sys
 import time
