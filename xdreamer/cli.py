@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Sequence
 
-from .config import PRESETS
+from .config import PRECISIONS, PRESETS
 
 
 def _command_line() -> str:
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure update and env speed; writes JSON")
     p.add_argument("--presets", nargs="+", default=["atari", "small", "debug"])
     p.add_argument("--repeats", type=int, default=3, help="timed updates per preset")
-    p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+    p.add_argument("--precision", nargs="+", default=["float32"], choices=PRECISIONS,
                    help="precisions to measure (bfloat16 = CPU/CUDA autocast)")
     p.add_argument("--out", default="bench.json")
     p.set_defaults(func=_bench)

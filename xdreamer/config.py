@@ -16,6 +16,9 @@ from dataclasses import dataclass, fields
 from typing import Any, Iterable, Mapping
 
 
+PRECISIONS = ("float32", "bfloat16")  # float32, or bfloat16 autocast
+
+
 class ConfigError(ValueError):
     """A bad preset name, unknown key or unparsable value."""
 
@@ -106,7 +109,7 @@ class Config:
 
     def validate(self) -> "Config":
         choices = {
-            "precision": ("float32", "bfloat16"),
+            "precision": PRECISIONS,
             "clip_rewards": ("tanh", "identity"),
             "actor_grad": ("auto", "reinforce", "dynamics", "both"),
             "decoder": ("dreamerv2", "dreamerv3"),

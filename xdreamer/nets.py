@@ -72,7 +72,7 @@ def conv_transpose2d_phases(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     even size 2k') is split into four flipped k' x k' kernels stacked as output channels, one
     ``conv2d`` over the input padded by k' - 1 computes all phases, and ``pixel_shuffle`` interleaves
     them; ``padding`` crops the border. A 1x1 input is a plain matmul. Same numbers as the native op
-    (tests/test_nets.py) but oneDNN's conv2d forward and backward are much faster on CPU than its
+    (tests/test_model.py) but oneDNN's conv2d forward and backward are much faster on CPU than its
     transposed conv at the decoder's shapes (docs/benchmarks.md).
     """
     cin, cout, k, k2 = weight.shape
@@ -94,7 +94,7 @@ def conv_transpose2d_phases(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
 
 class PhaseConvTranspose2d(nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` with stride 2 (same parameters and state dict) that picks the fastest
-    of three equivalent computations on CPU.
+    of equivalent computations on CPU.
 
     ``impl="auto"`` (default): a 1x1 input (the DreamerV2 decoder's first layer) is a matmul and a
     layer with at most 4 output channels (the image layer) runs :func:`conv_transpose2d_phases`;
@@ -104,9 +104,9 @@ class PhaseConvTranspose2d(nn.ConvTranspose2d):
     0.65 s versus 1.17 s native and 0.87 s all-phases; forward + backward on 800 frames 4.6 s versus
     8.9 s native and 6.3 s all-phases (float32); in bfloat16 the small-input rule took decoding from
     0.52 s to 0.41 s and forward + backward from 3.8 s to 3.6 s (and made float32 training slower,
-    hence float32 keeps the native op). ``impl="native"`` is the reference path and
-    ``impl="phases"`` forces the phase decomposition; all three agree to float rounding
-    (tests/test_model.py).
+    hence float32 keeps the native op). ``impl="native"`` is the reference path, ``impl="phases"``
+    and ``impl="phases_cl"`` force the phase decomposition (on a channels-last input); all agree to
+    float rounding (tests/test_model.py).
     """
 
     IMPLS = ("auto", "phases", "phases_cl", "native")
@@ -146,7 +146,7 @@ class ConvDecoder(nn.Module):
     linear layer to a 4x4 map with ``8 * depth`` channels, then four stride-2 transposed convs with
     kernel 4 and padding 1 and depths 4d, 2d, d, C (4 -> 8 -> 16 -> 32 -> 64). The linear layer
     places content spatially, so small objects are learnt in far fewer updates: with the true ball
-    position as input, toy:catch's 4x4 ball is drawn (ball-pixel MSE < 0.2) after ~700 updates
+    position as input, toy:catch's 4x4 ball is drawn (ball-pixel MSE < 0.2) after ~800 updates
     instead of > 1,500 (``docs/experiments/decoder_ball.py``). V3's norm layers and SiLU are not
     taken; activations stay ELU as in the rest of this DreamerV2 model.
     """

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..checkpoint import atomic_write_text
+from ..config import PRECISIONS
 
 
 def _write_json(path: str | os.PathLike, data: Any) -> pathlib.Path:
@@ -53,9 +54,9 @@ def precision_override(args) -> dict[str, str] | None:
 
 
 def add_precision(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", choices=["float32", "bfloat16"],
+    p.add_argument("--precision", choices=PRECISIONS,
                    help="arithmetic for the model (default: the checkpoint's); bfloat16 autocast makes the paper-size "
-                        "what-if ~25 %% faster on CPUs with AVX512-BF16 or AMX (docs/benchmarks.md)")
+                        "what-if 25-40 %% faster on CPUs with AVX512-BF16 or AMX (docs/benchmarks.md)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
