@@ -288,3 +288,37 @@ def test_ray_and_in_process_reports_are_identical(ckpt, tmp_path):
         pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True, obj=name)
     assert (tmp_path / "local" / "summary.csv").read_bytes() == (tmp_path / "ray" / "summary.csv").read_bytes()
     assert len(ta["summary.csv"]) > 0
+
+
+@pytest.mark.slow
+def test_ray_address_connects_to_an_existing_cluster(ckpt, tmp_path):
+    """`--ray-address` runs the jobs on a cluster started outside xdreamer (`ray start --head`), and the
+    tables equal the in-process run's."""
+    pytest.importorskip("ray")
+    import os
+    import shutil
+    import socket
+    import subprocess
+
+    ray_cli = shutil.which("ray")
+    assert ray_cli, "Ray is installed but its `ray` command is not on PATH"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    started = subprocess.run(
+        [ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=false", "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        root, path, _ = ckpt
+        args = [str(path), "--episodes", "2", "--seed", "1", "--max-steps", str(MAX_STEPS), "--no-progress"]
+        assert main(["report", *args, "--out", str(tmp_path / "local")]) == 0
+        assert main(["report", *args, "--out", str(tmp_path / "cluster"), "--ray-address", f"127.0.0.1:{port}"]) == 0
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    meta = json.loads((tmp_path / "cluster" / "report.json").read_text())
+    assert meta["ray"] is True and meta["ray_address"] == f"127.0.0.1:{port}"
+    ta, tb = _read(tmp_path / "local"), _read(tmp_path / "cluster")
+    for name in ta:
+        pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True, obj=name)

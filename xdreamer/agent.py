@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .behavior import ActorCritic
-from .config import Config
+from .config import COMPILE_MODES, Config
 from .envs import EnvSpec
 from .nets import init_weights
 from .rssm import State
@@ -75,6 +75,31 @@ class Agent(nn.Module):
         if self.cfg.precision == "bfloat16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def compile_networks(self, mode: str | None = None) -> "Agent":
+        """``torch.compile`` the networks in place (``cfg.compile`` unless ``mode`` is given).
+
+        Compiled: encoder, decoder, reward/discount heads, actor, critics and the RSSM's two
+        deterministic step functions (``RSSM.compile_steps``). Sampling, the loop over time and
+        the losses stay eager, so the compiled path draws the same random numbers and computes
+        the same values as the eager one up to floating-point reassociation
+        (``tests/test_model.py::test_compiled_update_matches_eager``). Weights and state-dict
+        keys are unchanged, so checkpoints do not depend on it. Shapes are fixed (``dynamic=False``):
+        training, acting and imagination each compile once. ``reduce-overhead`` adds CUDA graphs on GPU.
+        """
+        mode = mode or self.cfg.compile
+        if mode == "off":
+            return self
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode {mode!r} is not one of {', '.join(COMPILE_MODES)}")
+        modules = [self.wm.encoder, self.wm.decoder, self.wm.reward_head, self.ac.actor.net, self.ac.critic,
+                   self.ac.target_critic]
+        if self.wm.discount_head is not None:
+            modules.append(self.wm.discount_head)
+        for module in modules:
+            module.compile(mode=mode, dynamic=False)
+        self.wm.rssm.compile_steps(mode)
+        return self
 
     def to_torch(self, data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         out = {}

@@ -54,7 +54,7 @@ def count_update_flops(agent, batch) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_preset(preset: str, repeats: int, precision: str = "float32") -> dict[str, Any]:
+def bench_preset(preset: str, repeats: int, precision: str = "float32", compile: str = "off") -> dict[str, Any]:
     import torch
 
     from .agent import Agent
@@ -82,7 +82,14 @@ def bench_preset(preset: str, repeats: int, precision: str = "float32") -> dict[
                 "is_first": is_first, "is_last": np.zeros((B, T), bool), "is_terminal": np.zeros((B, T), bool)}
 
     agent.train_step(batch())  # warm-up
-    flops = count_update_flops(agent, batch())
+    flops = count_update_flops(agent, batch())  # counted on the eager networks
+    compile_s = 0.0
+    if compile != "off":
+        start = time.perf_counter()
+        agent.compile_networks(compile)
+        for _ in range(2):  # compile the training graphs (grad and frozen-world-model variants)
+            agent.train_step(batch())
+        compile_s = time.perf_counter() - start
     model_s, behavior_s, total_s = [], [], []
     for _ in range(repeats):
         data = batch()
@@ -98,7 +105,7 @@ def bench_preset(preset: str, repeats: int, precision: str = "float32") -> dict[
     peak = matmul_peak_gflops(precision)
     update_s = float(np.mean(total_s))
     achieved = flops / update_s / 1e9
-    return {"preset": preset, "precision": precision, "batch": B, "length": T, "horizon": cfg.horizon,
+    return {"preset": preset, "precision": precision, "compile": compile, "compile_s": compile_s, "batch": B, "length": T, "horizon": cfg.horizon,
             "parameters": params, "repeats": repeats, "world_model_update_s": float(np.mean(model_s)),
             "behavior_update_s": float(np.mean(behavior_s)), "update_s": update_s,
             "updates_per_s": 1.0 / update_s, "update_gflop": flops / 1e9, "achieved_gflops": achieved,
@@ -225,7 +232,7 @@ def bench_env(env_id: str, steps: int) -> dict[str, Any]:
 
 
 def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
-                  precisions: tuple[str, ...] = ("float32",),
+                  precisions: tuple[str, ...] = ("float32",), compiles: tuple[str, ...] = ("off",),
                   envs: tuple[str, ...] = ("toy:catch", "atari:Pong"), env_steps: int = 2000,
                   report_episodes: int = 10) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": _machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -233,12 +240,15 @@ def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
     for preset in presets:
         results["presets"][preset] = {}
         for precision in precisions:
-            print(f"bench: preset {preset} ({precision}) ...", file=sys.stderr, flush=True)
-            proc = subprocess.run([sys.executable, "-m", "xdreamer.bench", "preset", preset, str(repeats), precision],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"benchmark of preset {preset} ({precision}) failed:\n{proc.stderr[-2000:]}")
-            results["presets"][preset][precision] = json.loads(proc.stdout.strip().splitlines()[-1])
+            for mode in compiles:
+                # key: the precision for the eager path, e.g. "bfloat16+compile-default" for a compiled one
+                key = precision if mode == "off" else f"{precision}+compile-{mode}"
+                print(f"bench: preset {preset} ({key}) ...", file=sys.stderr, flush=True)
+                proc = subprocess.run([sys.executable, "-m", "xdreamer.bench", "preset", preset, str(repeats),
+                                       precision, mode], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"benchmark of preset {preset} ({key}) failed:\n{proc.stderr[-2000:]}")
+                results["presets"][preset][key] = json.loads(proc.stdout.strip().splitlines()[-1])
     for env_id in envs:
         print(f"bench: env {env_id} ...", file=sys.stderr, flush=True)
         results["envs"][env_id] = bench_env(env_id, env_steps)
@@ -255,7 +265,7 @@ def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
 
 
 if __name__ == "__main__":
-    if len(sys.argv) in (4, 5) and sys.argv[1] == "preset":
+    if len(sys.argv) in (4, 5, 6) and sys.argv[1] == "preset":
         print(json.dumps(bench_preset(sys.argv[2], int(sys.argv[3]), *sys.argv[4:])))
     else:
-        sys.exit("usage: python -m xdreamer.bench preset NAME REPEATS [PRECISION] (use `xdreamer bench`)")
+        sys.exit("usage: python -m xdreamer.bench preset NAME REPEATS [PRECISION [COMPILE]] (use `xdreamer bench`)")

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Sequence
 
-from .config import PRECISIONS, PRESETS
+from .config import COMPILE_MODES, PRECISIONS, PRESETS
 
 
 def _command_line() -> str:
@@ -75,7 +75,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_benchmark
 
-    results = run_benchmark(args.presets, args.out, repeats=args.repeats, precisions=tuple(args.precision))
+    results = run_benchmark(args.presets, args.out, repeats=args.repeats, precisions=tuple(args.precision),
+                            compiles=tuple(args.compile))
     print(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
     return 0
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed updates per preset")
     p.add_argument("--precision", nargs="+", default=["float32"], choices=PRECISIONS,
                    help="precisions to measure (bfloat16 = CPU/CUDA autocast)")
+    p.add_argument("--compile", nargs="+", default=["off"], choices=COMPILE_MODES,
+                   help="torch.compile modes to measure (off = eager); e.g. --compile off default")
     p.add_argument("--out", default="bench.json")
     p.set_defaults(func=_bench)
 

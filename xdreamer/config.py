@@ -17,6 +17,8 @@ from typing import Any, Iterable, Mapping
 
 
 PRECISIONS = ("float32", "bfloat16")  # float32, or bfloat16 autocast
+# torch.compile modes for the networks (Agent.compile_networks); "off" is the eager path.
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 class ConfigError(ValueError):
@@ -32,6 +34,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "float32"  # float32 | bfloat16 (autocast); paper used fp16, see reference §9.4
     threads: int = 0  # torch intra-op threads, 0 = torch default
+    compile: str = "off"  # torch.compile mode for the networks: off | default | reduce-overhead | max-autotune
 
     # --- env protocol (DreamerV2 atari wrapper defaults) -------------------------------
     action_repeat: int = 4  # atari: action_repeat 4; dmc_vision: 2
@@ -110,6 +113,7 @@ class Config:
     def validate(self) -> "Config":
         choices = {
             "precision": PRECISIONS,
+            "compile": COMPILE_MODES,
             "clip_rewards": ("tanh", "identity"),
             "actor_grad": ("auto", "reinforce", "dynamics", "both"),
             "decoder": ("dreamerv2", "dreamerv3"),

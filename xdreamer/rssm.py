@@ -99,10 +99,26 @@ class RSSM(nn.Module):
     # ---- one step -----------------------------------------------------------------------
     def img_step(self, prev: State, prev_action: torch.Tensor, sample: bool = True) -> State:
         """Prior step: ``h_t = GRU(h_{t-1}, [z_{t-1}, a_{t-1}])``, ``z_t ~ p(z_t | h_t)``."""
-        x = self.img_in(torch.cat([prev.stoch.flatten(-2), prev_action], -1))
-        deter = self.gru(x, prev.deter)
-        stoch, logits = self._stoch_from_logits(self.img_out(deter), sample)
+        deter, flat_logits = self._prior_core(prev.stoch.flatten(-2), prev_action, prev.deter)
+        stoch, logits = self._stoch_from_logits(flat_logits, sample)
         return State(deter, stoch, logits)
+
+    def _prior_core(self, stoch: torch.Tensor, action: torch.Tensor, deter: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The deterministic part of a prior step (no sampling): ``(h_t, prior logits)``.
+        ``compile_steps`` replaces it with a compiled version; sampling stays eager, so both paths
+        draw the same random numbers."""
+        deter = self.gru(self.img_in(torch.cat([stoch, action], -1)), deter)
+        return deter, self.img_out(deter)
+
+    def _post_core(self, deter: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
+        """Posterior logits from ``h_t`` and the image embedding (no sampling)."""
+        return self.obs_out(torch.cat([deter, embed], -1))
+
+    def compile_steps(self, mode: str = "default") -> None:
+        """``torch.compile`` the two deterministic step functions in place (fixed shapes)."""
+        self._prior_core = torch.compile(self._prior_core, mode=mode, dynamic=False)
+        self._post_core = torch.compile(self._post_core, mode=mode, dynamic=False)
 
     def obs_step(self, prev: State, prev_action: torch.Tensor, embed: torch.Tensor,
                  is_first: torch.Tensor, sample: bool = True) -> tuple[State, State]:
@@ -110,8 +126,7 @@ class RSSM(nn.Module):
         keep = (1.0 - is_first.to(prev.deter.dtype)).unsqueeze(-1)
         prev = State(prev.deter * keep, prev.stoch * keep.unsqueeze(-1), prev.logits * keep.unsqueeze(-1))
         prior = self.img_step(prev, prev_action * keep, sample)
-        post_stoch, post_logits = self._stoch_from_logits(
-            self.obs_out(torch.cat([prior.deter, embed], -1)), sample)
+        post_stoch, post_logits = self._stoch_from_logits(self._post_core(prior.deter, embed), sample)
         return State(prior.deter, post_stoch, post_logits), prior
 
     # ---- sequences ------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from .replay import EpisodeBuilder, Replay
 
 
 # Fields that may change when a run is resumed; everything else is fixed by the run's config.
-RUNTIME_KEYS = ("steps", "device", "precision", "threads", "eval_every", "eval_episodes", "log_every",
+RUNTIME_KEYS = ("steps", "device", "precision", "compile", "threads", "eval_every", "eval_episodes", "log_every",
                 "video_every", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints")
 
 
@@ -122,6 +122,7 @@ class Trainer:
         else:
             checkpoint.check_env(self.agent.spec, self.env.spec)
         self.agent.init_optimizers()
+        self.agent.compile_networks(cfg.compile)
         self.logdir.mkdir(parents=True, exist_ok=True)
         (self.logdir / "config.json").write_text(cfg.to_json() + "\n")
         if command:
