@@ -2,7 +2,9 @@
 
 import copy
 import html.parser
+import importlib.util
 import json
+import socket
 import sys
 
 import numpy as np
@@ -269,6 +271,13 @@ def test_bad_inputs_give_one_line_errors(ckpt, tmp_path, capsys, monkeypatch):
     (tmp_path / "notreport" / "keep.txt").write_text("x")
     rc = main(["report", str(path), "--episodes", "1", "--out", str(tmp_path / "notreport"), "--no-progress"])
     assert rc == 2 and "is not an xdreamer report" in capsys.readouterr().err
+    if importlib.util.find_spec("ray") is not None:  # unreachable or malformed cluster addresses fail in seconds
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            free = s.getsockname()[1]  # nothing listens here once the socket is closed
+        short = [str(path), "--episodes", "1", "--max-steps", "3", "--dream-steps", "0"]
+        assert "cannot reach the Ray cluster" in err([*short, "--ray-address", f"127.0.0.1:{free}"])
+        assert "must be HOST:PORT" in err([*short, "--ray-address", "nonsense"])
     monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
     text = err([str(path), "--episodes", "1", "--max-steps", "3", "--dream-steps", "0", "--ray"])
     assert "--ray needs Ray" in text
@@ -305,20 +314,31 @@ def test_ray_address_connects_to_an_existing_cluster(ckpt, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # A fresh HOME for cluster and driver: a local ray.init (the test above) leaves ~/.ray/auth_token, which
+    # a driver then presents to a token-less `ray start` cluster and is refused (Ray 2.60).
+    # Nor any RAY_* variable: a local ray.init in this process may have set RAY_AUTH_MODE=token here.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(tmp_path / "home"), RAY_USAGE_STATS_ENABLED="0")
     started = subprocess.run(
-        [ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+        [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2",
          "--include-dashboard=false", "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
     assert started.returncode == 0, started.stderr[-2000:]
     try:
         root, path, _ = ckpt
         args = [str(path), "--episodes", "2", "--seed", "1", "--max-steps", str(MAX_STEPS), "--no-progress"]
         assert main(["report", *args, "--out", str(tmp_path / "local")]) == 0
-        assert main(["report", *args, "--out", str(tmp_path / "cluster"), "--ray-address", f"127.0.0.1:{port}"]) == 0
+        # the CLI in a fresh process: Ray caches the driver's auth token per process
+        run = subprocess.run([sys.executable, "-m", "xdreamer", "report", *args, "--out", str(tmp_path / "cluster"),
+                              "--ray-address", f"127.0.0.1:{port}"], env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
     finally:
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
     meta = json.loads((tmp_path / "cluster" / "report.json").read_text())
-    assert meta["ray"] is True and meta["ray_address"] == f"127.0.0.1:{port}"
+    # the jobs ran on that cluster, not on a fresh local one
+    assert meta["ray"] is True and meta["ray_address"] == f"127.0.0.1:{port}", meta
+    assert meta["ray_cluster"].endswith(f":{port}"), meta  # GCS address as the cluster names it (node IP)
+    assert json.loads((tmp_path / "local" / "report.json").read_text())["ray_cluster"] is None
     ta, tb = _read(tmp_path / "local"), _read(tmp_path / "cluster")
     for name in ta:
         pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True, obj=name)

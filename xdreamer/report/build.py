@@ -108,8 +108,10 @@ def plan_jobs(checkpoints: Sequence[str], traces: Sequence[str] = (), episodes: 
 
 
 # ---- running ----------------------------------------------------------------------------------
-def run_jobs(jobs: list[Job], ray: bool = False, ray_address: str | None = None, progress: bool = True) -> list[dict]:
-    """Run the jobs in-process or as Ray tasks; results come back in job order either way."""
+def run_jobs(jobs: list[Job], ray: bool = False, ray_address: str | None = None, progress: bool = True,
+             info: dict | None = None) -> list[dict]:
+    """Run the jobs in-process or as Ray tasks; results come back in job order either way.
+    With Ray, ``info["ray_cluster"]`` receives the GCS address of the cluster that ran them."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="report jobs" + (" (ray)" if ray else ""), unit="episode",
@@ -121,12 +123,28 @@ def run_jobs(jobs: list[Job], ray: bool = False, ray_address: str | None = None,
                 results.append(run_job(job))
                 bar.update(1)
             return results
-        return _run_ray(jobs, ray_address, bar)
+        return _run_ray(jobs, ray_address, bar, info if info is not None else {})
     finally:
         bar.close()
 
 
-def _run_ray(jobs: list[Job], address: str | None, bar) -> list[dict]:
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail in seconds, not after Ray's minutes of retries, when nothing listens at ``host:port``."""
+    import socket
+
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--ray-address must be HOST:PORT (or ray://HOST:PORT, or auto), got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ValueError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
+def _run_ray(jobs: list[Job], address: str | None, bar, info: dict) -> list[dict]:
     try:
         import ray
     except ImportError:
@@ -134,11 +152,17 @@ def _run_ray(jobs: list[Job], address: str | None, bar) -> list[dict]:
     started = False
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, log_to_driver=False)
+            _check_reachable(address)
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, RuntimeError) as exc:  # one line, not Ray's multi-page traceback
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ValueError(f"cannot connect to the Ray cluster at {address}: {first}") from None
         else:
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         started = True
     try:
+        info["ray_cluster"] = ray.get_runtime_context().gcs_address
         task = ray.remote(num_cpus=1, max_retries=0)(run_job)
         refs = {task.remote(job): i for i, job in enumerate(jobs)}
         results: list[dict | None] = [None] * len(jobs)
@@ -191,7 +215,8 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
     jobs, agents = plan_jobs(list(checkpoints), list(traces), episodes, seed, device=device, thresholds=thresholds,
                              max_steps=max_steps, dream_steps=dream_steps, horizon=horizon, threads=threads)
     t_jobs = time.perf_counter()
-    results = run_jobs(jobs, ray=ray, ray_address=ray_address, progress=progress)
+    run_info: dict[str, Any] = {}
+    results = run_jobs(jobs, ray=ray, ray_address=ray_address, progress=progress, info=run_info)
     jobs_s = time.perf_counter() - t_jobs
     episodes_df = episodes_table(results)
     cases, windows = cases_table(results, max_cases)
@@ -223,7 +248,8 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
         objects.to_csv(tmp / "objects.csv", index=False)
         meta = _meta(jobs, agents, traces, episodes, seed, ray, ray_address, command, thresholds,
                      max_steps=max_steps, dream_steps=dream_steps, horizon=horizon, max_cases=max_cases)
-        meta.update(cases=int(len(cases)), jobs_s=round(jobs_s, 3), wall_s=round(time.perf_counter() - start, 3))
+        meta.update(ray_cluster=run_info.get("ray_cluster"), cases=int(len(cases)), jobs_s=round(jobs_s, 3),
+                    wall_s=round(time.perf_counter() - start, 3))
         figs = render.figures(results, cases, probes, scores, episodes_df)
         render.write_html(tmp / "index.html", meta, cases, episodes_df, verdicts, scores, probes, objects, figs,
                           thumbs)
