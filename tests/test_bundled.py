@@ -17,7 +17,19 @@ from xdreamer.training import make_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "checkpoints"
 BUNDLED = sorted(p for p in ROOT.glob("*") if (p / checkpoint.MANIFEST).exists())
-RERUN = 3  # episodes re-run per policy; the first RERUN of the recorded seeds
+RERUN = 3  # episodes re-run per policy: the first RERUN of the recorded seeds ...
+RERUN_STEPS = 6_000  # ... or fewer, so that the recorded lengths of those re-run stay within this many agent
+# steps (at least one episode): an Atari agent that never serves lasts the full 27,000-step limit.
+
+
+def _rerun_count(lengths):
+    total, count = 0, 0
+    for length in lengths[:RERUN]:
+        total += length
+        if count and total > RERUN_STEPS:
+            break
+        count += 1
+    return count
 
 
 def test_default_checkpoint_is_bundled():
@@ -49,8 +61,15 @@ def test_bundled_checkpoint_reproduces_its_manifest(folder):
     agent = xdreamer.load(folder)
     env = make_env(agent.cfg)
     for policy, key in (("mode", "eval_mode"), ("random", "eval_random")):
-        recorded = record[key]["returns"][:RERUN]
-        rerun = evaluate(agent, env, RERUN, seed=record["seed"], policy=policy).returns
+        count = _rerun_count(record[key]["lengths"])
+        recorded = record[key]["returns"][:count]
+        result = evaluate(agent, env, count, seed=record["seed"], policy=policy)
+        rerun = result.returns
+        if policy == "random":  # no network involved: numpy's seeded RNG and the env reproduce exactly
+            assert (rerun, result.lengths) == (recorded, record[key]["lengths"][:count]), folder.name
+            continue
         # Same seeds, same weights: identical on the machine that bundled it. Elsewhere floating-point
-        # differences can flip a near-tied action, so allow each episode one changed ball (2 points on catch).
-        assert abs(np.mean(rerun) - np.mean(recorded)) <= 2.0, (folder.name, policy, rerun, recorded)
+        # differences can flip a near-tied action, so allow each episode one changed ball (2 points on catch,
+        # a point or two in Pong), or 5 % of the return where returns are in the thousands (VideoPinball).
+        tol = max(2.0, 0.05 * max(abs(r) for r in recorded))
+        assert abs(np.mean(rerun) - np.mean(recorded)) <= tol, (folder.name, policy, rerun, recorded)
