@@ -149,7 +149,13 @@ class Agent(nn.Module):
             # Adam eps 1e-5 with decoupled weight decay 1e-6 (dreamerv2 Optimizer: eps, wd, clip).
             return torch.optim.AdamW(params, lr=lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
 
-        self.optimizers = {"model": adam(self.wm.parameters(), cfg.model_lr),
+        model_params = self.wm.parameters()
+        if cfg.repr_lr > 0:  # two parameter groups only then, so the default optimiser state is unchanged
+            repr_params = [*self.wm.encoder.parameters(), *self.wm.rssm.obs_out.parameters()]
+            ids = {id(p) for p in repr_params}
+            model_params = [{"params": [p for p in self.wm.parameters() if id(p) not in ids]},
+                            {"params": repr_params, "lr": cfg.repr_lr}]
+        self.optimizers = {"model": adam(model_params, cfg.model_lr),
                            "actor": adam(self.ac.actor.parameters(), cfg.actor_lr),
                            "critic": adam(self.ac.critic.parameters(), cfg.critic_lr)}
 

@@ -80,6 +80,10 @@ class Config:
     discount_scale: float = 5.0  # loss_scales.discount 5.0
     reward_scale: float = 1.0  # loss_scales.reward 1.0
     model_lr: float = 2e-4  # model_opt.lr 2e-4
+    # Not in the paper (0 = model_lr for everything): a separate rate for the representation model
+    # q(z_t | h_t, x_t), i.e. the encoder and the posterior head, while prior, decoder and heads keep
+    # model_lr. An experiment knob for the toy game's ball (README "Known limitations").
+    repr_lr: float = 0.0
     # --- actor-critic -----------------------------------------------------------------
     actor_lr: float = 4e-5  # actor_opt.lr 4e-5
     critic_lr: float = 1e-4  # critic_opt.lr 1e-4
