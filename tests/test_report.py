@@ -104,6 +104,7 @@ def test_blind_spot_detector_finds_blanked_ball(trace):
     assert set(D.detect(t)["detector"]) == {"blind_spot"}
     # The verdict calls it perception ("cannot see it") with the numbers behind it.
     out = analyse(t)
+    assert out["stats"]["complete"]  # the fixture's episodes are whole
     result = {**out, "checkpoint": "c", "episode": 0}
     objects = objects_table([result])
     episodes = pd.DataFrame([{"env": "toy:catch", **out["stats"]}])
@@ -213,6 +214,9 @@ def test_report_outputs(ckpt, tmp_path, capsys, monkeypatch):
     assert len(episodes) == 3 and list(episodes["episode"]) == [0, 1, 2]
     assert list(episodes["record_seed"][:2]) == [300009, 300010] and episodes["source"][2].startswith("trace ")
     assert (episodes["steps"][:2] == MAX_STEPS + 1).all() and episodes["steps"][2] == 21
+    # all three were cut before the game ended: their returns are not presented as scores
+    assert not episodes["complete"].any() and tables["scores.csv"]["complete_episodes"][0] == 0
+    assert "cut short (3 of 3; --max-steps), not comparable" in tables["verdicts.csv"]["score_context"][0]
     verdicts = tables["verdicts.csv"]
     assert list(verdicts["env"]) == ["toy:catch"] and verdicts["verdict"][0] and verdicts["numbers"][0].startswith("{")
     assert set(tables["probes.csv"]["features"]) == {"deter", "stoch", "feat", "pixels"}

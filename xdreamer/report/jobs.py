@@ -190,6 +190,8 @@ def analyse(trace, agent=None, env=None, job: Job | None = None, ram: np.ndarray
     finite = np.isfinite(returns)
     stats = {
         "steps": int(len(trace)), "return": float(a["reward"].sum()),
+        # False when --max-steps (or a trace's own cut) ended the episode before the game did
+        "complete": bool(len(trace) and a["is_last"][-1]),
         "positive_rewards": int((a["reward"] > 0).sum()), "negative_rewards": int((a["reward"] < 0).sum()),
         "recon_error": float(a["recon_error"].mean()), "surprise_mean": float(a["surprise"].mean()),
         "surprise_max": float(a["surprise"].max()),

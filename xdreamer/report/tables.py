@@ -128,8 +128,11 @@ def scores_table(episodes: pd.DataFrame, agents_by_env: dict, n_episodes: int, s
                                                                                  n_episodes, seed)
         mean = float(g["return"].mean())
         human = ref.get("human")
-        norm = (mean - rnd) / (human - rnd) if human is not None and rnd is not None and human != rnd else None
-        rows.append({"env": env_id, "episodes": int(len(g)), "return_mean": mean,
+        complete = int(g["complete"].sum()) if "complete" in g else len(g)
+        # Returns of cut episodes are not scores: no human-normalised number for them.
+        norm = (mean - rnd) / (human - rnd) if (human is not None and rnd is not None and human != rnd
+                                                and complete == len(g)) else None
+        rows.append({"env": env_id, "episodes": int(len(g)), "complete_episodes": complete, "return_mean": mean,
                      "return_std": float(g["return"].std(ddof=0)), "random": rnd, "human": human,
                      "dreamerv2_published": ref.get("dreamerv2"), "rainbow": ref.get("rainbow"),
                      "human_normalised": norm, "reference_source": ref.get("source", rnd_src)})
@@ -193,6 +196,9 @@ def verdicts_table(episodes: pd.DataFrame, objects: pd.DataFrame, probes: pd.Dat
                    else "never found reward (exploration)" if exploration
                    else "no perception or exploration failure detected")
         score_text = f"return {sc['return_mean']:.2f}"
+        if "complete_episodes" in sc and sc["complete_episodes"] < sc["episodes"]:
+            score_text = (f"return {sc['return_mean']:.2f} over episodes cut short ({sc['episodes'] - sc['complete_episodes']}"
+                          f" of {sc['episodes']}; --max-steps), not comparable with the full-game scores")
         if sc["random"] is not None and pd.notna(sc["random"]):
             score_text += f" vs random {sc['random']:.2f}"
         if sc["dreamerv2_published"] is not None and pd.notna(sc["dreamerv2_published"]):
