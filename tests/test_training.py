@@ -251,6 +251,15 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert data["episodes"] == 2 and len(data["returns"]) == 2
     assert data["mean"] == pytest.approx(np.mean(data["returns"]))
     assert "±" in out
+    # lockstep (batched) evaluation runs the same seeded episodes as one-at-a-time evaluation
+    runs = {}
+    for n in ("1", "3"):
+        code, out, err = _cli(capsys, "eval", str(tmp_path / "run"), "--episodes", "5", "--lockstep", n, "--out",
+                              str(tmp_path / f"eval{n}.json"), "--no-progress")
+        assert code == 0, err
+        runs[n] = json.loads((tmp_path / f"eval{n}.json").read_text())
+    assert (runs["1"]["returns"], runs["1"]["lengths"]) == (runs["3"]["returns"], runs["3"]["lengths"])
+    assert _cli(capsys, "eval", str(tmp_path / "run"), "--lockstep", "0")[0] == 2
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -62,7 +62,16 @@ def _eval(args: argparse.Namespace) -> int:
     env_id = args.env or cfg.env
     env = make(env_id, **env_kwargs(cfg.replace(env=env_id)))
     checkpoint.check_env(agent.spec, env.spec)
-    result = evaluate(agent, env, args.episodes, seed=args.seed, policy=args.policy, progress=not args.no_progress)
+    if args.lockstep < 1:
+        raise ValueError(f"--lockstep must be at least 1, got {args.lockstep}")
+    more = [make(env_id, **env_kwargs(cfg.replace(env=env_id)))
+            for _ in range(min(args.lockstep, args.episodes) - 1)] if args.policy == "mode" else []
+    try:
+        result = evaluate(agent, env, args.episodes, seed=args.seed, policy=args.policy,
+                          progress=not args.no_progress, more_envs=more)
+    finally:
+        for e in more:
+            e.close()
     out = args.out or f"eval-{agent.path.name}-{args.policy}-seed{args.seed}.json"
     data = {"checkpoint": str(agent.path), "steps": agent.manifest.get("steps"), **result.to_dict()}
     checkpoint.atomic_write_text(out, json.dumps(data, indent=2) + "\n")
@@ -131,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--policy", choices=("mode", "sample", "random"), default="mode")
+    p.add_argument("--lockstep", type=int, default=10, metavar="N",
+                   help="run up to N mode-policy episodes in lockstep with one batched network call per step "
+                        "(default 10; 1 = one at a time; random and sample always run one at a time)")
     p.add_argument("--env", help="evaluate on this env id instead of the checkpoint's own")
     p.add_argument("--out", help="JSON output path")
     p.add_argument("--device", default="cpu")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -43,13 +43,21 @@ def episode_seed(seed: int, index: int) -> int:
 
 
 def evaluate(agent, env: Env, episodes: int, seed: int = 0, policy: str = "mode",
-             progress: bool = False) -> EvalResult:
+             progress: bool = False, more_envs: Sequence[Env] = ()) -> EvalResult:
     """Run ``episodes`` episodes; ``policy`` is ``mode`` (actor's mode, as dreamerv2 eval),
-    ``sample`` (the exploration policy) or ``random`` (uniform; ``agent`` may be None)."""
+    ``sample`` (the exploration policy) or ``random`` (uniform; ``agent`` may be None).
+
+    With ``more_envs`` (more instances of the same env), ``mode`` episodes run in lockstep, one
+    batched network call per step for all of them: the same seeds and the same deterministic
+    policy, so the same episodes up to float rounding of a batched matmul (which can flip an
+    exactly tied action). ``random`` and ``sample`` always run one episode at a time, so that
+    their random streams do not depend on the batching."""
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
     if policy not in ("mode", "sample", "random"):
         raise ValueError(f"unknown policy {policy!r}; use mode, sample or random")
+    if more_envs and policy == "mode":
+        return _evaluate_lockstep(agent, [env, *more_envs], episodes, seed, progress)
     rng = np.random.default_rng(seed)
     result = EvalResult(env=env.spec.id, policy=policy, seed=seed)
     iterator = range(episodes)
@@ -72,4 +80,39 @@ def evaluate(agent, env: Env, episodes: int, seed: int = 0, policy: str = "mode"
                 break
         result.returns.append(total)
         result.lengths.append(length)
+    return result
+
+
+def _evaluate_lockstep(agent, envs: Sequence[Env], episodes: int, seed: int, progress: bool) -> EvalResult:
+    """``mode`` episodes ``len(envs)`` at a time; finished envs idle until their group is done."""
+    result = EvalResult(env=envs[0].spec.id, policy="mode", seed=seed)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=episodes, desc=f"eval {envs[0].spec.id} ({len(envs)} in lockstep)", unit="ep")
+    for start in range(0, episodes, len(envs)):
+        group = envs[:min(len(envs), episodes - start)]
+        obs = [e.reset(seed=EVAL_SEED_OFFSET + episode_seed(seed, start + i)) for i, e in enumerate(group)]
+        totals, lengths = [0.0] * len(group), [0] * len(group)
+        done = [False] * len(group)
+        state = None
+        while not all(done):
+            batch = {"image": np.stack([o["image"] for o in obs]),
+                     "is_first": np.array([o["is_first"] for o in obs])}
+            actions, state = agent.policy(batch, state, mode="eval")
+            for i, e in enumerate(group):
+                if done[i]:
+                    continue
+                obs[i] = e.step(actions[i])
+                totals[i] += float(obs[i]["reward"])
+                lengths[i] += 1
+                if obs[i]["is_last"]:
+                    done[i] = True
+                    if bar is not None:
+                        bar.update(1)
+        result.returns.extend(totals)
+        result.lengths.extend(lengths)
+    if bar is not None:
+        bar.close()
     return result
