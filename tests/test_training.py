@@ -83,6 +83,46 @@ def test_replay_time_alignment(tmp_path):
     assert long["is_first"].sum(1).min() >= 1
 
 
+def test_replay_chunks_of_a_running_episode(tmp_path):
+    """``replay_chunk``: a long episode is stored in chunks while it runs; concatenated they are the whole
+    episode, and a sampled sequence that runs into another chunk has is_first set at the seam."""
+    env = make("toy:catch", seed=0)
+    whole, _ = _collect(env, 150, np.random.default_rng(0))
+    env = make("toy:catch", seed=0)
+    builder = EpisodeBuilder(env.spec.discrete, env.spec.num_actions)
+    rng = np.random.default_rng(0)
+    obs = env.reset(seed=0)
+    builder.add(obs, None)
+    replay, chunks = Replay(tmp_path, capacity=10_000, seed=0), []
+    while True:
+        action = int(rng.integers(env.spec.num_actions))
+        obs = env.step(action)
+        episode = builder.add(obs, action)
+        if episode is None and len(builder.steps) >= 20:
+            chunks.append(builder.take_chunk())
+            replay.add_episode(chunks[-1])
+        if episode is not None:
+            chunks.append(episode)
+            replay.add_episode(episode)
+            break
+    assert len(chunks) >= 4 and all(len(c["image"]) == 20 for c in chunks[:-1])
+    assert chunks[0]["is_first"][0] and not any(c["is_first"][0] for c in chunks[1:])
+    for key in whole[0]:
+        assert np.array_equal(np.concatenate([c[key] for c in chunks]), whole[0][key]), key
+    # Sampling: chunks whose pixel (0, 0) holds their index; wherever a sequence moves to another chunk,
+    # is_first is set (also where the stored chunk starts with is_first 0).
+    marked = Replay(None, capacity=10_000, seed=1)
+    for i, c in enumerate(chunks):
+        c = {k: v.copy() for k, v in c.items()}
+        c["image"][:, 0, 0, 0] = i
+        marked.add_episode(c)
+    batch = marked.sample(64, 30)  # longer than any chunk: every sequence crosses a seam
+    ids = batch["image"][:, :, 0, 0, 0]
+    seams = np.zeros_like(batch["is_first"])
+    seams[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    assert seams.sum() >= 32 and batch["is_first"][seams].all()
+
+
 def test_replay_capacity_and_reload(tmp_path):
     env = make("toy:catch", seed=0)
     episodes, _ = _collect(env, 400, np.random.default_rng(1))

@@ -60,6 +60,10 @@ class Config:
     length: int = 50  # dataset.length 50
     replay_capacity: int = 2_000_000  # replay.capacity 2e6 steps
     prioritize_ends: bool = True  # replay.prioritize_ends True
+    # Store a running episode every this many steps as a chunk, so that training sees it before it ends
+    # (0: whole episodes only, dreamerv2's default replay.ongoing False; DreamerV3 streams 1024-step chunks).
+    # On a CPU an Atari episode that a collapsed policy stalls lasts the 27,000-step limit, over an hour.
+    replay_chunk: int = 0
 
     # --- world model ------------------------------------------------------------------
     cnn_depth: int = 48  # encoder/decoder cnn_depth 48
@@ -156,7 +160,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {
         "cnn_depth": 16, "mlp_layers": 2, "mlp_units": 200, "deter": 200, "hidden": 200,
         "stoch": 16, "classes": 16, "batch": 16, "length": 32, "prefill": 2_000,
-        "train_every": 4, "replay_capacity": 200_000, "eval_every": 5_000, "eval_episodes": 5,
+        "train_every": 4, "replay_capacity": 200_000, "replay_chunk": 1000, "eval_every": 5_000, "eval_episodes": 5,
         "log_every": 1_000, "video_every": 10_000, "checkpoint_every": 5_000,
         "checkpoint_minutes": 5.0, "steps": 200_000,
         # Smaller nets learn with larger steps (DreamerV1/dmc rates): model 3e-4, AC 8e-5 -> CPU budget.

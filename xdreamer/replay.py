@@ -11,7 +11,10 @@ Layout of one stored episode of length T (time alignment, see ``rssm.py``)::
     is_terminal: 0        0        0            1 if the episode ended (not truncated)
 
 Episodes are written atomically (temporary file, then ``os.replace``) when they end, so
-after ``kill -9`` every completed episode is on disk and no half-written file is read.
+after ``kill -9`` every completed episode is on disk and no half-written file is read. With
+``replay_chunk`` N > 0 a running episode is also stored every N steps as a chunk (the next chunk
+starts with ``is_first`` 0); sampling treats chunks like episodes and marks ``is_first`` where a
+sequence continues into another chunk, so the RSSM never carries state across that seam.
 Sampling follows dreamerv2 ``common/replay.py``: uniform over episodes, an offset with
 ``prioritize_ends``; a sequence that runs past an episode's end continues in another
 episode, whose first step has ``is_first`` set, so every sample has fixed length.
@@ -113,10 +116,14 @@ class Replay:
                 upper = available + (need if self.prioritize_ends else 0)
                 start = min(int(self.rng.integers(0, upper + 1)), available)
             else:
-                start = 0  # continuation: a new episode from its beginning (is_first=1)
+                start = 0  # continuation: another episode (or chunk) from its beginning
             take = min(need, total - start)
             for k in KEYS:
                 parts[k].append(episode[k][start:start + take])
+            if not first and not episode["is_first"][0]:
+                # a chunk that continues a longer episode: mark the seam so that the RSSM resets there
+                parts["is_first"][-1] = parts["is_first"][-1].copy()
+                parts["is_first"][-1][0] = True
             need -= take
             first = False
         return {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in parts.items()}
@@ -167,6 +174,13 @@ class EpisodeBuilder:
             self.steps = []
             return episode
         return None
+
+    def take_chunk(self) -> dict[str, np.ndarray]:
+        """The steps collected so far as a chunk of the still running episode, which then continues
+        empty (its next step, not ``is_first``, opens the next chunk)."""
+        chunk = self.stacked()
+        self.steps = []
+        return chunk
 
     def stacked(self) -> dict[str, np.ndarray]:
         """The steps collected so far as arrays ``[T, ...]`` (also for an unfinished episode)."""

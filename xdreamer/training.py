@@ -194,7 +194,7 @@ class Trainer:
         last_ckpt_time = time.time()
         self.updates_since_log = 0
         obs = self._reset()
-        episode_return, eval_result = 0.0, None
+        episode_return, episode_length, eval_result = 0.0, 0, None
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -212,12 +212,15 @@ class Trainer:
                 obs = self.env.step(action)
                 self.step += 1
                 episode_return += float(obs["reward"])
+                episode_length += 1
                 episode = self.builder.add(obs, action)
+                if episode is None and cfg.replay_chunk and len(self.builder.steps) >= cfg.replay_chunk:
+                    self.replay.add_episode(self.builder.take_chunk())  # a long episode, in chunks
                 if episode is not None:
                     self.replay.add_episode(episode)
-                    self.logger.add({"return": episode_return, "length": len(episode["image"])}, "episode/")
+                    self.logger.add({"return": episode_return, "length": episode_length}, "episode/")
                     self.episodes += 1
-                    episode_return = 0.0
+                    episode_return, episode_length = 0.0, 0
                     obs = self._reset()
                 if not prefilling and len(self.replay):
                     if not self.pretrained:
