@@ -117,6 +117,7 @@ class Trainer:
         self.cfg = cfg
         self.env = make_env(cfg, seed=cfg.seed)
         self.eval_env = make_env(cfg, seed=cfg.seed + 1)
+        self._eval_more: list | None = None  # more eval envs, made at the first evaluation (lockstep)
         if not resume:
             self.agent = Agent(cfg, self.env.spec)
         else:
@@ -180,6 +181,14 @@ class Trainer:
         self.policy_state = None
         return obs
 
+    def _evaluate(self):
+        """``eval_episodes`` mode-policy episodes in lockstep (``evaluation.evaluate``, ``more_envs``)."""
+        if self._eval_more is None:
+            self._eval_more = [make_env(self.cfg, seed=self.cfg.seed + 1)
+                               for _ in range(min(self.cfg.eval_episodes, 10) - 1)]
+        return evaluate(self.agent, self.eval_env, self.cfg.eval_episodes, seed=self.cfg.seed,
+                        more_envs=self._eval_more)
+
     def _update(self) -> None:
         batch = self.replay.sample(self.cfg.batch, self.cfg.length)
         self.logger.add(self.agent.train_step(batch), prefix="train/")
@@ -233,7 +242,7 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                 if should_eval(self.step) and self.pretrained:
-                    eval_result = evaluate(self.agent, self.eval_env, cfg.eval_episodes, seed=cfg.seed)
+                    eval_result = self._evaluate()
                     self.logger.add({"return_mean": eval_result.mean, "return_std": eval_result.std}, "eval/")
                 if should_video(self.step) and self.pretrained:
                     self.write_openloop()
@@ -257,7 +266,7 @@ class Trainer:
                     last_ckpt_time = time.time()
             final_eval = None
             if self.pretrained:
-                final_eval = evaluate(self.agent, self.eval_env, cfg.eval_episodes, seed=cfg.seed)
+                final_eval = self._evaluate()
                 self.logger.write(self.step, {"eval/return_mean": final_eval.mean,
                                               "eval/return_std": final_eval.std})
             path = self.save(final_eval or eval_result)
