@@ -306,6 +306,7 @@ def test_cli_train_and_eval(tmp_path, capsys):
     (["train", "--env", "nope:Thing", "--preset", "debug"], "nope:Thing"),
     (["train", "--env", "toy:catch", "--preset", "giant"], "unknown preset"),
     (["train", "--env", "toy:catch", "--set", "detr=3"], "unknown config key"),
+    (["train", "--env", "toy:catch", "--set", "compile=fast"], "is not one of off, default"),
     (["eval", "/nonexistent/ckpt"], "not found"),
 ])
 def test_cli_errors(tmp_path, capsys, argv, message, monkeypatch):
