@@ -302,6 +302,25 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert _cli(capsys, "eval", str(tmp_path / "run"), "--lockstep", "0")[0] == 2
 
 
+
+def test_eval_prefix_returns_match_a_cut_rerun(tmp_path, monkeypatch, debug_cfg, toy_spec):
+    """The recorded return over each episode's first PREFIX_STEPS steps equals an evaluation cut there
+    (what tests/test_bundled.py re-runs for a 27,000-step episode), one by one and in lockstep."""
+    from xdreamer import evaluation
+
+    monkeypatch.setattr(evaluation, "PREFIX_STEPS", 40)
+    torch.manual_seed(0)
+    agent = Agent(debug_cfg, toy_spec)
+    envs = [make("toy:catch") for _ in range(3)]
+    for more in ((), envs[1:]):
+        full = evaluation.evaluate(agent, envs[0], 3, seed=2, more_envs=more)
+        cut = evaluation.evaluate(agent, envs[0], 3, seed=2, more_envs=more, max_steps=40)
+        assert min(full.lengths) > 40 and cut.lengths == [40, 40, 40]
+        assert full.prefix_returns == cut.returns == cut.prefix_returns
+        rand = evaluation.evaluate(None, envs[0], 3, seed=2, policy="random", max_steps=40)
+        assert rand.lengths == [40, 40, 40]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--env", "nope:Thing", "--preset", "debug"], "nope:Thing"),
     (["train", "--env", "toy:catch", "--preset", "giant"], "unknown preset"),

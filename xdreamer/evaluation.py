@@ -10,6 +10,7 @@ import numpy as np
 from .envs import Env, EnvSpec
 
 EVAL_SEED_OFFSET = 1_000_000  # eval episodes use seeds disjoint from training episodes
+PREFIX_STEPS = 2_000
 
 
 @dataclass
@@ -19,6 +20,10 @@ class EvalResult:
     seed: int
     returns: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+    # The return over each episode's first PREFIX_STEPS steps, so that a check can re-run a long
+    # (e.g. 27,000-step stalled Atari) episode only that far (tests/test_bundled.py).
+    prefix_steps: int = PREFIX_STEPS
+    prefix_returns: list[float] = field(default_factory=list)
 
     @property
     def mean(self) -> float:
@@ -43,7 +48,7 @@ def episode_seed(seed: int, index: int) -> int:
 
 
 def evaluate(agent, env: Env, episodes: int, seed: int = 0, policy: str = "mode",
-             progress: bool = False, more_envs: Sequence[Env] = ()) -> EvalResult:
+             progress: bool = False, more_envs: Sequence[Env] = (), max_steps: int | None = None) -> EvalResult:
     """Run ``episodes`` episodes; ``policy`` is ``mode`` (actor's mode, as dreamerv2 eval),
     ``sample`` (the exploration policy) or ``random`` (uniform; ``agent`` may be None).
 
@@ -51,13 +56,14 @@ def evaluate(agent, env: Env, episodes: int, seed: int = 0, policy: str = "mode"
     batched network call per step for all of them: the same seeds and the same deterministic
     policy, so the same episodes up to float rounding of a batched matmul (which can flip an
     exactly tied action). ``random`` and ``sample`` always run one episode at a time, so that
-    their random streams do not depend on the batching."""
+    their random streams do not depend on the batching. ``max_steps`` cuts every episode after that
+    many steps (its return is then the return so far)."""
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
     if policy not in ("mode", "sample", "random"):
         raise ValueError(f"unknown policy {policy!r}; use mode, sample or random")
     if more_envs and policy == "mode":
-        return _evaluate_lockstep(agent, [env, *more_envs], episodes, seed, progress)
+        return _evaluate_lockstep(agent, [env, *more_envs], episodes, seed, progress, max_steps)
     rng = np.random.default_rng(seed)
     result = EvalResult(env=env.spec.id, policy=policy, seed=seed)
     iterator = range(episodes)
@@ -76,14 +82,19 @@ def evaluate(agent, env: Env, episodes: int, seed: int = 0, policy: str = "mode"
             obs = env.step(action)
             total += float(obs["reward"])
             length += 1
-            if obs["is_last"]:
+            if length == PREFIX_STEPS:
+                result.prefix_returns.append(total)
+            if obs["is_last"] or (max_steps is not None and length >= max_steps):
                 break
+        if length < PREFIX_STEPS:
+            result.prefix_returns.append(total)
         result.returns.append(total)
         result.lengths.append(length)
     return result
 
 
-def _evaluate_lockstep(agent, envs: Sequence[Env], episodes: int, seed: int, progress: bool) -> EvalResult:
+def _evaluate_lockstep(agent, envs: Sequence[Env], episodes: int, seed: int, progress: bool,
+                       max_steps: int | None = None) -> EvalResult:
     """``mode`` episodes ``len(envs)`` at a time; finished envs idle until their group is done."""
     result = EvalResult(env=envs[0].spec.id, policy="mode", seed=seed)
     bar = None
@@ -95,6 +106,7 @@ def _evaluate_lockstep(agent, envs: Sequence[Env], episodes: int, seed: int, pro
         group = envs[:min(len(envs), episodes - start)]
         obs = [e.reset(seed=EVAL_SEED_OFFSET + episode_seed(seed, start + i)) for i, e in enumerate(group)]
         totals, lengths = [0.0] * len(group), [0] * len(group)
+        prefix: list[float | None] = [None] * len(group)
         done = [False] * len(group)
         state = None
         while not all(done):
@@ -107,12 +119,15 @@ def _evaluate_lockstep(agent, envs: Sequence[Env], episodes: int, seed: int, pro
                 obs[i] = e.step(actions[i])
                 totals[i] += float(obs[i]["reward"])
                 lengths[i] += 1
-                if obs[i]["is_last"]:
+                if lengths[i] == PREFIX_STEPS:
+                    prefix[i] = totals[i]
+                if obs[i]["is_last"] or (max_steps is not None and lengths[i] >= max_steps):
                     done[i] = True
                     if bar is not None:
                         bar.update(1)
         result.returns.extend(totals)
         result.lengths.extend(lengths)
+        result.prefix_returns.extend(t if p is None else p for t, p in zip(totals, prefix))
     if bar is not None:
         bar.close()
     return result
