@@ -216,7 +216,7 @@ def test_report_outputs(ckpt, tmp_path, capsys, monkeypatch):
     assert (episodes["steps"][:2] == MAX_STEPS + 1).all() and episodes["steps"][2] == 21
     # all three were cut before the game ended: their returns are not presented as scores
     assert not episodes["complete"].any() and tables["scores.csv"]["complete_episodes"][0] == 0
-    assert "cut short (3 of 3; --max-steps), not comparable" in tables["verdicts.csv"]["score_context"][0]
+    assert "cut short (3 of 3; --max-steps); full-game references, not comparable" in tables["verdicts.csv"]["score_context"][0]
     verdicts = tables["verdicts.csv"]
     assert list(verdicts["env"]) == ["toy:catch"] and verdicts["verdict"][0] and verdicts["numbers"][0].startswith("{")
     assert set(tables["probes.csv"]["features"]) == {"deter", "stoch", "feat", "pixels"}
