@@ -16,10 +16,9 @@ import uuid
 from typing import Any
 
 from . import checkpoint
-from .evaluation import evaluate
+from .evaluation import evaluate, lockstep_envs
 
 BUNDLE_FILES = (checkpoint.WEIGHTS, checkpoint.CONFIG, checkpoint.MANIFEST)
-LOCKSTEP = 10  # mode-policy evaluation episodes run side by side (evaluation.evaluate, more_envs)
 MAX_BYTES = 20 * 2**20  # issue 6: each bundled checkpoint at most 20 MB
 
 
@@ -56,12 +55,9 @@ def bundle(source: str | os.PathLike, out: str | os.PathLike, episodes: int = 10
         raise ValueError(f"{src} is {size / 2**20:.1f} MB; bundled checkpoints must be at most "
                          f"{MAX_BYTES / 2**20:.0f} MB (train a smaller preset)")
     env = make_env(agent.cfg)
-    more = [make_env(agent.cfg) for _ in range(min(episodes, LOCKSTEP) - 1)]
-    try:  # the agent's episodes in lockstep (one batched network call per step), the random ones one by one
+    with lockstep_envs(lambda: make_env(agent.cfg), episodes) as more:
+        # the agent's episodes in lockstep (one batched network call per step), the random ones one by one
         mode = evaluate(agent, env, episodes, seed=seed, policy="mode", progress=progress, more_envs=more)
-    finally:
-        for e in more:
-            e.close()
     rand = evaluate(agent, env, episodes, seed=seed, policy="random", progress=progress)
     commands = [command] if command else _run_commands(src)
     record = {

@@ -53,7 +53,7 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from . import checkpoint
     from .envs import import_modules, make
-    from .evaluation import evaluate
+    from .evaluation import evaluate, lockstep_envs
     from .training import env_kwargs
 
     import_modules(args.imports)
@@ -62,16 +62,10 @@ def _eval(args: argparse.Namespace) -> int:
     env_id = args.env or cfg.env
     env = make(env_id, **env_kwargs(cfg.replace(env=env_id)))
     checkpoint.check_env(agent.spec, env.spec)
-    if args.lockstep < 1:
-        raise ValueError(f"--lockstep must be at least 1, got {args.lockstep}")
-    more = [make(env_id, **env_kwargs(cfg.replace(env=env_id)))
-            for _ in range(min(args.lockstep, args.episodes) - 1)] if args.policy == "mode" else []
-    try:
+    lockstep = args.lockstep if args.policy == "mode" else min(args.lockstep, 1)  # no extra envs otherwise
+    with lockstep_envs(lambda: make(env_id, **env_kwargs(cfg.replace(env=env_id))), args.episodes, lockstep) as more:
         result = evaluate(agent, env, args.episodes, seed=args.seed, policy=args.policy,
                           progress=not args.no_progress, more_envs=more)
-    finally:
-        for e in more:
-            e.close()
     out = args.out or f"eval-{agent.path.name}-{args.policy}-seed{args.seed}.json"
     data = {"checkpoint": str(agent.path), "steps": agent.manifest.get("steps"), **result.to_dict()}
     checkpoint.atomic_write_text(out, json.dumps(data, indent=2) + "\n")

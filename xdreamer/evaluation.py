@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -11,6 +12,7 @@ from .envs import Env, EnvSpec
 
 EVAL_SEED_OFFSET = 1_000_000  # eval episodes use seeds disjoint from training episodes
 PREFIX_STEPS = 2_000
+LOCKSTEP = 10  # mode-policy episodes run side by side by default (evaluate's more_envs)
 
 
 @dataclass
@@ -91,6 +93,20 @@ def evaluate(agent, env: Env, episodes: int, seed: int = 0, policy: str = "mode"
         result.returns.append(total)
         result.lengths.append(length)
     return result
+
+
+@contextlib.contextmanager
+def lockstep_envs(factory: Callable[[], Env], episodes: int, lockstep: int = LOCKSTEP) -> Iterator[list[Env]]:
+    """The extra env instances (``factory()``) for running ``episodes`` mode episodes ``lockstep`` at a
+    time with ``evaluate(..., more_envs=...)``; closed on exit."""
+    if lockstep < 1:
+        raise ValueError(f"--lockstep must be at least 1, got {lockstep}")
+    envs = [factory() for _ in range(min(lockstep, episodes) - 1)]
+    try:
+        yield envs
+    finally:
+        for env in envs:
+            env.close()
 
 
 def _evaluate_lockstep(agent, envs: Sequence[Env], episodes: int, seed: int, progress: bool,

@@ -24,7 +24,7 @@ from . import checkpoint
 from .agent import Agent
 from .config import Config
 from .envs import Env, make
-from .evaluation import episode_seed, evaluate, random_action
+from .evaluation import LOCKSTEP, episode_seed, evaluate, random_action
 from .logger import Logger, write_video
 from .openloop import grid_frames, open_loop
 from .replay import EpisodeBuilder, Replay
@@ -185,7 +185,7 @@ class Trainer:
         """``eval_episodes`` mode-policy episodes in lockstep (``evaluation.evaluate``, ``more_envs``)."""
         if self._eval_more is None:
             self._eval_more = [make_env(self.cfg, seed=self.cfg.seed + 1)
-                               for _ in range(min(self.cfg.eval_episodes, 10) - 1)]
+                               for _ in range(min(self.cfg.eval_episodes, LOCKSTEP) - 1)]
         return evaluate(self.agent, self.eval_env, self.cfg.eval_episodes, seed=self.cfg.seed,
                         more_envs=self._eval_more)
 
