@@ -105,7 +105,8 @@ def bench_preset(preset: str, repeats: int, precision: str = "float32", compile:
     peak = matmul_peak_gflops(precision)
     update_s = float(np.mean(total_s))
     achieved = flops / update_s / 1e9
-    return {"preset": preset, "precision": precision, "compile": compile, "compile_s": compile_s, "batch": B, "length": T, "horizon": cfg.horizon,
+    return {"preset": preset, "precision": precision, "compile": compile, "compile_s": compile_s,
+            "batch": B, "length": T, "horizon": cfg.horizon,
             "parameters": params, "repeats": repeats, "world_model_update_s": float(np.mean(model_s)),
             "behavior_update_s": float(np.mean(behavior_s)), "update_s": update_s,
             "updates_per_s": 1.0 / update_s, "update_gflop": flops / 1e9, "achieved_gflops": achieved,
