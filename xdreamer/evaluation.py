@@ -75,7 +75,7 @@ def evaluate(agent, env: Env, episodes: int, seed: int = 0, policy: str = "mode"
         iterator = tqdm(iterator, desc=f"eval {env.spec.id}", unit="ep")
     for index in iterator:
         obs = env.reset(seed=EVAL_SEED_OFFSET + episode_seed(seed, index))
-        state, total, length = None, 0.0, 0
+        state, total, length, prefix = None, 0.0, 0, 0.0
         while True:
             if policy == "random":
                 action = random_action(env.spec, rng)
@@ -84,12 +84,11 @@ def evaluate(agent, env: Env, episodes: int, seed: int = 0, policy: str = "mode"
             obs = env.step(action)
             total += float(obs["reward"])
             length += 1
-            if length == PREFIX_STEPS:
-                result.prefix_returns.append(total)
+            if length <= PREFIX_STEPS:
+                prefix = total
             if obs["is_last"] or (max_steps is not None and length >= max_steps):
                 break
-        if length < PREFIX_STEPS:
-            result.prefix_returns.append(total)
+        result.prefix_returns.append(prefix)
         result.returns.append(total)
         result.lengths.append(length)
     return result
@@ -122,7 +121,7 @@ def _evaluate_lockstep(agent, envs: Sequence[Env], episodes: int, seed: int, pro
         group = envs[:min(len(envs), episodes - start)]
         obs = [e.reset(seed=EVAL_SEED_OFFSET + episode_seed(seed, start + i)) for i, e in enumerate(group)]
         totals, lengths = [0.0] * len(group), [0] * len(group)
-        prefix: list[float | None] = [None] * len(group)
+        prefix = [0.0] * len(group)
         done = [False] * len(group)
         state = None
         while not all(done):
@@ -135,7 +134,7 @@ def _evaluate_lockstep(agent, envs: Sequence[Env], episodes: int, seed: int, pro
                 obs[i] = e.step(actions[i])
                 totals[i] += float(obs[i]["reward"])
                 lengths[i] += 1
-                if lengths[i] == PREFIX_STEPS:
+                if lengths[i] <= PREFIX_STEPS:
                     prefix[i] = totals[i]
                 if obs[i]["is_last"] or (max_steps is not None and lengths[i] >= max_steps):
                     done[i] = True
@@ -143,7 +142,7 @@ def _evaluate_lockstep(agent, envs: Sequence[Env], episodes: int, seed: int, pro
                         bar.update(1)
         result.returns.extend(totals)
         result.lengths.extend(lengths)
-        result.prefix_returns.extend(t if p is None else p for t, p in zip(totals, prefix))
+        result.prefix_returns.extend(prefix)
     if bar is not None:
         bar.close()
     return result

@@ -9,6 +9,7 @@ update counters, RNG states and the replay reloaded from disk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -24,7 +25,7 @@ from . import checkpoint
 from .agent import Agent
 from .config import Config
 from .envs import Env, make
-from .evaluation import LOCKSTEP, episode_seed, evaluate, random_action
+from .evaluation import episode_seed, evaluate, lockstep_envs, random_action
 from .logger import Logger, write_video
 from .openloop import grid_frames, open_loop
 from .replay import EpisodeBuilder, Replay
@@ -117,7 +118,8 @@ class Trainer:
         self.cfg = cfg
         self.env = make_env(cfg, seed=cfg.seed)
         self.eval_env = make_env(cfg, seed=cfg.seed + 1)
-        self._eval_more: list | None = None  # more eval envs, made at the first evaluation (lockstep)
+        self._eval_more: list | None = None  # more eval envs, made at the first evaluation (lockstep) ...
+        self._eval_envs_open = contextlib.ExitStack()  # ... and closed when run() ends
         if not resume:
             self.agent = Agent(cfg, self.env.spec)
         else:
@@ -184,8 +186,8 @@ class Trainer:
     def _evaluate(self):
         """``eval_episodes`` mode-policy episodes in lockstep (``evaluation.evaluate``, ``more_envs``)."""
         if self._eval_more is None:
-            self._eval_more = [make_env(self.cfg, seed=self.cfg.seed + 1)
-                               for _ in range(min(self.cfg.eval_episodes, LOCKSTEP) - 1)]
+            self._eval_more = self._eval_envs_open.enter_context(
+                lockstep_envs(lambda: make_env(self.cfg, seed=self.cfg.seed + 1), self.cfg.eval_episodes))
         return evaluate(self.agent, self.eval_env, self.cfg.eval_episodes, seed=self.cfg.seed,
                         more_envs=self._eval_more)
 
@@ -279,6 +281,8 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.logger.close()
+            self._eval_envs_open.close()
+            self._eval_more = None
         return TrainResult(self.logdir, path, self.step, self.agent.updates,
                            final_eval.mean if final_eval else None)
 
