@@ -357,7 +357,7 @@ def test_bench_writes_json(tmp_path):
 
     out = tmp_path / "bench.json"
     results = run_benchmark(["debug"], out, repeats=1, precisions=("float32", "bfloat16"), envs=("toy:catch",),
-                            env_steps=300, report_episodes=0)
+                            env_steps=300, report_episodes=0, profile=True)
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(results))
     for precision in ("float32", "bfloat16"):
@@ -368,6 +368,10 @@ def test_bench_writes_json(tmp_path):
                     "replay_sample_s", "eval_s", "record_s", "record_over_eval"):
             assert debug[key] > 0, key
         assert debug["percent_of_matmul_peak"] == pytest.approx(100 * debug["achieved_gflops"] / debug["matmul_peak_gflops"])
+        prof = debug["profile"]  # --profile: self time per operator category adds up to the profiled total
+        assert sum(prof["category_s"].values()) == pytest.approx(prof["self_cpu_s"], rel=1e-3)
+        assert prof["category_s"]["convolution"] > 0 and prof["category_s"]["matmul"] > 0
+        assert prof["top_ops"] and prof["top_ops_by_shape"][0]["self_s"] <= prof["top_ops"][0]["self_s"] + 1e-9
     env = data["envs"]["toy:catch"]
     assert env["env_steps_per_s"] > 0 and 0 < env["replay_bytes_per_step"] < 4096
 
@@ -393,3 +397,34 @@ def test_interrupt_saves_checkpoint(tmp_path, monkeypatch):
         trainer.run()
     agent = xdreamer.load(tmp_path / "run")
     assert agent.manifest["steps"] == trainer.step > cfg.prefill
+
+
+_MALLOC_SCRIPT = """
+import json, torch
+from xdreamer.agent import Agent
+from xdreamer.config import build_config
+from xdreamer.envs import make
+from xdreamer.training import configure_cpu
+from conftest import random_batch
+configure_cpu()
+from xdreamer import training
+spec = make("toy:catch").spec
+torch.manual_seed(0)
+agent = Agent(build_config(["debug"]), spec)
+losses = [agent.train_step(random_batch(spec, 4, 16, seed=i)) for i in range(2)]
+print(json.dumps({"kept": training._MALLOC_KEPT, "metrics": losses}))
+"""
+
+
+def test_keeping_freed_memory_does_not_change_results():
+    """configure_cpu() turns glibc's mmap off (keep_freed_memory): same losses as malloc's defaults."""
+    out = {}
+    for mode in ("kept", "default"):
+        env = {**os.environ, "XDREAMER_MALLOC": "" if mode == "kept" else "default",
+               "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.run([sys.executable, "-c", _MALLOC_SCRIPT], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["kept"]["kept"] is (sys.platform.startswith("linux")) and out["default"]["kept"] is False
+    assert out["kept"]["metrics"] == out["default"]["metrics"]

@@ -54,7 +54,49 @@ def count_update_flops(agent, batch) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_preset(preset: str, repeats: int, precision: str = "float32", compile: str = "off") -> dict[str, Any]:
+# Operator categories of the update profile (``profile_update``), by ATen op name; everything else is "other".
+OP_CATEGORIES = {
+    "convolution": ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution",
+                    "aten::convolution", "aten::conv2d"),
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::baddbmm"),
+    "activation": ("aten::elu", "aten::elu_backward", "aten::sigmoid", "aten::sigmoid_backward", "aten::tanh",
+                   "aten::tanh_backward", "aten::_softmax", "aten::_softmax_backward_data", "aten::_log_softmax",
+                   "aten::_log_softmax_backward_data", "aten::native_layer_norm",
+                   "aten::native_layer_norm_backward"),
+    "memory": ("aten::copy_", "aten::_to_copy", "aten::cat", "aten::stack", "aten::clone", "aten::contiguous",
+               "aten::pixel_shuffle", "aten::pixel_unshuffle", "aten::empty", "aten::empty_strided",
+               "aten::fill_", "aten::zero_", "aten::constant_pad_nd", "aten::index", "aten::index_put_"),
+}
+
+
+def profile_update(agent, batch, top: int = 12) -> dict[str, Any]:
+    """Where one ``agent.train_step(batch)`` spends its time: ``torch.profiler`` self CPU time per operator
+    category (``OP_CATEGORIES``), the ``top`` operators by name and by (name, input shapes). The profiled
+    update runs slower than an unprofiled one (recording overhead); shares are what it is for."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        start = time.perf_counter()
+        agent.train_step(batch)
+        wall = time.perf_counter() - start
+    by_name = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in by_name) / 1e6
+    category = {op: cat for cat, ops in OP_CATEGORIES.items() for op in ops}
+    shares: dict[str, float] = {cat: 0.0 for cat in (*OP_CATEGORIES, "other")}
+    for e in by_name:
+        shares[category.get(e.key, "other")] += e.self_cpu_time_total / 1e6
+    ops = sorted(by_name, key=lambda e: -e.self_cpu_time_total)[:top]
+    shaped = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)[:top]
+    return {"profiled_update_s": wall, "self_cpu_s": total,
+            "category_s": shares,
+            "category_percent": {k: round(100 * v / total, 1) for k, v in shares.items()},
+            "top_ops": [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "calls": e.count} for e in ops],
+            "top_ops_by_shape": [{"op": e.key, "shapes": str(e.input_shapes), "self_s": e.self_cpu_time_total / 1e6,
+                                  "calls": e.count} for e in shaped]}
+
+
+def bench_preset(preset: str, repeats: int, precision: str = "float32", compile: str = "off",
+                 profile: bool = False) -> dict[str, Any]:
     import torch
 
     from .agent import Agent
@@ -99,6 +141,7 @@ def bench_preset(preset: str, repeats: int, precision: str = "float32", compile:
         model_s.append(agent.last_timings["model_s"])
         behavior_s.append(agent.last_timings["behavior_s"])
     params = sum(p.numel() for p in agent.parameters())
+    profiled = {"profile": profile_update(agent, batch())} if profile else {}
     analysis = bench_analysis(agent, repeats)
     sample_s = bench_replay_sample(agent, B, T, repeats=max(repeats, 5))
     recording = bench_record(cfg)
@@ -112,7 +155,8 @@ def bench_preset(preset: str, repeats: int, precision: str = "float32", compile:
             "updates_per_s": 1.0 / update_s, "update_gflop": flops / 1e9, "achieved_gflops": achieved,
             "matmul_peak_gflops": peak, "percent_of_matmul_peak": 100 * achieved / peak,
             "replay_sample_s": sample_s, "replay_sample_percent_of_update": 100 * sample_s / update_s,
-            **analysis, **recording, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            **analysis, **recording, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **profiled}
 
 
 def bench_record(cfg, episodes: int = 3, env_id: str = "toy:catch") -> dict[str, float]:
@@ -235,7 +279,7 @@ def bench_env(env_id: str, steps: int) -> dict[str, Any]:
 def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
                   precisions: tuple[str, ...] = ("float32",), compiles: tuple[str, ...] = ("off",),
                   envs: tuple[str, ...] = ("toy:catch", "atari:Pong"), env_steps: int = 2000,
-                  report_episodes: int = 10) -> dict[str, Any]:
+                  report_episodes: int = 10, profile: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": _machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                "presets": {}, "envs": {}}
     for preset in presets:
@@ -246,7 +290,8 @@ def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
                 key = precision if mode == "off" else f"{precision}+compile-{mode}"
                 print(f"bench: preset {preset} ({key}) ...", file=sys.stderr, flush=True)
                 proc = subprocess.run([sys.executable, "-m", "xdreamer.bench", "preset", preset, str(repeats),
-                                       precision, mode], capture_output=True, text=True)
+                                       precision, mode, *(["profile"] if profile else [])],
+                                      capture_output=True, text=True)
                 if proc.returncode != 0:
                     raise RuntimeError(f"benchmark of preset {preset} ({key}) failed:\n{proc.stderr[-2000:]}")
                 results["presets"][preset][key] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -266,7 +311,8 @@ def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
 
 
 if __name__ == "__main__":
-    if len(sys.argv) in (4, 5, 6) and sys.argv[1] == "preset":
-        print(json.dumps(bench_preset(sys.argv[2], int(sys.argv[3]), *sys.argv[4:])))
+    if len(sys.argv) in (4, 5, 6, 7) and sys.argv[1] == "preset" and sys.argv[6:] in ([], ["profile"]):
+        print(json.dumps(bench_preset(sys.argv[2], int(sys.argv[3]), *sys.argv[4:6], profile=len(sys.argv) == 7)))
     else:
-        sys.exit("usage: python -m xdreamer.bench preset NAME REPEATS [PRECISION [COMPILE]] (use `xdreamer bench`)")
+        sys.exit("usage: python -m xdreamer.bench preset NAME REPEATS [PRECISION [COMPILE [profile]]] "
+                 "(use `xdreamer bench`)")

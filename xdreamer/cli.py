@@ -79,7 +79,7 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import run_benchmark
 
     results = run_benchmark(args.presets, args.out, repeats=args.repeats, precisions=tuple(args.precision),
-                            compiles=tuple(args.compile))
+                            compiles=tuple(args.compile), profile=args.profile)
     print(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
     return 0
@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precisions to measure (bfloat16 = CPU/CUDA autocast)")
     p.add_argument("--compile", nargs="+", default=["off"], choices=COMPILE_MODES,
                    help="torch.compile modes to measure (off = eager); e.g. --compile off default")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one update per preset (torch.profiler): time per operator category "
+                        "(convolution, matmul, activation, memory, other) and the top operators")
     p.add_argument("--out", default="bench.json")
     p.set_defaults(func=_bench)
 
