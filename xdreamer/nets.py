@@ -61,7 +61,14 @@ class ConvEncoder(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         assert image.shape[-2:] == (64, 64), f"expected 64x64 images, got {tuple(image.shape)}"
         lead = image.shape[:-3]
-        x = self.net(image.reshape(-1, *image.shape[-3:]))
+        x = image.reshape(-1, *image.shape[-3:])
+        for i, layer in enumerate(self.net):
+            x = layer(x)
+            if i == 0 and x.device.type == "cpu":
+                # Channels-last from the first conv on (a 1-channel input is ambiguous, so convert its output):
+                # oneDNN then skips two layout copies of the largest activation; encoder forward + backward on
+                # 800 paper-size frames 552 -> 504-518 ms (bfloat16), 1,045-1,062 -> 986-1,043 ms (float32).
+                x = x.contiguous(memory_format=torch.channels_last)
         return x.reshape(*lead, -1)
 
 
