@@ -440,6 +440,8 @@ def test_browser_end_to_end(ckpt, tmp_path):
                 for _ in range(3):
                     page.keyboard.press("ArrowRight")
                 page.get_by_text("step 3: episode 0, t=3").wait_for(timeout=60_000)
+                # Streamlit re-renders element by element: wait for the frame's caption too, then check it is unique.
+                page.get_by_text("real frame (step 3)").wait_for(timeout=60_000)
                 assert page.get_by_text("real frame (step 3)").count() == 1
                 page.get_by_text("What-if", exact=True).click()
                 page.get_by_role("button", name="Run what-if at step 3").click()
