@@ -9,6 +9,7 @@ posterior entropy (nats, summed over the latent variables) and the KL.
     python docs/experiments/world_model_ball.py UPDATES [KEY=VALUE ...]
     python docs/experiments/world_model_ball.py 600 decoder=dreamerv3
     python docs/experiments/world_model_ball.py 600 decoder=dreamerv3 unimix=0.01
+    python docs/experiments/world_model_ball.py 1500 env=toy:catch-lanes
 
 Measured on the project's 2-core CPU (torch 2.13.0+cpu, seed 0, ~0.35 s per update; the replay
 there was the first 3,000 steps of a training run, this script's random play is equivalent): with
@@ -35,6 +36,9 @@ entropy 44 -> 10 at 200, 1.7 at 1,500, ball MSE 0.98-1.01 through 1,500; `stoch=
 latent size): entropy 111 -> 4.7 at 500, 0.29 at 1,000, ball MSE 0.98-1.0 (stopped at 1,000); `kl_scale=1.0`:
 entropy held at 12-20 nats, ball MSE 0.97-1.0 through 2,500, then the model diverged (entropy and KL 0, image
 loss 21 from ~2,550). Why a stochastic code loses the ball: docs/experiments/bottleneck_ball.py.
+`1500 env=toy:catch-lanes` (3 ball columns instead of 61, default decoder): entropy 0.15 at 900 and 0.01 at
+1,500, yet held-out ball MSE 0.86 at 900, 0.83 at 1,000, 0.76 at 1,300, 0.69 at 1,500 (184 s): with 3 positions
+the ball does get into the collapsed code, slowly.
 """
 import sys
 import tempfile
@@ -55,7 +59,7 @@ updates = int(sys.argv[1])
 cfg = build_config(["small", "toy"], dict(a.split("=", 1) for a in sys.argv[2:]))
 torch.manual_seed(0)
 torch.set_num_threads(2)
-env = make("toy:catch", seed=0)
+env = make(cfg.env, seed=0)  # toy:catch unless env=... is given
 agent = Agent(cfg, env.spec)
 agent.init_optimizers()
 rng = np.random.default_rng(0)
@@ -76,7 +80,7 @@ def play(env, steps):
     return episodes
 
 
-held_out = play(make("toy:catch", seed=123), 100)[0]
+held_out = play(make(cfg.env, seed=123), 100)[0]
 img = torch.tensor(held_out["image"])[None].float() / 255 - 0.5
 act = torch.nn.functional.one_hot(torch.tensor(held_out["action"]).long(), env.spec.num_actions).float()[None]
 first = torch.tensor(held_out["is_first"])[None]
