@@ -223,7 +223,11 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*mods)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        # One 2-D matmul per layer: on a sliced (non-contiguous) [B, T, F] input ``nn.Linear`` falls back to a
+        # batched matmul against a broadcast weight, which ran at a third of the speed (the actor on
+        # imagined features, paper size: 158 ms at 92 GFLOP/s, float32); ``reshape`` copies it once instead.
+        lead = x.shape[:-1]
+        return self.net(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
 
 
 class LayerNormGRUCell(nn.Module):
