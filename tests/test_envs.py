@@ -155,11 +155,14 @@ def test_toy_determinism():
     assert len(cols) > 1
 
 
-def test_catch_vs_catch_pixel():
+@pytest.mark.parametrize("big_id,pixel_id", [("toy:catch", "toy:catch-pixel"),
+                                              ("toy:catch-lanes", "toy:catch-pixel-lanes")])
+def test_catch_vs_catch_pixel(big_id, pixel_id):
     actions = np.random.default_rng(2).integers(0, 3, 120)
-    big = run_actions(make("toy:catch"), actions, seed=5)
-    pix = run_actions(make("toy:catch-pixel"), actions, seed=5)
+    big = run_actions(make(big_id), actions, seed=5)
+    pix = run_actions(make(pixel_id), actions, seed=5)
     assert len(big) == len(pix)
+    assert make(pixel_id).spec.id == pixel_id
     for ob, op in zip(big, pix):
         assert ob["reward"] == op["reward"] and ob["is_last"] == op["is_last"] and ob["is_terminal"] == op["is_terminal"]
         bb, bp = ob["objects"]["ball"], op["objects"]["ball"]
@@ -171,6 +174,8 @@ def test_catch_vs_catch_pixel():
         assert ob["image"][0, above].sum() // 255 == min(4, 60 - y) * 4
         assert op["image"][0, above].sum() // 255 == 1
         assert (ob["image"][0, y : min(60, y + 4), x : x + 4] == 255).all()
+        if "lanes" in big_id:
+            assert x in (10, 30, 50)
 
 
 @pytest.mark.parametrize("policy", ["random", "track"])

@@ -272,6 +272,27 @@ def test_kill_minus_nine_loses_no_episode(tmp_path):
     assert len(trainer.replay.episodes) == len(files)
 
 
+def test_sigterm_saves_and_stops(tmp_path):
+    """`kill PID` (SIGTERM, as `timeout` and batch schedulers send) stops a training like Ctrl-C: it writes a
+    checkpoint of the step it reached and exits 143, so `--resume` loses nothing."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "xdreamer", "train", "--env", "toy:catch", "--preset", "debug", "--logdir",
+           str(run), "--no-progress", "--set", "steps=100000", "checkpoint_every=100000", "eval_every=0",
+           "video_every=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((run / "replay").glob("*.npz")):
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert "continue with --resume" in out
+    saved = xdreamer.load(run).manifest["steps"]
+    assert saved > 0  # no scheduled checkpoint was due: this one was written on SIGTERM
+
+
 # ---- CLI ------------------------------------------------------------------------------------
 def _cli(capsys, *argv):
     code = main(list(argv))

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import signal
 import sys
+import threading
 import time
 from typing import Sequence
 
@@ -23,7 +25,26 @@ def _command_line() -> str:
     return "xdreamer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during training (``kill``, ``timeout``, a batch scheduler): handled like Ctrl-C, so the run saves
+    a checkpoint and stops. A subclass of KeyboardInterrupt because that is what the trainer catches."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
 def _train(args: argparse.Namespace) -> int:
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) \
+        if threading.current_thread() is threading.main_thread() else None
+    try:
+        return _train_run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _train_run(args: argparse.Namespace) -> int:
     from .config import build_config, parse_set_args
     from .envs import import_modules
     from .training import train
@@ -115,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an agent", description=(
         "Train DreamerV2. Presets compose left to right over the paper's Atari defaults "
         "(e.g. --preset atari small); --set key=value overrides any config field."))
-    p.add_argument("--env", help="env id: toy:catch, toy:catch-pixel, atari:<Game>, mujoco:<Name>, gym:<id>")
+    p.add_argument("--env", help="env id: toy:catch, toy:catch-pixel, toy:catch-lanes, toy:catch-pixel-lanes, atari:<Game>, mujoco:<Name>, gym:<id>")
     p.add_argument("--preset", nargs="+", default=[], metavar="NAME",
                    help="presets to apply in order: " + ", ".join(PRESETS))
     p.add_argument("--set", nargs="+", default=[], action="extend", metavar="KEY=VALUE",
@@ -198,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ConfigError, CheckpointError, FileNotFoundError, NotImplementedError) as exc:
         print(f"xdreamer: error: {exc}", file=sys.stderr)
         return 2
+    except _Terminated:
+        print("xdreamer: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("xdreamer: interrupted", file=sys.stderr)
         return 130

@@ -19,6 +19,10 @@ partly after 1,000 updates (held-out ball-pixel MSE 0.83) and better after 1,500
 `python docs/experiments/world_model_ball.py 1500 env=toy:catch-lanes`), where `toy:catch`'s ball stays at 1.0.
 An easier diagnostic, not a replacement for `toy:catch`.
 
+`toy:catch-pixel-lanes` is `toy:catch-lanes` with `toy:catch-pixel`'s one-pixel ball: with `toy:catch-lanes` it is
+the controlled ball-size contrast at a budget where the 4x4 ball is learnt (same RNG stream, rewards and flags for
+the same seed and actions; only the drawn ball differs).
+
 Per ball spawn the RNG draws, in order: column x in [0, 60], start row y in [0, 4], drift dx in {-1, 0, 1}. The drift
 is used only with `drift=True` (default off: straight down); when on, the ball bounces off the side walls.
 """
@@ -45,7 +49,7 @@ BALLS_PER_EPISODE = 5
 MAX_STEPS = 100
 ACTION_NAMES = ("NOOP", "LEFT", "RIGHT")
 
-TOY_GAMES = ("catch", "catch-pixel", "catch-lanes")
+TOY_GAMES = ("catch", "catch-pixel", "catch-lanes", "catch-pixel-lanes")
 LANES = (10, 30, 50)  # toy:catch-lanes ball columns (top-left x): centres 12, 32, 52
 
 # Integer state vector layout (stored as int64 in get_state()).
@@ -63,9 +67,7 @@ class CatchEnv(Env):
         self.drift = bool(drift)
         self.balls = int(balls)
         self.lanes = bool(lanes)
-        if pixel and lanes:
-            raise ValueError("toy:catch lanes and pixel modes do not combine")
-        name = "toy:catch-pixel" if pixel else "toy:catch-lanes" if lanes else "toy:catch"
+        name = "toy:catch" + ("-pixel" if pixel else "") + ("-lanes" if lanes else "")
         self.spec = EnvSpec(
             id=name,
             obs_shape=(1, SIZE, SIZE),
@@ -177,4 +179,4 @@ def make_toy(name: str, seed: int | None = None, **overrides: Any) -> CatchEnv:
     bad = sorted(set(overrides) - allowed)
     if bad:
         raise ValueError(f"toy:{name}: unknown override(s) {bad}; allowed: {sorted(allowed)}")
-    return CatchEnv(pixel=(name == "catch-pixel"), lanes=(name == "catch-lanes"), seed=seed, **overrides)
+    return CatchEnv(pixel="pixel" in name, lanes="lanes" in name, seed=seed, **overrides)
