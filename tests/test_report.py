@@ -4,6 +4,7 @@ import copy
 import html.parser
 import importlib.util
 import json
+import pathlib
 import socket
 import sys
 
@@ -22,9 +23,10 @@ from xdreamer.report import detectors as D
 from xdreamer.report import render
 from xdreamer.report.build import run_report
 from xdreamer.report.tables import objects_table, verdicts_table
-from xdreamer.report.jobs import analyse
+from xdreamer.report.jobs import analyse, make_env_for
 from xdreamer.report.probes import probe, probe_table, samples_from_trace
 
+CHECKPOINTS = pathlib.Path(__file__).resolve().parents[1] / "checkpoints"
 MAX_STEPS = 30  # steps per recorded episode in the end-to-end runs (keeps the file fast on 2 shared cores)
 
 
@@ -112,6 +114,18 @@ def test_blind_spot_detector_finds_blanked_ball(trace):
     v = verdicts_table(episodes, objects, pd.DataFrame(columns=["env"]), scores).iloc[0]
     assert v["verdict"] == "cannot see it (perception)" and "ball is a reconstruction blind spot" in v["evidence"]
     assert json.loads(v["numbers"])["ball_blind_frac"] == 1.0
+
+    def probes(latent):  # probe rows for the ball: pixels find both coordinates; the latent as given
+        return pd.DataFrame([{"env": "toy:catch", "variable": f"ball_{c}", "features": f, "r2": r}
+                             for c in "xy" for f, r in (("pixels", 0.98), ("feat", latent), ("deter", latent - 0.1))])
+    # The same blind spot with probes that find the ball in the latent: encoded but drawn poorly, not perception.
+    v = verdicts_table(episodes, objects, probes(0.9), scores).iloc[0]
+    assert v["verdict"] == "no perception or exploration failure detected", v["evidence"]
+    assert "but its position is decodable from the latent (R2 0.90, 0.90)" in v["evidence"]
+    # ... and with probes that do not: perception, for both reasons.
+    v = verdicts_table(episodes, objects, probes(0.2), scores).iloc[0]
+    assert v["verdict"] == "cannot see it (perception)"
+    assert "ball is a reconstruction blind spot" in v["evidence"] and "ball_x is linearly decodable" in v["evidence"]
     # A game where no positive reward was ever found is exploration.
     episodes["positive_rewards"] = 0
     v = verdicts_table(episodes, objects_table([{**analyse(clean(trace)), "checkpoint": "c", "episode": 0}]),
@@ -145,8 +159,8 @@ def test_surprise_and_value_detectors(trace):
 
 
 def test_probes_recover_a_linearly_encoded_position(trace):
-    # No trained toy:catch agent is available to the tests, so the latents are built to encode the ball
-    # position linearly (plus noise); the probe must find it on held-out steps, and not in random classes.
+    # Latents built to encode the ball position linearly (plus noise): the probe must find it on held-out steps,
+    # and not in random classes. (Trained agents: test_probes_on_trained_agents.)
     t = copy.deepcopy(trace)
     rng = np.random.default_rng(0)
     ball = t.arrays["objects/ball"]
@@ -163,6 +177,27 @@ def test_probes_recover_a_linearly_encoded_position(trace):
     X = rng.normal(size=(200, 5))
     y = X @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) + 4.0
     assert probe(X, y, np.arange(200) % 4 == 3)["r2"] > 0.999
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["catch-lanes", "catch"])
+def test_probes_on_trained_agents(name):
+    """Probes on the latents of real trained agents (the bundled checkpoints, 4 recorded episodes, 368 steps).
+    `catch-lanes` sees its ball (its return, 1.96 over 50 episodes, is beyond any ball-blind policy's -1.67):
+    measured R^2 ball_x 0.82 / ball_y 0.95 from `feat`. `catch` is ball-blind (README "Known limitations"):
+    ball_x -1.07 from `feat` while the same probe on the frames' pixels finds it (0.65 with 368 samples,
+    0.98 with the report's 940). Measured with torch 2.13.0+cpu on the project's 2-core VM."""
+    agent = checkpoint.load(CHECKPOINTS / name)
+    env = make_env_for(agent)
+    trace = record(agent, env, episodes=4, seed=0)
+    env.close()
+    r2 = probe_table(samples_from_trace(trace, None), classes=trace.arrays["post_logits"].shape[-1]) \
+        .set_index(["variable", "features"])["r2"]
+    if name == "catch-lanes":
+        assert r2[("ball_x", "feat")] > 0.6 and r2[("ball_y", "feat")] > 0.8, r2
+    else:
+        assert r2[("ball_x", "feat")] < 0.2 < r2[("ball_x", "pixels")], r2
+    assert r2[("paddle_x", "feat")] > 0.95, r2  # both see their paddle
 
 
 def _read(folder):

@@ -14,9 +14,10 @@ a controlled, minutes-on-CPU version of the one-pixel-ball failure (VideoPinball
 `toy:catch-lanes` is `toy:catch` with the ball spawning in one of 3 fixed lanes (ball columns 10, 30, 50) instead of
 any column: the same game with far fewer distinct ball positions. A ball-blind policy can beat random here (a paddle
 kept under the middle lane catches a third of the balls), so it is the game of the fast end-to-end learning test.
-The world model learns its ball slowly but does learn it: world-model-only updates at the toy preset drew it
-partly after 1,000 updates (held-out ball-pixel MSE 0.83) and better after 1,500 (0.69, still falling;
-`python docs/experiments/world_model_ball.py 1500 env=toy:catch-lanes`), where `toy:catch`'s ball stays at 1.0.
+The world model learns its ball: world-model-only updates at the toy preset drew it partly after 1,000 updates
+(held-out ball-pixel MSE 0.83) and better after 1,500 (0.69, still falling;
+`python docs/experiments/world_model_ball.py 1500 env=toy:catch-lanes`), where `toy:catch`'s ball stays at 1.0;
+full training at `--preset small toy` sees it and follows it within 2,000 updates (`tests/test_learning.py`).
 An easier diagnostic, not a replacement for `toy:catch`.
 
 `toy:catch-pixel-lanes` is `toy:catch-lanes` with `toy:catch-pixel`'s one-pixel ball: with `toy:catch-lanes` it is
