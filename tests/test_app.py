@@ -108,14 +108,14 @@ def set_panel(at, name):
 
 # ---- Run + Timeline ----------------------------------------------------------------------------------
 def test_app_opens_the_bundled_default_checkpoint():
-    """`xdreamer app` with no argument: the bundled checkpoints/catch, its manifest in the Run panel."""
+    """`xdreamer app` with no argument: the bundled checkpoints/catch-lanes, its manifest in the Run panel."""
     from streamlit.testing.v1 import AppTest
 
     manifest = checkpoint.read_manifest(ui.DEFAULT_SOURCE)
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
     assert_clean(at)
     text = sidebar_text(at)
-    assert "**env:** toy:catch" in text and f"**steps trained:** {manifest['steps']:,}" in text
+    assert "**env:** toy:catch-lanes" in text and f"**steps trained:** {manifest['steps']:,}" in text
 
 
 def test_run_panel_manifest_and_timeline(ckpt):

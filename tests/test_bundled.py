@@ -33,8 +33,11 @@ def _rerun_count(lengths):
 
 
 def test_default_checkpoint_is_bundled():
-    # The README's main command opens checkpoints/catch.
-    assert (ROOT / "catch" / checkpoint.MANIFEST).exists(), "checkpoints/catch is the bundled default"
+    # The README's main command opens checkpoints/catch-lanes (xdreamer.app.DEFAULT_SOURCE).
+    from xdreamer.app import DEFAULT_SOURCE
+
+    assert DEFAULT_SOURCE == ROOT / "catch-lanes"
+    assert (DEFAULT_SOURCE / checkpoint.MANIFEST).exists(), "checkpoints/catch-lanes is the bundled default"
 
 
 def test_bundle_sizes():

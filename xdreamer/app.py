@@ -19,7 +19,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-DEFAULT_SOURCE = REPO_ROOT / "checkpoints" / "catch"
+# The bundled agent that sees its ball (checkpoints/README.md); checkpoints/catch is blind to it.
+DEFAULT_SOURCE = REPO_ROOT / "checkpoints" / "catch-lanes"
 DEFAULT_PORT = 8501
 TRAIN_HINT = "xdreamer train --env toy:catch --preset debug --logdir runs/catch-debug"
 SOURCE_ENV = "XDREAMER_APP_SOURCE"

@@ -201,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("app", help="open the Streamlit explainer", description=(
         "Start the explainer app (apps/explainer.py, Streamlit) on a checkpoint folder, run folder or trace "
-        "file and print its local URL. Without PATH it opens the bundled default checkpoint checkpoints/catch."))
-    p.add_argument("path", nargs="?", help="checkpoint folder, run folder or trace .npz (default: checkpoints/catch)")
+        "file and print its local URL. Without PATH it opens the bundled default checkpoint checkpoints/catch-lanes."))
+    p.add_argument("path", nargs="?", help="checkpoint folder, run folder or trace .npz (default: checkpoints/catch-lanes)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"local port (default {DEFAULT_PORT})")
     p.add_argument("--headless", action="store_true", help="do not open a browser tab")
     p.set_defaults(func=_app)
