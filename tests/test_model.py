@@ -253,10 +253,11 @@ def test_bfloat16_autocast_matches_float32(toy_spec):
     """``precision=bfloat16`` (autocast) computes the same losses and outputs as float32 on a fixed batch.
 
     Tolerance: bfloat16 keeps 8 significand bits, a relative rounding error of 2^-9 ~ 0.2 % per op,
-    which adds up over encoder, RSSM, decoder and heads. Measured on the debug preset (3 inits x 3
-    seeds): relative gaps <= 0.01 % (image, model loss), <= 0.5 % (reward loss, KL; an occasional
-    latent sample flips because its probabilities moved by a rounding error), absolute gaps
-    <= 0.008 on actor logits and values. The bounds leave >= 2.5x margin; an autocast bug (a loss or a
+    which adds up over encoder, RSSM, decoder and heads. Measured on the debug preset (3 inits x 12
+    seeds, 2026-12-01): relative gaps <= 0.01 % (image), <= 0.02 % (model loss), <= 2.7 % (reward
+    loss) and <= 1.8 % (KL), where an occasional latent sample flips because its probabilities moved
+    by a rounding error (in 5-6 of the 36 cases the reward gap exceeds 0.5 %), absolute gaps <= 0.009
+    on actor logits and values. The bounds leave >= 2x margin; an autocast bug (a loss or a
     distribution computed in bf16, a wrong cast of the uint8 image) moves them by far more.
     """
     from xdreamer.config import build_config
@@ -271,7 +272,7 @@ def test_bfloat16_autocast_matches_float32(toy_spec):
         for seed in range(3):
             ref = _losses(agent32, data, seed)
             got = _losses(agent16, data, seed, feat=ref["feat"])
-            for key, bound in (("image", 0.001), ("model", 0.001), ("reward", 0.02), ("kl", 0.02)):
+            for key, bound in (("image", 0.001), ("model", 0.001), ("reward", 0.06), ("kl", 0.04)):
                 assert got[key].dtype == torch.float32, key
                 rel = abs(float(got[key]) - float(ref[key])) / abs(float(ref[key]))
                 assert rel < bound, (init, seed, key, float(ref[key]), float(got[key]))

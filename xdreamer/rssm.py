@@ -119,6 +119,7 @@ class RSSM(nn.Module):
         """``torch.compile`` the two deterministic step functions in place (fixed shapes)."""
         self._prior_core = torch.compile(self._prior_core, mode=mode, dynamic=False)
         self._post_core = torch.compile(self._post_core, mode=mode, dynamic=False)
+        self._observe_core = torch.compile(self._observe_core, mode=mode, dynamic=False)
 
     def obs_step(self, prev: State, prev_action: torch.Tensor, embed: torch.Tensor,
                  is_first: torch.Tensor, sample: bool = True) -> tuple[State, State]:
@@ -141,12 +142,50 @@ class RSSM(nn.Module):
         assert action.shape[:2] == (B, T) and is_first.shape == (B, T), (embed.shape, action.shape, is_first.shape)
         if state is None:
             state = self.initial(B, embed.device)
-        posts, priors = [], []
+        # The same computation as a loop of ``obs_step`` (tests/test_model.py::test_observe_equals_step_loop),
+        # rearranged so that everything that does not feed the recurrence runs once over all B x T rows
+        # instead of T times over B rows (at paper size B = 16: small, slow matmuls): the action's and the
+        # embedding's shares of the first layers (linear maps split by input columns), and the prior's
+        # logits, which nothing inside the loop reads. Only the posterior sample feeds the next step.
+        keep = 1.0 - is_first.to(embed.dtype if embed.is_floating_point() else torch.float32)  # [B, T]
+        stoch_dim = self.stoch_size * self.classes
+        in_linear, post_linear = self.img_in[0], self.obs_out[0]
+        w_in_stoch = in_linear.weight[:, :stoch_dim]
+        action_part = nn.functional.linear(action * keep.unsqueeze(-1), in_linear.weight[:, stoch_dim:],
+                                           in_linear.bias)  # [B, T, hidden]
+        w_post_deter = post_linear.weight[:, :self.deter_size]
+        embed_part = nn.functional.linear(embed, post_linear.weight[:, self.deter_size:], post_linear.bias)
+        if torch.is_autocast_enabled(embed.device.type):
+            # Cast the weight slices once, not once per step, and keep the precomputed shares in float32 so
+            # that the two partial products are summed at full precision, as inside the one matmul they split.
+            low = torch.get_autocast_dtype(embed.device.type)
+            w_in_stoch, w_post_deter = w_in_stoch.to(low), w_post_deter.to(low)
+            action_part, embed_part = action_part.float(), embed_part.float()
+        deter, stoch = state.deter, state.stoch.flatten(-2)
+        deters, posts, post_logits = [], [], []
         for t in range(T):
-            state, prior = self.obs_step(state, action[:, t], embed[:, t], is_first[:, t], sample)
-            posts.append(state)
-            priors.append(prior)
-        return stack_states(posts), stack_states(priors)
+            k = keep[:, t].unsqueeze(-1)
+            deter, logits = self._observe_core(stoch * k, deter * k, action_part[:, t], embed_part[:, t],
+                                               w_in_stoch, w_post_deter)
+            post_stoch, logits = self._stoch_from_logits(logits, sample)
+            stoch = post_stoch.flatten(-2)
+            deters.append(deter)
+            posts.append(post_stoch)
+            post_logits.append(logits)
+        deter = torch.stack(deters, 1)
+        prior_stoch, prior_logits = self._stoch_from_logits(self.img_out(deter), sample)
+        post = State(deter, torch.stack(posts, 1), torch.stack(post_logits, 1))
+        return post, State(deter, prior_stoch, prior_logits)
+
+    def _observe_core(self, stoch: torch.Tensor, deter: torch.Tensor, action_part: torch.Tensor,
+                      embed_part: torch.Tensor, w_in_stoch: torch.Tensor, w_post_deter: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of ``observe``'s recurrence (no sampling): ``(h_t, posterior logits)``, given the
+        precomputed action and embedding shares of the first layers."""
+        hidden = self.img_in[1](nn.functional.linear(stoch, w_in_stoch) + action_part)
+        deter = self.gru(hidden, deter)
+        hidden = self.obs_out[1](nn.functional.linear(deter, w_post_deter) + embed_part)
+        return deter, self.obs_out[2](hidden)
 
     def imagine(self, start: State, policy: Policy | None = None, horizon: int = 15,
                 actions: torch.Tensor | None = None, intervene: Intervention | None = None,
