@@ -388,6 +388,7 @@ def test_bench_writes_json(tmp_path):
                     "integrated_gradients_s", "update_gflop", "achieved_gflops", "matmul_peak_gflops",
                     "replay_sample_s", "eval_s", "record_s", "record_over_eval"):
             assert debug[key] > 0, key
+        assert debug["minor_page_faults_per_update"] >= 0 and debug["kernel_cpu_s_per_update"] >= 0
         assert debug["percent_of_matmul_peak"] == pytest.approx(100 * debug["achieved_gflops"] / debug["matmul_peak_gflops"])
         prof = debug["profile"]  # --profile: self time per operator category adds up to the profiled total
         assert sum(prof["category_s"].values()) == pytest.approx(prof["self_cpu_s"], rel=1e-3)

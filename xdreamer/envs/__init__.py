@@ -24,9 +24,10 @@ def make(env_id: str, seed: int | None = None, **overrides: Any) -> Env:
     """Create an environment from an id `family:name`.
 
     Families: `toy:catch`, `toy:catch-pixel`, `toy:catch-lanes`, `toy:catch-pixel-lanes`, `atari:<Game>`
-    (e.g. `atari:Pong`), `mujoco:<Name>` (e.g. `mujoco:HalfCheetah`), `gym:<registered id>`. `seed` seeds the first `reset()`; `overrides` are
-    family-specific knobs (atari: sticky, noops, time_limit, size, grayscale, frame_skip; mujoco: action_repeat,
-    size, time_limit; gym: action_repeat, size, time_limit; toy: drift, balls). Bad ids or overrides raise
+    (e.g. `atari:Pong`), `mujoco:<Name>` (e.g. `mujoco:HalfCheetah`), `gym:<registered id>`. `seed` seeds the
+    first `reset()`; `overrides` are family-specific knobs (atari: sticky, noops, time_limit, size, grayscale,
+    frame_skip; mujoco: action_repeat, size, time_limit; gym: action_repeat, size, time_limit; toy: drift,
+    balls). Bad ids or overrides raise
     ValueError.
     """
     if not isinstance(env_id, str) or ":" not in env_id:
