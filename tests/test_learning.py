@@ -20,6 +20,9 @@ EVAL_EPISODES = 50
 # Measured here (2-core CPU, torch 2.13.0+cpu), 50 evaluation episodes (seed 7) after 5,000 steps:
 #   seed 0: trained 1.96 ± 1.89, seed 1: 1.40 ± 2.00, seed 2: 5.00 ± 0.00; random -2.28 ± 2.03 on the same
 #   episodes (-2.87 ± 1.74 over 500 episodes, seed 0). At 3,500 steps seed 2 was still -1.96, hence 5,000.
+# Since RSSM.observe draws the prior's samples after the posterior's (2026-12-01; other random draws, same
+# distribution): seed 0 1.96 ± 1.89, seed 1 5.00 ± 0.00 (`xdreamer train --env toy:catch-lanes --preset small
+# toy --set steps=5000 seed=S`, then `xdreamer eval RUN --episodes 50 --seed 7`).
 # The best ball-blind policy (paddle under the middle lane) returns -1.67 in expectation; over 50 episodes its
 # standard error is about 0.28 (per-episode std about 2), so -0.5 is 4 standard errors above it, and 1.9 below
 # the lowest measured run.
