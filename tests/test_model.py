@@ -211,6 +211,41 @@ def test_phase_conv_transpose_equals_native(cin, cout, kernel, padding, size):
         torch.testing.assert_close(c, a, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("cin,cout,size,stride", [(192, 8, 6, 2), (3, 5, 9, 1), (2, 4, 7, 3)])
+def test_conv2d_as_matmul_equals_native(cin, cout, size, stride):
+    """The encoder's last-layer fast path (unfold + one matmul) gives ``nn.Conv2d``'s outputs and gradients
+    (float64, so an indexing mistake shows as an O(1) error); the output has the conv's shape."""
+    from xdreamer.nets import conv2d_as_matmul
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(cin, cout, 4 if size > 4 else 3, stride=stride).double()
+    x = torch.randn(3, cin, size, size, dtype=torch.float64, requires_grad=True)
+    ref, got = conv(x), conv2d_as_matmul(x, conv)
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    params = (x, conv.weight, conv.bias)
+    for a, c in zip(torch.autograd.grad(ref, params, g), torch.autograd.grad(got, params, g)):
+        torch.testing.assert_close(c, a, rtol=1e-10, atol=1e-10)
+
+
+def test_encoder_fast_path_matches_native():
+    """``ConvEncoder.forward`` (channels-last conversion, last layer as a matmul) gives the plain
+    ``nn.Sequential`` of its layers' embedding and gradients."""
+    from xdreamer.nets import ConvEncoder
+
+    torch.manual_seed(0)
+    enc = ConvEncoder(1, 4)
+    image = torch.rand(2, 3, 1, 64, 64) - 0.5
+    fast = enc(image)
+    ref = enc.net(image.reshape(6, 1, 64, 64)).reshape(2, 3, -1)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    g = torch.randn(ref.shape)
+    for a, c in zip(torch.autograd.grad(ref, list(enc.parameters()), g),
+                    torch.autograd.grad(fast, list(enc.parameters()), g)):
+        torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("layout", ["dreamerv2", "dreamerv3"])
 def test_decoder_fast_path_matches_native(layout):
     """The decoder's per-layer choice of transposed-conv computation (``impl="auto"``) and forced
