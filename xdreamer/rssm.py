@@ -116,7 +116,8 @@ class RSSM(nn.Module):
         return self.obs_out(torch.cat([deter, embed], -1))
 
     def compile_steps(self, mode: str = "default") -> None:
-        """``torch.compile`` the two deterministic step functions in place (fixed shapes)."""
+        """``torch.compile`` the deterministic step functions (prior, posterior, observe loop) in place (fixed
+        shapes)."""
         self._prior_core = torch.compile(self._prior_core, mode=mode, dynamic=False)
         self._post_core = torch.compile(self._post_core, mode=mode, dynamic=False)
         self._observe_core = torch.compile(self._observe_core, mode=mode, dynamic=False)
