@@ -148,7 +148,7 @@ class RSSM(nn.Module):
         # instead of T times over B rows (at paper size B = 16: small, slow matmuls): the action's and the
         # embedding's shares of the first layers (linear maps split by input columns), and the prior's
         # logits, which nothing inside the loop reads. Only the posterior sample feeds the next step.
-        keep = 1.0 - is_first.to(embed.dtype if embed.is_floating_point() else torch.float32)  # [B, T]
+        keep = 1.0 - is_first.to(embed.dtype)  # [B, T]
         stoch_dim = self.stoch_size * self.classes
         in_linear, post_linear = self.img_in[0], self.obs_out[0]
         w_in_stoch = in_linear.weight[:, :stoch_dim]

@@ -158,8 +158,8 @@ def verdicts_table(episodes: pd.DataFrame, objects: pd.DataFrame, probes: pd.Dat
         for var, vg in (pr.groupby("variable", sort=False) if len(pr) else []):
             r2 = vg.groupby("features")["r2"].mean()
             pixels = float(r2.get("pixels", np.nan))
-            latent = float(np.nanmax([r2.get(k, np.nan) for k in ("deter", "stoch", "feat")])) \
-                if np.isfinite([r2.get(k, np.nan) for k in ("deter", "stoch", "feat")]).any() else float("nan")
+            latents = [r2.get(k, np.nan) for k in ("deter", "stoch", "feat")]
+            latent = float(np.nanmax(latents)) if np.isfinite(latents).any() else float("nan")
             numbers[f"{var}_r2_latent"] = latent
             numbers[f"{var}_r2_pixels"] = pixels
             if np.isfinite(pixels) and pixels >= 0.5:
