@@ -408,3 +408,24 @@ def test_gym_module_colon_form(tmp_path, monkeypatch):
     assert env.spec.id == "gym:XdTinyPixel2-v0"
     env.close()
     sys.modules.pop("xd_user_envs2", None)
+
+
+def test_catch_lanes_count():
+    """`lanes=N` spreads N ball columns over 0..60; 3 is the default game and 61 is toy:catch itself."""
+    actions = np.random.default_rng(4).integers(0, 3, 150)
+    full = run_actions(make("toy:catch"), actions, seed=9)
+    every = run_actions(make("toy:catch-lanes", lanes=61), actions, seed=9)  # the same RNG draws as toy:catch
+    assert len(full) == len(every)
+    for a, b in zip(full, every):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        assert a["reward"] == b["reward"] and a["is_last"] == b["is_last"]
+    default = run_actions(make("toy:catch-lanes"), actions, seed=9)
+    three = run_actions(make("toy:catch-lanes", lanes=3), actions, seed=9)
+    assert all(np.array_equal(a["image"], b["image"]) for a, b in zip(default, three))
+    six = run_actions(make("toy:catch-pixel-lanes", lanes=6), actions, seed=9)
+    assert {int(o["objects"]["ball"][0]) - 2 for o in six} <= {0, 12, 24, 36, 48, 60}
+    for bad in (0, 62):
+        with pytest.raises(ValueError, match="lanes must be in"):
+            make("toy:catch-lanes", lanes=bad)
+    with pytest.raises(ValueError, match="unknown override"):
+        make("toy:catch", lanes=3)

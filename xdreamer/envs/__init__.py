@@ -27,7 +27,7 @@ def make(env_id: str, seed: int | None = None, **overrides: Any) -> Env:
     (e.g. `atari:Pong`), `mujoco:<Name>` (e.g. `mujoco:HalfCheetah`), `gym:<registered id>`. `seed` seeds the
     first `reset()`; `overrides` are family-specific knobs (atari: sticky, noops, time_limit, size, grayscale,
     frame_skip; mujoco: action_repeat, size, time_limit; gym: action_repeat, size, time_limit; toy: drift,
-    balls). Bad ids or overrides raise ValueError.
+    balls, and lanes for the `-lanes` games). Bad ids or overrides raise ValueError.
     """
     if not isinstance(env_id, str) or ":" not in env_id:
         raise ValueError(f"bad env id {env_id!r}: expected 'family:name' with family one of {', '.join(FAMILIES)}")

@@ -18,7 +18,10 @@ The world model learns its ball: world-model-only updates at the toy preset drew
 (held-out ball-pixel MSE 0.83) and better after 1,500 (0.69, still falling;
 `python docs/experiments/world_model_ball.py 1500 env=toy:catch-lanes`), where `toy:catch`'s ball stays at 1.0;
 full training at `--preset small toy` sees it and follows it within 2,000 updates (`tests/test_learning.py`).
-An easier diagnostic, not a replacement for `toy:catch`.
+An easier diagnostic, not a replacement for `toy:catch`. `make("toy:catch-lanes", lanes=N)` spreads N lanes
+evenly over columns 0..60 (an experiment knob, not a config field; `lanes=61` is `toy:catch`'s RNG stream and
+game): at the same world-model-only budget 6 or 16 lanes leave the ball out (held-out ball MSE 0.96-1.0 through
+1,500 updates; `docs/experiments/world_model_ball.py`), so 3 is near the most this CPU budget resolves.
 
 `toy:catch-pixel-lanes` is `toy:catch-lanes` with `toy:catch-pixel`'s one-pixel ball: with `toy:catch-lanes` it is
 the controlled ball-size contrast at a budget where the 4x4 ball is learnt (same RNG stream, rewards and flags for
@@ -53,6 +56,18 @@ ACTION_NAMES = ("NOOP", "LEFT", "RIGHT")
 TOY_GAMES = ("catch", "catch-pixel", "catch-lanes", "catch-pixel-lanes")
 LANES = (10, 30, 50)  # toy:catch-lanes ball columns (top-left x): centres 12, 32, 52
 
+
+def lane_columns(count: int) -> tuple[int, ...]:
+    """Ball columns (top-left x) of a ``lanes=count`` game: 3 gives :data:`LANES`, more spread evenly over 0..60."""
+    if count == len(LANES):
+        return LANES
+    if not 1 <= count <= SIZE - BALL + 1:
+        raise ValueError(f"toy lanes must be in [1, {SIZE - BALL + 1}], got {count}")
+    if count == 1:
+        return ((SIZE - BALL) // 2,)
+    return tuple(round(i * (SIZE - BALL) / (count - 1)) for i in range(count))
+
+
 # Integer state vector layout (stored as int64 in get_state()).
 _FIELDS = ("ball_x", "ball_y", "ball_dx", "paddle_x", "balls_done", "steps", "need_spawn", "done", "started")
 
@@ -61,14 +76,16 @@ class CatchEnv(Env):
     """The catch game; `pixel=True` draws the ball as a single pixel."""
 
     def __init__(self, pixel: bool = False, seed: int | None = None, drift: bool = False, balls: int = BALLS_PER_EPISODE,
-                 lanes: bool = False):
+                 lanes: bool | int = False):
         if balls < 1 or balls > 5:
             raise ValueError(f"toy:catch balls must be in [1, 5] to keep episodes < {MAX_STEPS} steps, got {balls}")
         self.pixel = bool(pixel)
         self.drift = bool(drift)
         self.balls = int(balls)
-        self.lanes = bool(lanes)
-        name = "toy:catch" + ("-pixel" if pixel else "") + ("-lanes" if lanes else "")
+        # lanes: False (any column), True (the 3 LANES) or a lane count (an experiment knob, see the module docstring)
+        self.lane_x = () if lanes is False else lane_columns(len(LANES) if lanes is True else int(lanes))
+        self.lanes = lanes is not False
+        name = "toy:catch" + ("-pixel" if pixel else "") + ("-lanes" if self.lanes else "")
         self.spec = EnvSpec(
             id=name,
             obs_shape=(1, SIZE, SIZE),
@@ -86,7 +103,7 @@ class CatchEnv(Env):
     def _spawn(self) -> None:
         s = self._s
         if self.lanes:
-            s["ball_x"] = LANES[int(self._rng.integers(0, len(LANES)))]
+            s["ball_x"] = self.lane_x[int(self._rng.integers(0, len(self.lane_x)))]
         else:
             s["ball_x"] = int(self._rng.integers(0, SIZE - BALL + 1))
         s["ball_y"] = int(self._rng.integers(0, 5))
@@ -173,11 +190,13 @@ class CatchEnv(Env):
 
 
 def make_toy(name: str, seed: int | None = None, **overrides: Any) -> CatchEnv:
-    """Build `toy:<name>`; overrides: `drift` (bool, default False), `balls` (int, default 5)."""
+    """Build `toy:<name>`; overrides: `drift` (bool, default False), `balls` (int, default 5) and, for the
+    `-lanes` games, `lanes` (int, default 3: how many evenly spaced ball columns)."""
     if name not in TOY_GAMES:
         raise ValueError(f"unknown toy game 'toy:{name}'; known: {', '.join('toy:' + g for g in TOY_GAMES)}")
-    allowed = {"drift", "balls"}
+    allowed = {"drift", "balls"} | ({"lanes"} if "lanes" in name else set())
     bad = sorted(set(overrides) - allowed)
     if bad:
         raise ValueError(f"toy:{name}: unknown override(s) {bad}; allowed: {sorted(allowed)}")
-    return CatchEnv(pixel="pixel" in name, lanes="lanes" in name, seed=seed, **overrides)
+    lanes = int(overrides.pop("lanes", len(LANES))) if "lanes" in name else False
+    return CatchEnv(pixel="pixel" in name, lanes=lanes, seed=seed, **overrides)
