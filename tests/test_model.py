@@ -349,3 +349,43 @@ def test_compiled_update_matches_eager(debug_cfg, toy_spec):
     assert p_eager.keys() == p_comp.keys()  # compiling does not rename the weights
     for key in p_eager:
         torch.testing.assert_close(p_comp[key], p_eager[key], rtol=1e-4, atol=1e-4)
+
+
+def test_embed_batch_norm():
+    """``embed_norm=batch``: batch norm without affine parameters over ``[B, T, E]`` while training (gradients
+    through the batch statistics: every feature's input gradients sum to zero over the batch, so no push shared
+    by all frames reaches the encoder), a fixed map with the running statistics otherwise."""
+    from xdreamer.world_model import EmbedBatchNorm
+
+    torch.manual_seed(0)
+    x = (torch.randn(4, 6, 10, dtype=torch.float64) * 3 + 5).requires_grad_()
+    norm, ref = EmbedBatchNorm(10).double(), torch.nn.BatchNorm1d(10, affine=False).double()
+    out = norm(x, batch_stats=True)
+    torch.testing.assert_close(out, ref(x.reshape(24, 10)).reshape(4, 6, 10))
+    torch.testing.assert_close(norm.running_mean, ref.running_mean)
+    torch.testing.assert_close(norm.running_var, ref.running_var)
+    shifted = EmbedBatchNorm(10).double()(x + 7.0, batch_stats=True)
+    torch.testing.assert_close(shifted, out)  # a shift shared by all frames is removed
+    (out * torch.randn_like(out)).sum().backward()
+    torch.testing.assert_close(x.grad.sum((0, 1)), torch.zeros(10, dtype=torch.float64))
+    ref.eval()
+    one = x[:1, :1].detach()
+    torch.testing.assert_close(norm(one), ref(one.reshape(1, 10)).reshape(1, 1, 10))  # a single frame: running stats
+    torch.testing.assert_close(norm(one, batch_stats=True), norm(one))  # one row has no batch statistics
+
+
+def test_embed_norm_world_model(debug_cfg, toy_spec):
+    """The world model trains with batch statistics and acts with running ones; ``none`` has no such module."""
+    assert Agent(debug_cfg, toy_spec).wm.embed_norm is None
+    torch.manual_seed(0)
+    agent = Agent(debug_cfg.replace(embed_norm="batch"), toy_spec)
+    norm = agent.wm.embed_norm
+    agent.train_step(random_batch(toy_spec, 2, 8))
+    moved = norm.running_mean.clone()
+    assert moved.abs().sum() > 0
+    obs = {"image": random_batch(toy_spec, 1, 1)["image"][:, 0], "is_first": np.array([True])}
+    agent.eval()
+    agent.policy(obs, None, mode="eval")
+    torch.testing.assert_close(norm.running_mean, moved)  # acting leaves the statistics alone
+    image = agent.wm.preprocess(agent.to_torch(random_batch(toy_spec, 1, 3)))["image"]
+    torch.testing.assert_close(agent.wm.encode(image)[0, :1], agent.wm.encode(image[:, :1])[0])

@@ -159,13 +159,17 @@ def _actions(agent, stream):
     return acts
 
 
-def test_checkpoint_roundtrip_identical_actions(tmp_path, debug_cfg, toy_spec):
+@pytest.mark.parametrize("embed_norm", ["none", "batch"])
+def test_checkpoint_roundtrip_identical_actions(tmp_path, debug_cfg, toy_spec, embed_norm):
     torch.manual_seed(0)
-    agent = Agent(debug_cfg, toy_spec)
+    agent = Agent(debug_cfg.replace(embed_norm=embed_norm), toy_spec)
     agent.train_step(random_batch(toy_spec, 2, 8))
     path = checkpoint.save(tmp_path / "ckpt", agent, steps=42)
     loaded = xdreamer.load(path)
     assert loaded.manifest["steps"] == 42 and loaded.manifest["env"]["id"] == "toy:catch"
+    if embed_norm == "batch":  # the running statistics are part of the weights
+        assert "wm.embed_norm.running_mean" in loaded.state_dict()
+        assert not torch.equal(loaded.wm.embed_norm.running_mean, torch.zeros_like(loaded.wm.embed_norm.running_mean))
     assert loaded.cfg == agent.cfg and loaded.spec == agent.spec
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in agent.state_dict().items())
     stream = _obs_stream()

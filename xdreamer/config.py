@@ -75,6 +75,11 @@ class Config:
     stoch: int = 32  # 32 categorical variables ...
     classes: int = 32  # ... with 32 classes each
     unimix: float = 0.0  # uniform mix into latent categoricals; DreamerV2 none, DreamerV3 0.01
+    # Not in the paper (DreamerV2: none): "batch" normalises the image embedding over the batch (batch norm
+    # without affine parameters, running statistics when acting or analysing) before the posterior reads it.
+    # It removes the component that all frames share, which otherwise drives every frame's latent towards one
+    # class early in training; with it the toy game's 4x4 ball is learnt (README "Learning on CPU").
+    embed_norm: str = "none"
     clip_rewards: str = "tanh"  # atari: clip_rewards tanh; dmc_vision: identity
     pred_discount: bool = True  # atari: pred_discount True; dmc_vision: False
     kl_scale: float = 0.1  # loss_scales.kl 0.1 (beta)
@@ -125,6 +130,7 @@ class Config:
             "clip_rewards": ("tanh", "identity"),
             "actor_grad": ("auto", "reinforce", "dynamics", "both"),
             "decoder": ("dreamerv2", "dreamerv3"),
+            "embed_norm": ("none", "batch"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -176,6 +182,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # Larger steps than the paper's (model 2e-4, actor 4e-5, critic 1e-4): with a few thousand updates
         # the world model draws the ball only at model_lr 3e-3 in our runs (2e-4..6e-4 did not within 2,000).
         "model_lr": 3e-3, "actor_lr": 4e-4, "critic_lr": 4e-4,
+        # Batch-normalised image embedding (not in the paper; Config.embed_norm): without it the posterior collapses
+        # to one code before it carries toy:catch's 4x4 ball (README "Learning on CPU").
+        "embed_norm": "batch",
         # Entropy 1e-2 (dreamerv2 atari 1e-3 let the 3-action policy collapse before the ball was seen).
         "actor_ent": 1e-2,
         # EMA critic target (DreamerV1 / DreamerV3 style, fraction 0.02 per update) instead of a hard copy

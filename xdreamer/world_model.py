@@ -24,6 +24,7 @@ class WorldModel(nn.Module):
         self.cfg = cfg
         self.channels, self.action_dim, self.discrete = channels, action_dim, discrete
         self.encoder = ConvEncoder(channels, cfg.cnn_depth)
+        self.embed_norm = EmbedBatchNorm(self.encoder.out_dim) if cfg.embed_norm == "batch" else None
         self.rssm = RSSM(self.encoder.out_dim, action_dim, cfg.deter, cfg.hidden, cfg.stoch, cfg.classes,
                          cfg.unimix)
         feat = self.rssm.feat_dim
@@ -58,8 +59,14 @@ class WorldModel(nn.Module):
         return action.float()
 
     # ---- interface ----------------------------------------------------------------------
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        return self.encoder(image)
+    def encode(self, image: torch.Tensor, batch_stats: bool = False) -> torch.Tensor:
+        """Image ``[..., C, 64, 64]`` in [-0.5, 0.5] -> embedding ``[..., E]`` (normalised when
+        ``embed_norm=batch``: over this batch with ``batch_stats``, as in the world-model loss, else
+        with the running statistics)."""
+        embed = self.encoder(image)
+        if self.embed_norm is not None:
+            embed = self.embed_norm(embed, batch_stats)
+        return embed
 
     def observe(self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
                 state: State | None = None, sample: bool = True) -> tuple[State, State]:
@@ -95,7 +102,7 @@ class WorldModel(nn.Module):
         """World-model loss on a batch ``[B, T]``; returns ``(loss, post, metrics)``."""
         cfg = self.cfg
         inp = self.preprocess(data)
-        embed = self.encoder(inp["image"])
+        embed = self.encode(inp["image"], batch_stats=True)
         post, prior = self.rssm.observe(embed, inp["action"], inp["is_first"])
         kl_loss, kl_value = self.rssm.kl_loss(post, prior, cfg.kl_balance, cfg.kl_free, cfg.kl_free_avg)
         feat = self.rssm.get_feat(post)
@@ -115,6 +122,31 @@ class WorldModel(nn.Module):
             metrics["discount_loss"] = discount_loss
         metrics["model_loss"] = loss
         return loss, post, metrics
+
+
+class EmbedBatchNorm(nn.Module):
+    """Batch norm without affine parameters over the last axis of an embedding ``[..., E]``.
+
+    ``batch_stats=True`` (the world-model loss) normalises with the mean and variance over all leading
+    positions of this batch, gradients flowing through them as in batch norm (Ioffe & Szegedy 2015), and
+    updates the running statistics (momentum 0.1, eps 1e-5: PyTorch's ``BatchNorm1d`` defaults). Otherwise
+    (acting, analysis) it is a fixed affine map with the running statistics, so a single frame is handled the
+    same as in a batch. Computed in float32 under autocast. The gradient through the batch mean is what
+    matters: it removes the push that all frames share (normalising with detached running statistics
+    collapsed like no normalisation, ``docs/experiments/bottleneck_ball.py``).
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("running_mean", torch.zeros(dim))
+        self.register_buffer("running_var", torch.ones(dim))
+
+    def forward(self, embed: torch.Tensor, batch_stats: bool = False) -> torch.Tensor:
+        flat = embed.reshape(-1, embed.shape[-1]).to(self.running_mean.dtype)  # float32 under autocast
+        out = F.batch_norm(flat, self.running_mean, self.running_var, None, None, batch_stats and flat.shape[0] > 1,
+                           self.momentum, self.eps)
+        return out.reshape(embed.shape)
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:

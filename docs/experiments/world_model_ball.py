@@ -106,7 +106,7 @@ with tempfile.TemporaryDirectory() as tmp:
         if k % 100 == 0:
             agent.eval()
             with torch.no_grad():
-                post, _ = agent.wm.rssm.observe(agent.wm.encoder(img), act, first)
+                post, _ = agent.wm.rssm.observe(agent.wm.encode(img), act, first)
                 err = (agent.wm.decoder(agent.wm.rssm.get_feat(post)) - img).pow(2)[0, :, 0]
             print(k, f"image loss {metrics['image_loss']:.2f}  ball MSE {err[ball].mean():.3f}  "
                   f"posterior entropy {metrics['post_entropy']:.3f}  KL {metrics['kl']:.2f}  {time.time() - start:.0f}s",
