@@ -8,7 +8,7 @@ the first 3,000 of 4,000 frames. Prints the loss, the held-out (last 1,000 frame
 drawn as background, 0 = perfect) and the bottleneck's entropy (nats; for ``gauss`` the summed log std).
 
     python docs/experiments/bottleneck_ball.py UPDATES BOTTLENECK [lr=3e-3] [repr_lr=LR] [dec_init=1.0]
-        [out_bias=B] [repr_eps=1e-5] [head_norm=1]
+        [out_bias=B] [repr_eps=1e-5] [head_norm=1] [bn=1] [ema=M]
 
 BOTTLENECK is ``categorical`` (16 x 16 one-hot samples with straight-through gradients, as the world model),
 ``argmax`` (the same, forward with the mode instead of a sample), ``gauss`` (64 Gaussian latents,
@@ -17,7 +17,9 @@ reparameterised, std = 2 sigmoid(x / 2) + 0.1 as dreamerv2's ``discrete: 0`` opt
 scales the decoder's first layer at initialisation; ``out_bias`` sets the image layer's initial bias (-0.5 is
 the black background, so the initial loss is 26 instead of 512); ``repr_eps`` is Adam's epsilon for the
 encoder and posterior head; ``head_norm=1`` puts a LayerNorm after the posterior head's hidden layer (DreamerV3's
-``norm: layer`` in its MLPs).
+``norm: layer`` in its MLPs); ``bn=1`` batch-normalises the encoder's output (no affine parameters, batch
+statistics with gradients through them: xdreamer's ``embed_norm=batch``); ``ema=M`` normalises it instead
+with running statistics that no gradient flows through (momentum M).
 
 Measured 2026-11-30 on the project's 2-core Intel Xeon VM (torch 2.13.0+cpu, seed 0, ~0.07 s per update). The
 first two rows and the out_bias / repr_eps rows are this file; the others ran in its draft (same networks and data, modules created in another
@@ -34,6 +36,8 @@ order, so other initial weights; there the deterministic code reached ball MSE 0
 | categorical | out_bias -0.5 | the same collapse by 100 (so not the background's offset) |
 | categorical | repr_eps 1e-3; 1e-2 | the same collapse by 200 (so not Adam amplifying tiny gradients) |
 | categorical | head_norm=1 (2026-12-01) | entropy 41 -> 14 at 200, then back up to 20 by 1,200; loss 21.2-21.7 through 1,200 (not even the paddle), ball 0.99 |
+| categorical | **bn=1** (2026-12-01) | entropy 41 -> 5.0 at 100, then 2.3-3.5 (not constant); loss 8.8 at 500, **3.0 at 1,500**; ball 0.92 at 500, 0.56 at 1,000, **0.33 at 1,500** (136 s): the ball is learnt, about as fast as with the deterministic code |
+| categorical | ema=0.1 (2026-12-01) | entropy 0.19 at 100, unstable (0.00-4.0); loss 20-23 until 500, 8.7-10 from 700 (the paddle; 19.9 at 1,100), ball 0.98 at 1,500 |
 | argmax | lr 3e-3 | the same collapse (entropy 0.00 by 200, loss 21.4): sampling noise is not the cause |
 | gauss | lr 3e-3 | std shrinks at once, constant code until 600 (loss 21.4), paddle at 800 (9.9), ball 0.99 |
 
@@ -46,7 +50,15 @@ different"), the softmax saturates and its gradient vanishes. A continuous code 
 way but keeps small differences the decoder learns to amplify. Neither the background's offset (out_bias),
 Adam's normalisation (repr_eps), the learning rate nor the sampling noise (argmax) changes it. Slowing the
 representation (repr_lr) lets the big paddle claim a few variables first; the 16-px ball, spread over ~1,200
-positions, claims none within these budgets. In the full world model
+positions, claims none within these budgets.
+
+Batch-normalising the embedding (``bn=1``) removes that shared push: batch norm's backward pass subtracts, per
+feature, the gradient that all frames share (its gradient through the batch mean), so what reaches the encoder
+is what differs between frames, and the centred, rescaled embedding makes the frames' small differences
+unit-sized for the posterior head. Centring and rescaling with detached running statistics (``ema=0.1``)
+collapsed as before, so the gradient through the batch statistics is the part that matters. This is
+``embed_norm=batch`` in the world model (on in the ``toy`` preset; ``world_model_ball.py 1500
+embed_norm=batch`` and README "Learning on CPU" for the full model and full training). In the full world model
 (``world_model_ball.py``) the paddle is also predictable from the actions, so the posterior carries even
 less. The same full-model run with ``kl_scale=1.0`` (the continuous-control beta) kept the posterior entropy
 at 12-20 nats but the ball MSE at 0.97-1.0 through 2,500 updates and then diverged at lr 3e-3 (entropy and
@@ -66,7 +78,8 @@ from xdreamer.nets import ConvDecoder, ConvEncoder, init_weights, sample_categor
 if len(sys.argv) < 3 or sys.argv[2] not in ("categorical", "argmax", "gauss", "deterministic"):
     sys.exit(__doc__)
 updates, kind = int(sys.argv[1]), sys.argv[2]
-opts = {"lr": 3e-3, "repr_lr": None, "dec_init": 1.0, "out_bias": None, "repr_eps": 1e-5, "head_norm": 0.0}
+opts = {"lr": 3e-3, "repr_lr": None, "dec_init": 1.0, "out_bias": None, "repr_eps": 1e-5, "head_norm": 0.0, "bn": 0.0,
+        "ema": 0.0}
 for arg in sys.argv[3:]:
     key, value = arg.split("=", 1)
     if key not in opts:
@@ -89,7 +102,9 @@ ball[..., 58:, :] = False  # the paddle's rows
 STOCH, CLASSES = 16, 16
 code = {"categorical": STOCH * CLASSES, "argmax": STOCH * CLASSES, "gauss": 64, "deterministic": 128}[kind]
 encoder = ConvEncoder(1, 8)
-head = nn.Sequential(nn.Linear(encoder.out_dim, 128), *([nn.LayerNorm(128)] if opts["head_norm"] else []), nn.ELU(),
+# bn=1: batch norm without affine parameters on the embedding (xdreamer's embed_norm=batch, same numbers).
+head = nn.Sequential(*([nn.BatchNorm1d(encoder.out_dim, affine=False)] if opts["bn"] else []),
+                     nn.Linear(encoder.out_dim, 128), *([nn.LayerNorm(128)] if opts["head_norm"] else []), nn.ELU(),
                      nn.Linear(128, code * (2 if kind == "gauss" else 1)))
 decoder = ConvDecoder(code, 1, 8, "dreamerv3")
 init_weights(nn.ModuleList([encoder, head, decoder]))
@@ -102,8 +117,35 @@ opt = torch.optim.AdamW([{"params": decoder.parameters(), "lr": opts["lr"]},
                           "lr": opts["repr_lr"] or opts["lr"], "eps": opts["repr_eps"]}], eps=1e-5, weight_decay=1e-6)
 
 
+class DetachedNorm(nn.Module):
+    """ema=M: normalise with running statistics (initialised from the first batch, then momentum M) that no
+    gradient flows through: batch norm's centring and scaling without its gradient through the batch mean."""
+
+    def __init__(self, dim: int, momentum: float) -> None:
+        super().__init__()
+        self.momentum, self.fresh = momentum, True
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            mean, var = x.mean(0), x.var(0)
+            if self.fresh:
+                self.mean.copy_(mean)
+                self.var.copy_(var)
+                self.fresh = False
+            else:
+                self.mean.lerp_(mean, self.momentum)
+                self.var.lerp_(var, self.momentum)
+        return (x - self.mean) / (self.var + 1e-5).sqrt()
+
+
+detached_norm = DetachedNorm(encoder.out_dim, opts["ema"]) if opts["ema"] else None
+
+
 def bottleneck(x: torch.Tensor) -> tuple[torch.Tensor, float]:
-    out = head(encoder(x))
+    embed = encoder(x)
+    out = head(detached_norm(embed) if detached_norm is not None else embed)
     if kind == "deterministic":
         return out, 0.0
     if kind == "gauss":

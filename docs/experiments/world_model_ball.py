@@ -7,10 +7,18 @@ held-out random-play sequence reconstructed from the posterior (1.0 = drawn as b
 posterior entropy (nats, summed over the latent variables) and the KL.
 
     python docs/experiments/world_model_ball.py UPDATES [KEY=VALUE ...]
-    python docs/experiments/world_model_ball.py 600 decoder=dreamerv3
-    python docs/experiments/world_model_ball.py 600 decoder=dreamerv3 unimix=0.01
-    python docs/experiments/world_model_ball.py 1500 env=toy:catch-lanes
-    python docs/experiments/world_model_ball.py 1500 env=toy:catch-lanes lanes=6   # 6 evenly spaced ball columns
+    python docs/experiments/world_model_ball.py 1500                    # the toy preset (embed_norm=batch)
+    python docs/experiments/world_model_ball.py 1500 embed_norm=none    # as before 2026-12-01: no ball
+    python docs/experiments/world_model_ball.py 600 embed_norm=none decoder=dreamerv3 unimix=0.01
+    python docs/experiments/world_model_ball.py 1500 embed_norm=none env=toy:catch-lanes lanes=6  # 6 ball columns
+
+Since 2026-12-01 the toy preset has ``embed_norm=batch`` (the image embedding batch-normalised before the
+posterior reads it; ``bottleneck_ball.py`` for why), and with it the ball is learnt:
+``python docs/experiments/world_model_ball.py 1500`` (2026-12-01, Intel Xeon VM, 0.14 s per update): posterior
+entropy 41 -> 12 at 100 and 2.2-3.6 from 600 on (not collapsing to 0), KL 3.8-4.8 nats, batch image loss 7.1 at
+600, 4.3 at 1,000, 2.5 at 1,500, held-out ball MSE 0.96 at 200, 0.78 at 600, **0.44 at 1,000**, 0.41-0.67
+from 1,000 to 1,500 (the held-out frames go through the running statistics). Every result below was measured
+before, i.e. with ``embed_norm=none``; add it to reproduce them.
 
 Measured on the project's 2-core CPU (torch 2.13.0+cpu, seed 0, ~0.35 s per update; the replay
 there was the first 3,000 steps of a training run, this script's random play is equivalent): with

@@ -13,15 +13,14 @@ a controlled, minutes-on-CPU version of the one-pixel-ball failure (VideoPinball
 
 `toy:catch-lanes` is `toy:catch` with the ball spawning in one of 3 fixed lanes (ball columns 10, 30, 50) instead of
 any column: the same game with far fewer distinct ball positions. A ball-blind policy can beat random here (a paddle
-kept under the middle lane catches a third of the balls), so it is the game of the fast end-to-end learning test.
-The world model learns its ball: world-model-only updates at the toy preset drew it partly after 1,000 updates
-(held-out ball-pixel MSE 0.83) and better after 1,500 (0.69, still falling;
-`python docs/experiments/world_model_ball.py 1500 env=toy:catch-lanes`), where `toy:catch`'s ball stays at 1.0;
-full training at `--preset small toy` sees it and follows it within 2,000 updates (`tests/test_learning.py`).
-An easier diagnostic, not a replacement for `toy:catch`. `make("toy:catch-lanes", lanes=N)` spreads N lanes
-evenly over columns 0..60 (an experiment knob, not a config field; `lanes=61` is `toy:catch`'s RNG stream and
-game): at the same world-model-only budget 6 or 16 lanes leave the ball out (held-out ball MSE 0.96-1.0 through
-1,500 updates; `docs/experiments/world_model_ball.py`), so 3 is near the most this CPU budget resolves.
+kept under the middle lane catches a third of the balls). It was the game of the end-to-end learning test while the
+world model, without `embed_norm`, learnt the ball only here: world-model-only updates at the toy preset with
+`embed_norm=none` drew it partly after 1,000 updates (held-out ball-pixel MSE 0.83) and better after 1,500 (0.69;
+`python docs/experiments/world_model_ball.py 1500 env=toy:catch-lanes embed_norm=none`), where `toy:catch`'s ball
+stays at 1.0, and `make("toy:catch-lanes", lanes=N)` with 6 or 16 evenly spaced lanes leaves it out too (0.96-1.0
+through 1,500 updates). With the toy preset's `embed_norm=batch` `toy:catch` itself is learnt
+(`tests/test_learning.py`). `lanes=N` is an experiment knob of `make` (not a config field); N lanes are spread
+evenly over columns 0..60, and `lanes=61` is `toy:catch`'s RNG stream and game.
 
 `toy:catch-pixel-lanes` is `toy:catch-lanes` with `toy:catch-pixel`'s one-pixel ball: with `toy:catch-lanes` it is
 the controlled ball-size contrast at a budget where the 4x4 ball is learnt (same RNG stream, rewards and flags for
