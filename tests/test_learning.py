@@ -23,7 +23,7 @@ EVAL_EPISODES = 50
 # Measured here (2-core Intel Xeon VM, torch 2.13.0+cpu, 2026-12-01), 50 evaluation episodes (seed 7) after
 # 5,000 steps (`xdreamer train --env toy:catch --preset small toy --set steps=5000 seed=S`, then
 # `xdreamer eval RUN --episodes 50 --seed 7`): seed 0 2.20 ± 1.79, seed 1 3.72 ± 1.59, seed 2 -0.48 ± 1.99 (its
-# world model draws the ball, image loss 2.7, but its actor follows it later); random -2.84 ± 2.15 on the same
+# world model draws the ball, image loss 2.7, but its actor catches fewer balls by then); random -2.84 ± 2.15 on the same
 # episodes. Before `embed_norm=batch` the same preset gave -3.80 ± 1.33 (6,000 steps, 10 episodes; checkpoints/catch).
 # The ball-blind optimum is -3.03; over 50 episodes the standard error of a mean is about 0.28 (per-episode std
 # about 2), so -1.5 is over 5 standard errors above it and 1.0 below the lowest measured seed (another CPU's float
