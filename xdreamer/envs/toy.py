@@ -83,8 +83,7 @@ class CatchEnv(Env):
         self.balls = int(balls)
         # lanes: False (any column), True (the 3 LANES) or a lane count (an experiment knob, see the module docstring)
         self.lane_x = () if lanes is False else lane_columns(len(LANES) if lanes is True else int(lanes))
-        self.lanes = lanes is not False
-        name = "toy:catch" + ("-pixel" if pixel else "") + ("-lanes" if self.lanes else "")
+        name = "toy:catch" + ("-pixel" if pixel else "") + ("-lanes" if self.lane_x else "")
         self.spec = EnvSpec(
             id=name,
             obs_shape=(1, SIZE, SIZE),
@@ -101,7 +100,7 @@ class CatchEnv(Env):
     # ------------------------------------------------------------------ dynamics
     def _spawn(self) -> None:
         s = self._s
-        if self.lanes:
+        if self.lane_x:
             s["ball_x"] = self.lane_x[int(self._rng.integers(0, len(self.lane_x)))]
         else:
             s["ball_x"] = int(self._rng.integers(0, SIZE - BALL + 1))
