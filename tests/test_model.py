@@ -316,6 +316,29 @@ def test_bfloat16_autocast_matches_float32(toy_spec):
                 assert (got[key] - ref[key]).abs().max() < 0.02, (init, seed, key)
 
 
+def test_bfloat16_warns_on_a_cpu_without_native_bf16(toy_spec, monkeypatch):
+    """Without AVX512-BF16 or AMX, bf16 matmuls take a reference path hundreds of times slower than float32:
+    the first bf16 autocast says so (once per process), float32 and native-bf16 CPUs stay silent."""
+    import warnings
+
+    import xdreamer.agent as agent_module
+    from xdreamer.config import build_config
+
+    agent16 = Agent(build_config(["debug"], {"env": "toy:catch", "precision": "bfloat16"}), toy_spec)
+    agent32 = Agent(build_config(["debug"], {"env": "toy:catch"}), toy_spec)
+    for native in (True, False):
+        monkeypatch.setattr(agent_module, "cpu_has_native_bf16", lambda: native)
+        agent_module._warn_slow_bfloat16.cache_clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                with agent16.autocast(), agent32.autocast():
+                    pass
+        messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert len(messages) == (0 if native else 1), messages
+        assert native or "precision=float32" in messages[0]
+
+
 @pytest.mark.slow
 def test_compiled_update_matches_eager(debug_cfg, toy_spec):
     """``compile=default`` (torch.compile of the networks, ``Agent.compile_networks``) trains like the

@@ -5,7 +5,8 @@ run on random replay-shaped batches of the preset's size (batch x length, 64x64 
 actions); the first update is a warm-up and is not timed. The FLOPs of one update are counted with
 ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, forward and backward) and
 divided by the measured update time; the same subprocess measures the matmul peak of the precision
-in use (a 2048^3 matmul), so "percent of peak" compares numbers taken in the same run.
+in use (a 2048^3 matmul, smaller where that would take long, see ``matmul_peak_gflops``), so "percent of
+peak" compares numbers taken in the same run.
 """
 
 from __future__ import annotations
@@ -26,23 +27,49 @@ import numpy as np
 def _machine() -> dict[str, Any]:
     import torch
 
-    return {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+    from .nets import cpu_has_native_bf16
+
+    return {"machine": platform.machine(), "cpu": _cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": cpu_has_native_bf16()}
 
 
-def matmul_peak_gflops(dtype_name: str = "float32", size: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` GFLOP/s of a ``size``^3 matmul in ``dtype_name`` with the current threads."""
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def matmul_peak_gflops(dtype_name: str = "float32", size: int = 2048, repeats: int = 5,
+                       budget_s: float = 0.25) -> float:
+    """Best-of-``repeats`` GFLOP/s of a ``size``^3 matmul in ``dtype_name`` with the current threads.
+
+    The size grows from 256 in doublings up to ``size`` only while one matmul takes under ``budget_s``: on a CPU
+    without native bfloat16 (AVX2 only) a 2048^3 bfloat16 matmul takes ~50 s (0.34 GFLOP/s), and a smaller one
+    measures that rate as well."""
     import torch
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    best = float("inf")
+    n = min(256, size)
+    while True:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        start = time.perf_counter()
+        a @ b
+        first = time.perf_counter() - start
+        if n >= size or first * 8 > budget_s:  # the next doubling would take ~8x as long
+            break
+        n *= 2
+    best = first
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def count_update_flops(agent, batch) -> float:
@@ -167,7 +194,7 @@ def bench_preset(preset: str, repeats: int, precision: str = "float32", compile:
             "matmul_peak_gflops": peak, "percent_of_matmul_peak": 100 * achieved / peak,
             "replay_sample_s": sample_s, "replay_sample_percent_of_update": 100 * sample_s / update_s,
             **analysis, **recording, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            **profiled}
+            "machine": _machine(), **profiled}
 
 
 def bench_record(cfg, episodes: int = 3, env_id: str = "toy:catch") -> dict[str, float]:
