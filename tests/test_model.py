@@ -1,5 +1,7 @@
 """World model and actor-critic: shapes, gradients, KL balancing, lambda-returns, sequence == steps."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -158,6 +160,56 @@ def test_train_step_finite_and_changes_params(debug_cfg, toy_spec):
     after = agent.state_dict()
     for prefix in ("wm.encoder", "wm.rssm", "wm.decoder", "ac.actor", "ac.critic."):
         assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(prefix)), prefix
+
+
+@pytest.mark.parametrize("actor_grad", ["reinforce", "both"])
+def test_behaviour_loss_matches_reference(debug_cfg, toy_spec, actor_grad):
+    """``ActorCritic.loss`` reuses the slow critic's values as the actor's baseline and the critic's own values for
+    ``imag_value``; spelled out here as separate forward passes (dreamerv2 ``ActorCritic``), the losses, metrics
+    and the actor's and critic's gradients agree to float rounding."""
+    from xdreamer.agent import frozen
+
+    torch.manual_seed(0)
+    agent = Agent(debug_cfg.replace(actor_grad=actor_grad), toy_spec)
+    ac, cfg = agent.ac, agent.cfg
+    with torch.no_grad():
+        post, _ = agent.wm.observe(*_observe_inputs(agent, toy_spec))
+    start = post.map(lambda x: x.flatten(0, 1))
+    is_terminal = torch.zeros(start.deter.shape[0])
+
+    def grads(loss, module):
+        return torch.autograd.grad(loss, list(module.parameters()), retain_graph=True)
+
+    with frozen(agent.wm):
+        torch.manual_seed(1)
+        actor_loss, critic_loss, metrics = ac.loss(agent.wm, start, is_terminal)
+        got = (actor_loss, critic_loss, metrics["imag_value"], grads(actor_loss, ac.actor), grads(critic_loss, ac.critic))
+        torch.manual_seed(1)  # the reference: the same imagination, every value from its own forward pass
+        with torch.no_grad() if actor_grad == "reinforce" else contextlib.nullcontext():
+            seq = ac.imagine(agent.wm, start, is_terminal)
+        value = ac.value(seq["feat"], target=True)
+        target = lambda_return(seq["reward"][:, :-1], value[:, :-1], seq["discount"][:, :-1], value[:, -1],
+                               cfg.discount_lambda)
+        dist = ac.actor(seq["feat"][:, :-2].detach())
+        advantage = (target[:, 1:] - ac.value(seq["feat"][:, :-2], target=True)).detach()
+        objective = ac.actor.log_prob(dist, seq["action"][:, 1:-1].detach()) * advantage
+        if actor_grad == "both":
+            objective = cfg.actor_grad_mix * target[:, 1:] + (1 - cfg.actor_grad_mix) * objective
+        objective = objective + cfg.actor_ent * ac.actor.entropy(dist)
+        ref_actor = -(seq["weight"][:, :-2].detach() * objective).mean()
+        critic_value = ac.value(seq["feat"][:, :-1].detach())
+        ref_critic = (seq["weight"][:, :-1].detach() * (critic_value - target.detach()).pow(2)).mean()
+        ref_value = ac.value(seq["feat"][:, 0].detach()).mean()
+        want = (ref_actor, ref_critic, ref_value, grads(ref_actor, ac.actor), grads(ref_critic, ac.critic))
+    for a, b in zip(got[:3], want[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for ga, gb in zip(got[3] + got[4], want[3] + want[4]):
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+
+
+def _observe_inputs(agent, spec):
+    data = agent.wm.preprocess(agent.to_torch(random_batch(spec, 3, 6)))
+    return agent.wm.encode(data["image"]), data["action"], data["is_first"]
 
 
 def test_continuous_dynamics_backprop(debug_cfg):

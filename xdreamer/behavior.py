@@ -123,17 +123,20 @@ class ActorCritic(nn.Module):
         return {"feat": feat, "action": actions, "reward": world_model.reward(feat),
                 "discount": discount, "weight": weight}
 
-    def target(self, seq: dict[str, torch.Tensor]) -> torch.Tensor:
+    def target(self, seq: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lambda-returns [N, H], slow critic's values [N, H+1])``; the values are also the actor's
+        baseline (dreamerv2 ``slow_baseline: True``), so they are computed once."""
         value = self.value(seq["feat"], target=True)
         return lambda_return(seq["reward"][:, :-1], value[:, :-1], seq["discount"][:, :-1],
-                             value[:, -1], self.cfg.discount_lambda)
+                             value[:, -1], self.cfg.discount_lambda), value
 
-    def actor_loss(self, seq: dict[str, torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def actor_loss(self, seq: dict[str, torch.Tensor], target: torch.Tensor, slow_value: torch.Tensor
+                   ) -> tuple[torch.Tensor, dict]:
         dist = self.actor(seq["feat"][:, :-2].detach())
         if self.actor_grad == "dynamics":
             objective = target[:, 1:]
         else:
-            baseline = self.value(seq["feat"][:, :-2], target=True)  # slow_baseline True
+            baseline = slow_value[:, :-2]  # slow_baseline True: the slow critic on states 0..H-2
             advantage = (target[:, 1:] - baseline).detach()
             objective = self.actor.log_prob(dist, seq["action"][:, 1:-1].detach()) * advantage
             if self.actor_grad == "both":
@@ -145,10 +148,12 @@ class ActorCritic(nn.Module):
         loss = -(weight[:, :-2] * objective).mean()
         return loss, {"actor_entropy": entropy.mean().detach()}
 
-    def critic_loss(self, seq: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    def critic_loss(self, seq: dict[str, torch.Tensor], target: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, critic's values on states 0..H-1)``."""
         value = self.value(seq["feat"][:, :-1].detach())
         # dreamerv2 critic ``mse`` dist: -log p = (v - target)^2, weighted by cumulative discounts.
-        return (seq["weight"][:, :-1].detach() * (value - target.detach()).pow(2)).mean()
+        return (seq["weight"][:, :-1].detach() * (value - target.detach()).pow(2)).mean(), value
 
     def loss(self, world_model, start: State, is_terminal: torch.Tensor | None
              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -157,14 +162,14 @@ class ActorCritic(nn.Module):
         if self.actor_grad == "reinforce":
             with torch.no_grad():  # no gradient path through imagination is used
                 seq = self.imagine(world_model, start, is_terminal)
-                target = self.target(seq)
+                target, slow_value = self.target(seq)
         else:
             seq = self.imagine(world_model, start, is_terminal)
-            target = self.target(seq)
-        actor_loss, metrics = self.actor_loss(seq, target)
-        critic_loss = self.critic_loss(seq, target)
+            target, slow_value = self.target(seq)
+        actor_loss, metrics = self.actor_loss(seq, target, slow_value)
+        critic_loss, value = self.critic_loss(seq, target)
         metrics.update(actor_loss=actor_loss.detach(), critic_loss=critic_loss.detach(),
                        imag_reward=seq["reward"].mean().detach(), imag_return=target[:, 0].mean().detach(),
-                       imag_value=self.value(seq["feat"][:, 0].detach()).mean().detach())
+                       imag_value=value[:, 0].mean().detach())
         return actor_loss, critic_loss, metrics
 
