@@ -153,6 +153,24 @@ def test_whatif_all_actions_batched_equals_single(toy):
         assert np.array_equal(one.actions[0], every.actions[a])
 
 
+def test_dream_decodes_a_shared_first_frame_once(toy):
+    """Branches from one state share frame 0: ``dream`` decodes it once; the frames equal decoding every state."""
+    agent, env, trace = toy
+    start = agent.wm.rssm.initial(1).map(lambda x: (x + torch.randn_like(x)).expand(3, *x.shape[1:]).contiguous())
+    prefix = F.one_hot(torch.arange(3), 3).float()[:, None]
+    out = dream(agent, start, 4, prefix=prefix)
+    with torch.no_grad():
+        full = agent.wm.decode(agent.wm.feat(out["states"]))
+    torch.testing.assert_close(out["frames"], full, rtol=1e-5, atol=1e-5)
+    other = start.map(lambda x: x.clone())
+    other.deter[1] += 1.0  # different starts: every frame decoded as is
+    out = dream(agent, other, 4, prefix=prefix)
+    with torch.no_grad():
+        full = agent.wm.decode(agent.wm.feat(out["states"]))
+    torch.testing.assert_close(out["frames"], full, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out["frames"][0, 0], out["frames"][1, 0])
+
+
 def test_identity_intervention_reproduces_baseline(toy):
     agent, env, trace = toy
     step = 6
