@@ -162,11 +162,12 @@ def test_train_step_finite_and_changes_params(debug_cfg, toy_spec):
         assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(prefix)), prefix
 
 
-@pytest.mark.parametrize("actor_grad", ["reinforce", "both"])
+@pytest.mark.parametrize("actor_grad", ["reinforce", "both", "dynamics"])
 def test_behaviour_loss_matches_reference(debug_cfg, toy_spec, actor_grad):
-    """``ActorCritic.loss`` reuses the slow critic's values as the actor's baseline and the critic's own values for
-    ``imag_value``; spelled out here as separate forward passes (dreamerv2 ``ActorCritic``), the losses, metrics
-    and the actor's and critic's gradients agree to float rounding."""
+    """``ActorCritic.loss`` reuses the slow critic's values as the actor's baseline, the critic's own values for
+    ``imag_value`` and the actor outputs that drew the imagined actions for the actor loss; spelled out here as
+    separate forward passes (dreamerv2 ``ActorCritic``), the losses, metrics and the actor's and critic's
+    gradients agree to float rounding."""
     from xdreamer.agent import frozen
 
     torch.manual_seed(0)
@@ -193,6 +194,8 @@ def test_behaviour_loss_matches_reference(debug_cfg, toy_spec, actor_grad):
         dist = ac.actor(seq["feat"][:, :-2].detach())
         advantage = (target[:, 1:] - ac.value(seq["feat"][:, :-2], target=True)).detach()
         objective = ac.actor.log_prob(dist, seq["action"][:, 1:-1].detach()) * advantage
+        if actor_grad == "dynamics":
+            objective = target[:, 1:]
         if actor_grad == "both":
             objective = cfg.actor_grad_mix * target[:, 1:] + (1 - cfg.actor_grad_mix) * objective
         objective = objective + cfg.actor_ent * ac.actor.entropy(dist)
