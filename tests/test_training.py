@@ -377,14 +377,18 @@ def test_console_script_help():
     assert out.returncode == 0 and "--preset" in out.stdout and "--set" in out.stdout
 
 
-def test_bench_writes_json(tmp_path):
+def test_bench_writes_json(tmp_path, capsys):
     from xdreamer.bench import run_benchmark
+    from xdreamer.nets import cpu_has_native_bf16
 
     out = tmp_path / "bench.json"
     results = run_benchmark(["debug"], out, repeats=1, precisions=("float32", "bfloat16"), envs=("toy:catch",),
                             env_steps=300, report_episodes=0, profile=True)
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(results))
+    native = cpu_has_native_bf16()  # bfloat16 without hardware support is measured, with a warning
+    assert data["machine"]["cpu_native_bf16"] == native and data["machine"]["cpu_capability"]
+    assert ("no native bfloat16" in capsys.readouterr().err) == (not native)
     for precision in ("float32", "bfloat16"):
         debug = data["presets"]["debug"][precision]
         assert debug["precision"] == precision

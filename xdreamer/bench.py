@@ -320,6 +320,12 @@ def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
                   report_episodes: int = 10, profile: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": _machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                "presets": {}, "envs": {}}
+    from .nets import cpu_has_native_bf16
+
+    if "bfloat16" in precisions and not cpu_has_native_bf16():
+        print("bench: warning: this CPU has no native bfloat16 matmuls (AVX512-BF16 or AMX); the bfloat16 rows run "
+              "on a reference path, hundreds of times slower than float32 (a paper-size update: hours)",
+              file=sys.stderr, flush=True)
     for preset in presets:
         results["presets"][preset] = {}
         for precision in precisions:
