@@ -116,23 +116,21 @@ class ActorCritic(nn.Module):
             for d, s in zip(self.target_critic.parameters(), self.critic.parameters()):
                 d.mul_(1 - mix).add_(mix * s)
 
-    def imagine(self, world_model, start: State, is_terminal: torch.Tensor | None, keep_actor_out: bool = False
-                ) -> dict[str, torch.Tensor]:
+    def imagine(self, world_model, start: State, is_terminal: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Imagine ``horizon`` steps from ``start`` ``[N]``; returns the trajectory ``[N, H+1]``.
 
-        ``keep_actor_out`` adds ``actor_out`` ``[N, H, A]``: the actor network's outputs on states 0..H-1 as the
-        actions were drawn, with gradients to the actor's parameters even under ``no_grad`` (REINFORCE). The actor
-        loss reuses them instead of running the actor again over states 0..H-2 (at paper size 11,200 rows,
-        ~25 GFLOP of ~760 per update)."""
+        ``actor_out`` ``[N, H, A]`` holds the actor network's outputs on states 0..H-1 as the actions were drawn,
+        with gradients to the actor's parameters even under ``no_grad`` (REINFORCE). The actor loss reuses them
+        instead of running the actor again over states 0..H-2 (at paper size 11,200 rows, ~25 GFLOP of ~760 per
+        update)."""
         outs: list[torch.Tensor] = []
 
-        def recording_policy(feat: torch.Tensor) -> torch.Tensor:
+        def policy(feat: torch.Tensor) -> torch.Tensor:
             with torch.enable_grad():  # feat arrives detached: the graph reaches only the actor
                 out = self.actor.net(feat).float()
             outs.append(out)
             return self.actor.sample_from(self.actor.distribution(out))
 
-        policy = recording_policy if keep_actor_out else self.actor.sample
         states, actions = world_model.imagine(start, policy, self.cfg.horizon)
         feat = world_model.feat(states)
         discount = world_model.discount(feat)
@@ -140,12 +138,10 @@ class ActorCritic(nn.Module):
             # The first state is a real posterior state: use the true discount (dreamerv2 ``imagine``).
             discount = torch.cat([(self.cfg.discount * (1 - is_terminal.float()))[:, None], discount[:, 1:]], 1)
         weight = torch.cumprod(torch.cat([torch.ones_like(discount[:, :1]), discount[:, :-1]], 1), 1)
-        seq = {"feat": feat, "action": actions, "reward": world_model.reward(feat), "discount": discount,
-               "weight": weight}
-        if keep_actor_out:
-            with torch.enable_grad():  # the stack too, or under no_grad it would cut the graph
-                seq["actor_out"] = torch.stack(outs, 1)
-        return seq
+        with torch.enable_grad():  # the stack too, or under no_grad it would cut the graph
+            actor_out = torch.stack(outs, 1)
+        return {"feat": feat, "action": actions, "reward": world_model.reward(feat), "discount": discount,
+                "weight": weight, "actor_out": actor_out}
 
     def target(self, seq: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(lambda-returns [N, H], slow critic's values [N, H+1])``; the values are also the actor's
@@ -156,10 +152,7 @@ class ActorCritic(nn.Module):
 
     def actor_loss(self, seq: dict[str, torch.Tensor], target: torch.Tensor, slow_value: torch.Tensor
                    ) -> tuple[torch.Tensor, dict]:
-        if "actor_out" in seq:  # the outputs that drew the actions (``imagine(keep_actor_out=True)``)
-            dist = self.actor.distribution(seq["actor_out"][:, :-1])
-        else:
-            dist = self.actor(seq["feat"][:, :-2].detach())
+        dist = self.actor.distribution(seq["actor_out"][:, :-1])  # the outputs that drew the actions (``imagine``)
         if self.actor_grad == "dynamics":
             objective = target[:, 1:]
         else:
@@ -188,10 +181,10 @@ class ActorCritic(nn.Module):
         by the caller (gradients flow through the dynamics to the actor, not into the model)."""
         if self.actor_grad == "reinforce":
             with torch.no_grad():  # no gradient path through imagination is used
-                seq = self.imagine(world_model, start, is_terminal, keep_actor_out=True)
+                seq = self.imagine(world_model, start, is_terminal)
                 target, slow_value = self.target(seq)
         else:
-            seq = self.imagine(world_model, start, is_terminal, keep_actor_out=True)
+            seq = self.imagine(world_model, start, is_terminal)
             target, slow_value = self.target(seq)
         actor_loss, metrics = self.actor_loss(seq, target, slow_value)
         critic_loss, value = self.critic_loss(seq, target)
