@@ -284,21 +284,26 @@ def test_conv2d_as_matmul_equals_native(cin, cout, size, stride):
         torch.testing.assert_close(c, a, rtol=1e-10, atol=1e-10)
 
 
-def test_encoder_fast_path_matches_native():
-    """``ConvEncoder.forward`` (channels-last conversion, last layer as a matmul) gives the plain
-    ``nn.Sequential`` of its layers' embedding and gradients."""
+@pytest.mark.parametrize("channels", [1, 3])
+def test_encoder_fast_path_matches_native(channels):
+    """``ConvEncoder.forward`` (channels-last conversion, first and last layers as matmuls on CPU; an RGB first
+    layer only with gradients on) gives the plain ``nn.Sequential`` of its layers' embedding and gradients,
+    for the parameters and for the image (saliency differentiates the encoder by its input). Float64, so an
+    indexing mistake shows as an O(1) error."""
     from xdreamer.nets import ConvEncoder
 
     torch.manual_seed(0)
-    enc = ConvEncoder(1, 4)
-    image = torch.rand(2, 3, 1, 64, 64) - 0.5
+    enc = ConvEncoder(channels, 4).double()
+    image = (torch.rand(2, 3, channels, 64, 64, dtype=torch.float64) - 0.5).requires_grad_()
     fast = enc(image)
-    ref = enc.net(image.reshape(6, 1, 64, 64)).reshape(2, 3, -1)
-    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
-    g = torch.randn(ref.shape)
-    for a, c in zip(torch.autograd.grad(ref, list(enc.parameters()), g),
-                    torch.autograd.grad(fast, list(enc.parameters()), g)):
-        torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-5)
+    ref = enc.net(image.reshape(6, channels, 64, 64)).reshape(2, 3, -1)
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(image), ref.detach(), rtol=1e-10, atol=1e-10)
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    inputs = [image, *enc.parameters()]
+    for a, c in zip(torch.autograd.grad(ref, inputs, g), torch.autograd.grad(fast, inputs, g)):
+        torch.testing.assert_close(c, a, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("layout", ["dreamerv2", "dreamerv3"])

@@ -63,8 +63,11 @@ class ConvEncoder(nn.Module):
         lead = image.shape[:-3]
         x = image.reshape(-1, *image.shape[-3:])
         last_conv = len(self.net) - 2
+        cpu = x.device.type == "cpu"
         for i, layer in enumerate(self.net):
-            if i == last_conv and x.device.type == "cpu":
+            if cpu and (i == last_conv or (i == 0 and (x.shape[1] == 1 or torch.is_grad_enabled()))):
+                # The first layer too (see conv2d_as_matmul): with its 1-3 input channels an im2col is small, and
+                # oneDNN's weight gradient for it ran at a few GFLOP/s.
                 x = conv2d_as_matmul(x, layer)
             else:
                 x = layer(x)
@@ -81,9 +84,13 @@ def conv2d_as_matmul(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 
     Used on CPU for the encoder's last layer, whose output is only 2x2: oneDNN's convolution runs far below the
     matmul peak there. Measured (800 paper-size frames ``[800, 192, 6, 6] -> [800, 384, 2, 2]``, forward +
-    backward with ELU, 2-core Intel Xeon): float32 229 -> 135 ms, bfloat16 158 -> 91 ms. For the larger layers
-    the native op is faster (the second layer: 327 ms native versus 960 ms unfolded), so only this one is
-    rewritten. Same parameters and numbers up to float rounding (``tests/test_model.py``).
+    backward with ELU, 2-core Intel Xeon): float32 229 -> 135 ms, bfloat16 158 -> 91 ms. And for the first
+    layer, whose im2col has only ``channels x 16`` columns and whose output comes out channels-last at no cost
+    (800 frames ``[800, C, 64, 64] -> [800, 48, 31, 31]``, float32, forward + backward with ELU, 2-core AMD
+    EPYC, AVX2): grayscale 378-446 -> 143-152 ms, forward alone 111-114 -> 84-91 ms; RGB 363-366 -> 247-259 ms
+    but forward alone 128-143 -> 163-204 ms, so an RGB first layer is rewritten only when gradients are on.
+    For the middle layers the native op is faster (the second layer: 327 ms native versus 960 ms unfolded).
+    Same parameters and numbers up to float rounding (``tests/test_model.py``).
     """
     assert conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1, conv
     batch, _, height, width = x.shape
