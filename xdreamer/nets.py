@@ -87,8 +87,8 @@ def conv2d_as_matmul(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     backward with ELU, 2-core Intel Xeon): float32 229 -> 135 ms, bfloat16 158 -> 91 ms. And for the first
     layer, whose im2col has only ``channels x 16`` columns and whose output comes out channels-last at no cost
     (800 frames ``[800, C, 64, 64] -> [800, 48, 31, 31]``, float32, forward + backward with ELU, 2-core AMD
-    EPYC, AVX2): grayscale 378-446 -> 143-152 ms, forward alone 111-114 -> 84-91 ms; RGB 363-366 -> 247-259 ms
-    but forward alone 128-143 -> 163-204 ms, so an RGB first layer is rewritten only when gradients are on.
+    EPYC, AVX2): grayscale 378-450 -> 143-170 ms, forward alone 109-124 -> 84-108 ms; RGB 363-434 -> 247-318 ms
+    but forward alone 126-143 -> 163-204 ms, so an RGB first layer is rewritten only when gradients are on.
     For the middle layers the native op is faster (the second layer: 327 ms native versus 960 ms unfolded).
     Same parameters and numbers up to float rounding (``tests/test_model.py``).
     """

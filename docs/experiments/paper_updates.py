@@ -1,0 +1,89 @@
+"""Time paper-size updates (``atari`` preset, float32, random replay-shaped batches) in a fresh process.
+
+    python docs/experiments/paper_updates.py [WARMUP] [TIMED]        # default 6 warm-up, 4 timed updates
+    python docs/experiments/paper_updates.py 0 8 elu                 # + the decoder's last ELU backward per update
+
+Prints the mean and min seconds per update, the world-model and behaviour parts and the minor page faults of each
+timed update. Lighter than ``python -m xdreamer.bench preset atari ...`` (no FLOP count, analysis or replay), for
+alternating A/B runs: e.g. ``THP_MEM_ALLOC_ENABLE=1`` (PyTorch's CPU allocator puts buffers of >= 2 MB on
+transparent huge pages) against the default, docs/benchmarks.md (2026-12-01, fourth session). With ``elu``, the
+decoder's last ELU (``[800, 48, 30, 30]``) runs through an equivalent ``autograd.Function`` that times its backward
+and counts the minor page faults inside it, printed per update (warm-up updates included).
+"""
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+from xdreamer.agent import Agent
+from xdreamer.config import build_config
+from xdreamer.envs import EnvSpec
+from xdreamer.training import configure_cpu
+
+configure_cpu()
+cfg = build_config(["atari"], {"precision": "float32"})
+spec = EnvSpec(id="atari:Pong", obs_shape=(1, 64, 64), discrete=True, num_actions=6,
+               action_names=("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"), object_names=(),
+               can_branch=True, max_steps=cfg.time_limit)
+torch.manual_seed(0)
+agent = Agent(cfg, spec, device="cpu")
+rng = np.random.default_rng(0)
+B, T = cfg.batch, cfg.length
+
+
+def batch():
+    is_first = np.zeros((B, T), bool)
+    is_first[:, 0] = True
+    return {"image": rng.integers(0, 256, (B, T, 1, 64, 64), dtype=np.uint8),
+            "action": rng.integers(0, 6, (B, T)).astype(np.int32),
+            "reward": rng.normal(size=(B, T)).astype(np.float32), "is_first": is_first,
+            "is_last": np.zeros((B, T), bool), "is_terminal": np.zeros((B, T), bool)}
+
+
+elu_log: list[tuple[float, int]] = []
+
+
+class TimedELU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.nn.functional.elu(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        before, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+        out = torch.ops.aten.elu_backward(grad, 1.0, 1, 1, False, x)
+        elu_log.append((round(1e3 * (time.perf_counter() - start), 1),
+                        resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before))
+        return out
+
+
+class TimedELUModule(torch.nn.Module):
+    def forward(self, x):
+        return TimedELU.apply(x)
+
+
+if "elu" in sys.argv[3:]:
+    assert isinstance(agent.wm.decoder.net[5], torch.nn.ELU)
+    agent.wm.decoder.net[5] = TimedELUModule()
+warmup = int(sys.argv[1]) if len(sys.argv) > 1 else 6
+timed = int(sys.argv[2]) if len(sys.argv) > 2 else 4
+for _ in range(warmup):
+    agent.train_step(batch())
+total, model, behavior, faults = [], [], [], []
+for _ in range(timed):
+    data = batch()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    start = time.perf_counter()
+    agent.train_step(data)
+    total.append(time.perf_counter() - start)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    model.append(agent.last_timings["model_s"])
+    behavior.append(agent.last_timings["behavior_s"])
+if elu_log:
+    print("decoder's last ELU backward per update (ms, minor page faults):", elu_log)
+print(f"update {np.mean(total):.2f} s (min {min(total):.2f}), world model {np.mean(model):.2f} s, "
+      f"behaviour {np.mean(behavior):.2f} s, minor page faults per update {faults}")
