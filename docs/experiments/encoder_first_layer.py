@@ -12,7 +12,8 @@ process keeps the heap and the VM's load the same for both.
 
 Measured on a 2-core AMD EPYC with AVX2 only (docs/benchmarks.md, 2026-12-01, fourth session): layer, grayscale,
 forward + backward 378-450 -> 143-170 ms; RGB 363-434 -> 247-318 ms (forward alone slower: 126-143 -> 163-204 ms).
-Update, 16 rounds: world model 5.03 -> 4.86 s mean (medians 5.08 -> 4.93); another run of 8 rounds 4.77 -> 4.89 s.
+Update, 16 rounds: world model 5.03 -> 4.86 s mean (medians 5.08 -> 4.93); two runs of 8 rounds: 4.77 -> 4.89 s
+and 4.95 -> 4.69 s.
 """
 import sys
 import time
