@@ -122,14 +122,15 @@ def profile_update(agent, batch, top: int = 12) -> dict[str, Any]:
                                   "calls": e.count} for e in shaped]}
 
 
-def bench_preset(preset: str, repeats: int, precision: str = "float32", compile: str = "off",
-                 profile: bool = False) -> dict[str, Any]:
+def bench_agent(preset: str, precision: str = "float32"):
+    """``(agent, batch)`` for timing updates: a fresh CPU agent of ``preset`` (seed 0) for a Pong-shaped env (64x64
+    grayscale, 6 actions) and ``batch()``, which draws a random replay-shaped batch of the preset's size (batch x
+    length) from its own seeded generator. Also applies ``configure_cpu`` as ``xdreamer train`` does."""
     import torch
 
     from .agent import Agent
     from .config import build_config
     from .envs import EnvSpec
-
     from .training import configure_cpu
 
     configure_cpu()
@@ -142,13 +143,22 @@ def bench_preset(preset: str, repeats: int, precision: str = "float32", compile:
     rng = np.random.default_rng(0)
     B, T = cfg.batch, cfg.length
 
-    def batch():
+    def batch() -> dict[str, np.ndarray]:
         is_first = np.zeros((B, T), bool)
         is_first[:, 0] = True
         return {"image": rng.integers(0, 256, (B, T, 1, 64, 64), dtype=np.uint8),
                 "action": rng.integers(0, 6, (B, T)).astype(np.int32),
                 "reward": rng.normal(size=(B, T)).astype(np.float32),
                 "is_first": is_first, "is_last": np.zeros((B, T), bool), "is_terminal": np.zeros((B, T), bool)}
+
+    return agent, batch
+
+
+def bench_preset(preset: str, repeats: int, precision: str = "float32", compile: str = "off",
+                 profile: bool = False) -> dict[str, Any]:
+    agent, batch = bench_agent(preset, precision)
+    cfg = agent.cfg
+    B, T = cfg.batch, cfg.length
 
     # Warm-up: with freed memory kept in the process (keep_freed_memory) the heap reaches its working size
     # over the first ~3 paper-size updates (431k, 72k, 23k minor page faults, then 0-12k); time after that.

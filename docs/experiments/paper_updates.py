@@ -17,29 +17,9 @@ import time
 import numpy as np
 import torch
 
-from xdreamer.agent import Agent
-from xdreamer.config import build_config
-from xdreamer.envs import EnvSpec
-from xdreamer.training import configure_cpu
+from xdreamer.bench import bench_agent
 
-configure_cpu()
-cfg = build_config(["atari"], {"precision": "float32"})
-spec = EnvSpec(id="atari:Pong", obs_shape=(1, 64, 64), discrete=True, num_actions=6,
-               action_names=("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"), object_names=(),
-               can_branch=True, max_steps=cfg.time_limit)
-torch.manual_seed(0)
-agent = Agent(cfg, spec, device="cpu")
-rng = np.random.default_rng(0)
-B, T = cfg.batch, cfg.length
-
-
-def batch():
-    is_first = np.zeros((B, T), bool)
-    is_first[:, 0] = True
-    return {"image": rng.integers(0, 256, (B, T, 1, 64, 64), dtype=np.uint8),
-            "action": rng.integers(0, 6, (B, T)).astype(np.int32),
-            "reward": rng.normal(size=(B, T)).astype(np.float32), "is_first": is_first,
-            "is_last": np.zeros((B, T), bool), "is_terminal": np.zeros((B, T), bool)}
+agent, batch = bench_agent("atari", "float32")
 
 
 elu_log: list[tuple[float, int]] = []
