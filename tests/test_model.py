@@ -306,6 +306,32 @@ def test_encoder_fast_path_matches_native(channels):
         torch.testing.assert_close(c, a, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("transposed,cin,cout,kernel,size", [(True, 6, 5, 6, 7), (True, 8, 4, 5, 5),
+                                                             (False, 3, 5, 4, 15)])
+def test_split_backward_conv_equals_autograd(transposed, cin, cout, kernel, size):
+    """The decoder's split backward (input and weight gradients in two calls, a transposed conv's weight gradient
+    as the swapped ordinary conv's) gives autograd's gradients for input, weight and bias (float64, stride 2)."""
+    import torch.nn.functional as F
+
+    from xdreamer.nets import _SplitBackwardConv
+
+    torch.manual_seed(0)
+    shape = (cin, cout, kernel, kernel) if transposed else (cout, cin, kernel, kernel)
+    w = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(cout, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, cin, size, size, dtype=torch.float64, requires_grad=True)
+    ref = (F.conv_transpose2d if transposed else F.conv2d)(x, w, b, stride=2)
+    got = _SplitBackwardConv.apply(x, w, b, 2, transposed)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    expected = torch.autograd.grad(ref, (x, w, b), g)
+    for a, c in zip(expected, torch.autograd.grad(got, (x, w, b), g)):
+        torch.testing.assert_close(c, a, rtol=1e-10, atol=1e-10)
+    # only the gradients asked for: the weight's, without input or bias
+    gw, = torch.autograd.grad(_SplitBackwardConv.apply(x.detach(), w, None, 2, transposed), (w,), g)
+    torch.testing.assert_close(gw, expected[1], rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("layout", ["dreamerv2", "dreamerv3"])
 def test_decoder_fast_path_matches_native(layout):
     """The decoder's per-layer choice of transposed-conv computation (``impl="auto"``) and forced

@@ -132,6 +132,72 @@ def conv_transpose2d_phases(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return y
 
 
+class _SplitBackwardConv(torch.autograd.Function):
+    """``F.conv2d`` / ``F.conv_transpose2d`` (stride ``stride``, no padding, dilation or groups) whose backward asks
+    oneDNN for the input and the weight gradients in two separate calls, and takes a transposed conv's weight
+    gradient as the weight gradient of the equivalent ordinary conv with input and output swapped (for
+    ``y = conv_transpose2d(x, W)``, ``x``-shaped ``conv2d(dy, W)`` is the adjoint, so ``dW`` is that conv's weight
+    gradient at input ``dy`` and output gradient ``x``). Same numbers as autograd's ``convolution_backward``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride: int, transposed: bool):
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.transposed, ctx.has_bias = stride, transposed, bias is not None
+        conv = torch.nn.functional.conv_transpose2d if transposed else torch.nn.functional.conv2d
+        return conv(x, weight, bias, stride=stride)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, zeros, ones = [ctx.stride] * 2, [0, 0], [1, 1]
+        backward = torch.ops.aten.convolution_backward
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = backward(grad, x, weight, None, stride, zeros, ones, ctx.transposed, zeros, 1,
+                              [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            if ctx.transposed:
+                grad_w = backward(x, grad, weight, None, stride, zeros, ones, False, zeros, 1, [False, True, False])[1]
+            else:
+                grad_w = backward(grad, x, weight, None, stride, zeros, ones, False, zeros, 1, [False, True, False])[1]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None
+
+
+def split_backward_applies(x: torch.Tensor) -> bool:
+    """Whether :func:`conv_split_backward` splits the backward for ``x``: on an AVX2 CPU (without AVX-512; the only
+    kind it was measured on), float32/float64 outside autocast, eager only.
+
+    Measured on a 2-core AMD EPYC (AVX2), float32, the decoder's 13 -> 30 transposed conv on 800 paper-size frames,
+    backward alone (min of 5, two runs): 912-917 ms in one ``convolution_backward`` call against 302-325 ms for the
+    input gradient plus 417-434 ms for the weight gradient as the swapped ordinary conv's (469-610 ms as the
+    transposed conv's; bit-identical); the 5 -> 13 layer 325 against 104 + 165 ms. Inside paper-size updates (alternating in one
+    process, 10 rounds each, two runs) the world model took 4.79 -> 4.47 s and 4.76 -> 4.73 s. The encoder's convs
+    split were faster alone (448 -> 357 ms) but slower inside the update, so they keep the native backward
+    (docs/benchmarks.md). Autocast casts inside the forward, so its backward would see other dtypes; compiled
+    graphs keep the native op."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and _cpu_is_avx2()
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_is_avx2() -> bool:
+    """Whether PyTorch's kernels run at the AVX2 level here (no AVX-512)."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+def conv_split_backward(x: torch.Tensor, conv: nn.Conv2d | nn.ConvTranspose2d) -> torch.Tensor:
+    """``conv(x)`` for a stride-s conv or transposed conv without padding, with :class:`_SplitBackwardConv`'s
+    backward where :func:`split_backward_applies`, else ``conv``'s own forward."""
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    assert conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1, conv
+    assert conv.stride[0] == conv.stride[1] and (not transposed or conv.output_padding == (0, 0)), conv
+    if not (torch.is_grad_enabled() and split_backward_applies(x)):
+        return nn.Conv2d.forward(conv, x) if not transposed else nn.ConvTranspose2d.forward(conv, x)
+    return _SplitBackwardConv.apply(x, conv.weight, conv.bias, conv.stride[0], transposed)
+
+
 @functools.lru_cache(maxsize=None)
 def _cpu_feature(probe_name: str) -> bool:
     """A CPU feature as PyTorch's private ``torch.cpu`` probe ``probe_name`` reports it; a missing or failing probe
@@ -205,6 +271,8 @@ class PhaseConvTranspose2d(nn.ConvTranspose2d):
             return conv_transpose2d_phases(x, self.weight, self.bias, self.padding[0])
         if impl == "native_cl" and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
+            if self.padding == (0, 0):
+                return conv_split_backward(x, self)  # the native op, with a faster backward on AVX2 CPUs
         return super().forward(x)
 
 
