@@ -240,7 +240,8 @@ class PhaseConvTranspose2d(nn.ConvTranspose2d):
     0.52 s to 0.41 s and forward + backward from 3.8 s to 3.6 s (and made float32 training slower,
     hence float32 keeps the native op). ``impl="native"`` is the reference path, ``impl="phases"``
     and ``impl="phases_cl"`` force the phase decomposition (on a channels-last input); all agree to
-    float rounding (tests/test_model.py).
+    float rounding (tests/test_model.py). Where ``auto`` picks the native op on an AVX2 CPU in float32, its
+    backward is split in two calls (:func:`conv_split_backward`).
     """
 
     IMPLS = ("auto", "phases", "phases_cl", "native")
