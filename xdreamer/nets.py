@@ -175,8 +175,8 @@ def split_backward_applies(x: torch.Tensor) -> bool:
     transposed conv's; bit-identical); the 5 -> 13 layer 325 against 104 + 165 ms. Inside paper-size updates
     (alternating in one process, 10 rounds each, two runs) the world model took 4.79 -> 4.47 s and 4.76 -> 4.73 s.
     The encoder's convs split were faster alone (448 -> 357 ms) but slower inside the update, so they keep the
-    native backward (docs/benchmarks.md). Autocast casts inside the forward, so its backward would see other dtypes; compiled
-    graphs keep the native op."""
+    native backward (docs/benchmarks.md). Autocast casts inside the forward, so its backward would see other
+    dtypes; compiled graphs keep the native op."""
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and _cpu_is_avx2()
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
