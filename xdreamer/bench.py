@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -152,6 +152,40 @@ def bench_agent(preset: str, precision: str = "float32"):
                 "is_first": is_first, "is_last": np.zeros((B, T), bool), "is_terminal": np.zeros((B, T), bool)}
 
     return agent, batch
+
+
+def min_and_median_ms(fn: Callable[[], Any], repeats: int) -> str:
+    """``"min X ms, median Y ms"`` over ``repeats`` calls of ``fn`` after one warm-up call (layer-level A/B in
+    ``docs/experiments``)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return f"min {1e3 * min(times):.1f} ms, median {1e3 * sorted(times)[repeats // 2]:.1f} ms"
+
+
+def alternating_updates(variants: dict[str, Callable[[], None]], rounds: int, preset: str = "atari",
+                        warmup: int = 6) -> dict[str, list[float]]:
+    """World-model seconds of paper-size updates (``bench_agent(preset, "float32")``) under each variant, in one
+    process: ``warmup`` updates, then ``rounds`` rounds of one update per variant in alternating order (forward on
+    even rounds, reversed on odd ones), each preceded by its variant's switch function. Alternating in one process
+    keeps the heap and the VM's load the same for all variants. Prints the mean, median and min per variant; the
+    caller restores what the switches changed."""
+    agent, batch = bench_agent(preset, "float32")
+    for _ in range(warmup):
+        agent.train_step(batch())
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    order = list(variants.items())
+    for r in range(rounds):
+        for name, switch in order if r % 2 == 0 else order[::-1]:
+            switch()
+            agent.train_step(batch())
+            seconds[name].append(agent.last_timings["model_s"])
+    for name, s in seconds.items():
+        print(f"{name}: world model mean {np.mean(s):.3f} s, median {np.median(s):.3f} s, min {min(s):.3f} s")
+    return seconds
 
 
 def bench_preset(preset: str, repeats: int, precision: str = "float32", compile: str = "off",

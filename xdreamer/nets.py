@@ -156,10 +156,10 @@ class _SplitBackwardConv(torch.autograd.Function):
             grad_x = backward(grad, x, weight, None, stride, zeros, ones, ctx.transposed, zeros, 1,
                               [True, False, False])[0]
         if ctx.needs_input_grad[1]:
-            if ctx.transposed:
-                grad_w = backward(x, grad, weight, None, stride, zeros, ones, False, zeros, 1, [False, True, False])[1]
-            else:
-                grad_w = backward(grad, x, weight, None, stride, zeros, ones, False, zeros, 1, [False, True, False])[1]
+            # an ordinary conv's weight gradient: of x -> y, or for a transposed conv of the swapped y -> x
+            out_grad, conv_in = (x, grad) if ctx.transposed else (grad, x)
+            grad_w = backward(out_grad, conv_in, weight, None, stride, zeros, ones, False, zeros, 1,
+                              [False, True, False])[1]
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3))
         return grad_x, grad_w, grad_b, None, None

@@ -16,24 +16,13 @@ combined 912-917 ms, input 302-325, weight 469-610, weight swapped 417-434 (bit-
 Update, 10 rounds, two runs: world model 4.79 -> 4.47 s and 4.76 -> 4.73 s.
 """
 import sys
-import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from xdreamer import nets
+from xdreamer.bench import alternating_updates, min_and_median_ms
 from xdreamer.training import configure_cpu
-
-
-def timed(fn, n=5):
-    fn()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return f"min {1e3 * min(times):.1f} ms, median {1e3 * sorted(times)[n // 2]:.1f} ms"
 
 
 def layer(cin: int, cout: int, kernel: int, size: int) -> None:
@@ -50,28 +39,20 @@ def layer(cin: int, cout: int, kernel: int, size: int) -> None:
             "weight gradient alone": lambda: back(g, x, w, None, s, z, o, True, z, 1, [False, True, False]),
             "weight gradient swapped": lambda: back(x, g, w, None, s, z, o, False, z, 1, [False, True, False])}
     for name, fn in runs.items():
-        print(f"{name:24s} {timed(fn)}")
+        print(f"{name:24s} {min_and_median_ms(fn, 5)}")
     diff = (runs["backward, one call"]()[1] - runs["weight gradient swapped"]()[1]).abs().max().item()
     print(f"max |weight gradient - swapped| = {diff:.2e}")
 
 
 def update(rounds: int) -> None:
-    from xdreamer.bench import bench_agent
-
-    agent, batch = bench_agent("atari", "float32")
     split = nets.split_backward_applies
-    for _ in range(6):
-        agent.train_step(batch())
-    seconds = {"one call": [], "split": []}
-    for r in range(rounds):
-        order = [("one call", lambda x: False), ("split", split)]
-        for name, rule in order if r % 2 == 0 else order[::-1]:
-            nets.split_backward_applies = rule
-            agent.train_step(batch())
-            seconds[name].append(agent.last_timings["model_s"])
-    nets.split_backward_applies = split
-    for name, s in seconds.items():
-        print(f"{name}: world model mean {np.mean(s):.3f} s, median {np.median(s):.3f} s, min {min(s):.3f} s")
+
+    def use(rule):
+        return lambda: setattr(nets, "split_backward_applies", rule)
+    try:
+        alternating_updates({"one call": use(lambda x: False), "split": use(split)}, rounds)
+    finally:
+        nets.split_backward_applies = split
 
 
 if __name__ == "__main__":

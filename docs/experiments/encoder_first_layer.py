@@ -16,24 +16,13 @@ Update, 16 rounds: world model 5.03 -> 4.86 s mean (medians 5.08 -> 4.93); two r
 and 4.95 -> 4.69 s.
 """
 import sys
-import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from xdreamer import nets
+from xdreamer.bench import alternating_updates, min_and_median_ms
 from xdreamer.training import configure_cpu
-
-
-def best_and_median(fn, n=6):
-    fn()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return f"min {1e3 * min(times):.1f} ms, median {1e3 * sorted(times)[n // 2]:.1f} ms"
 
 
 def layer(channels: int) -> None:
@@ -49,12 +38,12 @@ def layer(channels: int) -> None:
     for _ in range(2):
         for name, fn in paths.items():
             with torch.no_grad():
-                fwd = best_and_median(fn)
+                fwd = min_and_median_ms(fn, 6)
 
             def fwd_bwd(fn=fn):
                 conv.weight.grad = conv.bias.grad = None
                 fn().backward(grad)
-            print(f"  {name:7s} forward {fwd}; forward + backward {best_and_median(fwd_bwd)}")
+            print(f"  {name:7s} forward {fwd}; forward + backward {min_and_median_ms(fwd_bwd, 6)}")
 
 
 def old_forward(self, image):
@@ -70,22 +59,14 @@ def old_forward(self, image):
 
 
 def update(rounds: int) -> None:
-    from xdreamer.bench import bench_agent
-
-    agent, batch = bench_agent("atari", "float32")
     new_forward = nets.ConvEncoder.forward
-    for _ in range(6):
-        agent.train_step(batch())
-    seconds = {"old": [], "new": []}
-    for r in range(rounds):
-        order = [("old", old_forward), ("new", new_forward)]
-        for name, forward in order if r % 2 == 0 else order[::-1]:
-            nets.ConvEncoder.forward = forward
-            agent.train_step(batch())
-            seconds[name].append(agent.last_timings["model_s"])
-    nets.ConvEncoder.forward = new_forward
-    for name, s in seconds.items():
-        print(f"{name}: world model mean {np.mean(s):.3f} s, median {np.median(s):.3f} s, min {min(s):.3f} s")
+
+    def use(forward):
+        return lambda: setattr(nets.ConvEncoder, "forward", forward)
+    try:
+        alternating_updates({"old": use(old_forward), "new": use(new_forward)}, rounds)
+    finally:
+        nets.ConvEncoder.forward = new_forward
 
 
 if __name__ == "__main__":
