@@ -1,5 +1,6 @@
 """Replay alignment, checkpoints, the training loop, resume, the CLI."""
 
+import copy
 import json
 import os
 import pickle
@@ -177,6 +178,41 @@ def test_checkpoint_roundtrip_identical_actions(tmp_path, debug_cfg, toy_spec, e
     manifest = json.loads((path / "manifest.json").read_text())
     for key in ("format_version", "versions", "env", "steps", "weights_sha256"):
         assert key in manifest
+
+
+def test_fused_adam_matches_foreach_and_resumes_a_foreach_state(debug_cfg, toy_spec, monkeypatch):
+    """On CPU the optimizers run PyTorch's fused AdamW: the same parameters as its default (foreach) implementation
+    up to float rounding, and an optimizer state saved by a foreach run resumes fused, to the same parameters."""
+    torch.manual_seed(0)
+    fused = Agent(debug_cfg, toy_spec)
+    foreach = copy.deepcopy(fused)
+    start = [p.detach().clone() for p in fused.parameters()]
+    monkeypatch.setattr(foreach, "_fused_adam", lambda: False)
+
+    def train(agent, seeds):
+        torch.manual_seed(1)
+        for seed in seeds:
+            agent.train_step(random_batch(toy_spec, 2, 8, seed=seed))
+
+    def flags(agent):
+        return {g["fused"] for opt in agent.optimizers.values() for g in opt.param_groups}
+
+    def max_diff(a, b):
+        return max((x - y).abs().max().item() for x, y in zip(a.parameters(), b.parameters()))
+
+    for agent in (fused, foreach):
+        train(agent, range(3))
+    assert flags(fused) == {True} and flags(foreach) == {None}
+    moved = max((p - s).abs().max().item() for p, s in zip(fused.parameters(), start))
+    assert moved > 1e-4 and max_diff(fused, foreach) < 1e-3 * moved, (moved, max_diff(fused, foreach))
+    resumed = Agent(debug_cfg, toy_spec)
+    resumed.load_state_dict(foreach.state_dict())
+    resumed.load_optimizer_state(copy.deepcopy(foreach.optimizer_state()))
+    resumed.updates = foreach.updates  # as training.py resumes (the slow critic's update schedule)
+    assert flags(resumed) == {True}
+    train(resumed, [3])
+    train(foreach, [3])
+    assert max_diff(resumed, foreach) < 1e-3 * moved
 
 
 def test_checkpoint_errors(tmp_path, debug_cfg, toy_spec):
