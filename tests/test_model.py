@@ -126,6 +126,61 @@ def test_observe_equals_step_loop(debug_cfg, toy_spec):
         assert torch.allclose(p.logits, prior.logits[:, t], atol=1e-6)
 
 
+def _graph_has(fn, name: str) -> bool:
+    seen, todo = set(), [fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == name:
+            return True
+        todo.extend(next_fn for next_fn, _ in node.next_functions)
+    return False
+
+
+@pytest.mark.parametrize("precision", ["float64", "bfloat16"])
+def test_loop_weight_gradient_equals_autograd(debug_cfg, toy_spec, precision):
+    """``observe(loop_weights=True)`` (the training loss) computes the gradients of the four weights its loop uses
+    at every step once over all steps (``nets.LoopWeight``): the same outputs and gradients (of every parameter,
+    the embedding and the actions) as autograd's per-step ones. float64 to rounding; under bfloat16 autocast to
+    bfloat16 precision."""
+    torch.manual_seed(0)
+    agent = Agent(debug_cfg, toy_spec)
+    rssm = agent.wm.rssm
+    inp = agent.wm.preprocess(agent.to_torch(random_batch(toy_spec, 3, 7)))
+    inp["is_first"][:, 4] = 1.0  # a reset mid-sequence
+    embed = torch.randn(3, 7, agent.wm.encoder.out_dim)
+    action = inp["action"]
+    if precision == "float64":
+        rssm.double()
+        embed, action = embed.double(), action.double()
+    embed.requires_grad_(True)
+    action.requires_grad_(True)
+    params = [p for p in rssm.parameters()]
+    results = {}
+    for loop in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            post, prior = rssm.observe(embed, action, inp["is_first"], sample=False, loop_weights=loop)
+            # a loss that reaches every output, with different weights per step
+            steps = torch.arange(1, 8, dtype=post.deter.dtype)
+            loss = ((post.deter.float().sin().sum(-1) + post.logits.float().cos().sum((-1, -2))
+                     + prior.logits.float().pow(2).sum((-1, -2))) * steps).sum()
+        assert _graph_has(loss.grad_fn, "_GatherLoopGradBackward") is loop
+        grads = torch.autograd.grad(loss, [*params, embed, action], allow_unused=True)
+        results[loop] = (post.deter.detach(), post.logits.detach(), grads)
+    tol = {"float64": 1e-9, "bfloat16": 3e-2}[precision]
+    (d0, l0, g0), (d1, l1, g1) = results[False], results[True]
+    assert torch.allclose(d0, d1, atol=tol) and torch.allclose(l0, l1, atol=tol)
+    names = [n for n, _ in rssm.named_parameters()] + ["embed", "action"]
+    for name, a, b in zip(names, g0, g1):
+        if a is None:
+            assert b is None, name
+            continue
+        scale = a.abs().max().item()
+        assert scale > 0 and (a - b).abs().max().item() <= tol * max(scale, 1.0), (name, scale, (a - b).abs().max())
+
+
 def test_is_first_resets_state(debug_cfg, toy_spec):
     torch.manual_seed(0)
     agent = Agent(debug_cfg, toy_spec)

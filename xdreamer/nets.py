@@ -8,6 +8,7 @@ kernels 4,4,4,4 and depths d, 2d, 4d, 8d (64x64 -> 2x2); the decoder maps the fe
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import torch
 from torch import nn
@@ -348,6 +349,67 @@ class MLP(nn.Module):
         return self.net(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
 
 
+class _LoopLinear(torch.autograd.Function):
+    """``F.linear(x, weight)`` (no bias) whose backward leaves the weight gradient to :class:`LoopWeight`: it returns
+    the input gradient and hands ``(x, grad)`` to the weight's list."""
+
+    @staticmethod
+    def forward(ctx, x, weight, pending):
+        ctx.x_dtype = x.dtype
+        x = x.to(weight.dtype)  # under autocast the weight comes cast (``RSSM.observe``); the input may not
+        ctx.save_for_backward(x, weight)
+        ctx.pending = pending
+        return torch.nn.functional.linear(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.to(weight.dtype)
+        if ctx.needs_input_grad[1]:
+            ctx.pending.append((x, grad))
+        return ((grad @ weight).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None), None, None
+
+
+class _GatherLoopGrad(torch.autograd.Function):
+    """The weight's entry into a loop of :class:`_LoopLinear` steps. Autograd runs its backward after every step's
+    (they all use its output), and it computes the weight gradient of all steps as one matmul."""
+
+    @staticmethod
+    def forward(ctx, weight, pending):
+        ctx.pending = pending
+        ctx.set_materialize_grads(False)
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.pending:
+            return grad, None
+        xs, grads = zip(*ctx.pending)
+        ctx.pending.clear()
+        total = torch.cat(grads).transpose(0, 1) @ torch.cat(xs)
+        return (total if grad is None else total + grad), None
+
+
+class LoopWeight:
+    """A weight used by ``F.linear`` at every step of a loop (``RSSM.observe``), with its gradient computed once.
+
+    Autograd would compute a step's weight gradient at every step (``[out, B] x [B, in]``, B = 16 rows at paper
+    size: small, memory-bound matmuls) and add the T results into one buffer. ``LoopWeight`` instead keeps each
+    step's input and output gradient and computes the sum as one ``[out, T*B] x [T*B, in]`` matmul. The same
+    gradient up to float rounding (``tests/test_model.py::test_loop_weight_gradient_equals_autograd``).
+    Use only where the loop's backward runs in one ``backward`` call (the pending pairs live until it does).
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.weight = _GatherLoopGrad.apply(weight, self.pending) if weight.requires_grad else weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.weight.requires_grad:
+            return torch.nn.functional.linear(x, self.weight)
+        return _LoopLinear.apply(x, self.weight, self.pending)
+
+
 class LayerNormGRUCell(nn.Module):
     """GRU cell with layer norm on the fused gates (dreamerv2 ``GRUCell(norm=True)``).
 
@@ -361,8 +423,11 @@ class LayerNormGRUCell(nn.Module):
         self.linear = nn.Linear(in_dim + size, 3 * size, bias=False)
         self.norm = nn.LayerNorm(3 * size, eps=1e-3)  # tf LayerNormalization default eps 1e-3
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        parts = self.norm(self.linear(torch.cat([x, state], -1)))
+    def forward(self, x: torch.Tensor, state: torch.Tensor,
+                linear: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``linear`` replaces the gates' linear layer (same weight; ``RSSM.observe`` passes a
+        :class:`LoopWeight`'s)."""
+        parts = self.norm((linear or self.linear)(torch.cat([x, state], -1)))
         reset, cand, update = parts.split(self.size, -1)
         reset = torch.sigmoid(reset)
         cand = torch.tanh(reset * cand)

@@ -19,12 +19,13 @@ evaluation and the analysis layer all call it.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
-from .nets import LayerNormGRUCell, sample_categorical, straight_through_onehot
+from .nets import LayerNormGRUCell, LoopWeight, sample_categorical, straight_through_onehot
 
 
 class State(NamedTuple):
@@ -68,6 +69,7 @@ class RSSM(nn.Module):
         self.img_out = nn.Sequential(nn.Linear(deter, hidden), nn.ELU(), nn.Linear(hidden, stoch * classes))
         self.obs_out = nn.Sequential(nn.Linear(deter + embed_dim, hidden), nn.ELU(),
                                      nn.Linear(hidden, stoch * classes))
+        self._core_compiled = False
 
     # ---- state helpers --------------------------------------------------------------------
     @property
@@ -121,6 +123,7 @@ class RSSM(nn.Module):
         self._prior_core = torch.compile(self._prior_core, mode=mode, dynamic=False)
         self._post_core = torch.compile(self._post_core, mode=mode, dynamic=False)
         self._observe_core = torch.compile(self._observe_core, mode=mode, dynamic=False)
+        self._core_compiled = True  # observe's loop_weights path stays eager: it keeps the compiled core
 
     def obs_step(self, prev: State, prev_action: torch.Tensor, embed: torch.Tensor,
                  is_first: torch.Tensor, sample: bool = True) -> tuple[State, State]:
@@ -133,11 +136,16 @@ class RSSM(nn.Module):
 
     # ---- sequences ------------------------------------------------------------------------
     def observe(self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
-                state: State | None = None, sample: bool = True) -> tuple[State, State]:
+                state: State | None = None, sample: bool = True, loop_weights: bool = False
+                ) -> tuple[State, State]:
         """Posterior and prior over a sequence.
 
         embed ``[B, T, E]``, action ``[B, T, A]`` (``action[:, t]`` = a_{t-1}), is_first ``[B, T]``.
         Returns ``(post, prior)`` with leading dims ``[B, T]``.
+
+        ``loop_weights`` (the training loss; eager only): the four weights the loop uses at every step compute
+        their gradients once over all steps (:class:`~xdreamer.nets.LoopWeight`), for a backward that runs in
+        one call. Same numbers up to float rounding.
         """
         B, T = embed.shape[:2]
         assert action.shape[:2] == (B, T) and is_first.shape == (B, T), (embed.shape, action.shape, is_first.shape)
@@ -164,10 +172,18 @@ class RSSM(nn.Module):
             action_part, embed_part = action_part.float(), embed_part.float()
         deter, stoch = state.deter, state.stoch.flatten(-2)
         deters, posts, post_logits = [], [], []
+        if loop_weights and torch.is_grad_enabled() and not self._core_compiled:
+            weights = [w_in_stoch, self.gru.linear.weight, w_post_deter, self.obs_out[2].weight]
+            core = functools.partial(self._observe_core_loop,
+                                     *(LoopWeight(w.to(w_in_stoch.dtype)) for w in weights))  # autocast: cast once
+        else:
+            core = functools.partial(self._observe_core, w_in_stoch=w_in_stoch, w_post_deter=w_post_deter)
+        # unbind: one backward node for all steps' slices (indexing ``[:, t]`` adds a zero-filled [B, T, .]
+        # gradient per step)
+        action_parts, embed_parts, keeps = action_part.unbind(1), embed_part.unbind(1), keep.unbind(1)
         for t in range(T):
-            k = keep[:, t].unsqueeze(-1)
-            deter, logits = self._observe_core(stoch * k, deter * k, action_part[:, t], embed_part[:, t],
-                                               w_in_stoch, w_post_deter)
+            k = keeps[t].unsqueeze(-1)
+            deter, logits = core(stoch * k, deter * k, action_parts[t], embed_parts[t])
             post_stoch, logits = self._stoch_from_logits(logits, sample)
             stoch = post_stoch.flatten(-2)
             deters.append(deter)
@@ -177,6 +193,15 @@ class RSSM(nn.Module):
         prior_stoch, prior_logits = self._stoch_from_logits(self.img_out(deter), sample)
         post = State(deter, torch.stack(posts, 1), torch.stack(post_logits, 1))
         return post, State(deter, prior_stoch, prior_logits)
+
+    def _observe_core_loop(self, in_stoch: LoopWeight, gru: LoopWeight, post_deter: LoopWeight, post_out: LoopWeight,
+                           stoch: torch.Tensor, deter: torch.Tensor, action_part: torch.Tensor,
+                           embed_part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_observe_core`` with its four weights as :class:`LoopWeight` s (``observe(loop_weights=True)``)."""
+        hidden = self.img_in[1](in_stoch(stoch) + action_part)
+        deter = self.gru(hidden, deter, linear=gru)
+        hidden = self.obs_out[1](post_deter(deter) + embed_part)
+        return deter, post_out(hidden) + self.obs_out[2].bias
 
     def _observe_core(self, stoch: torch.Tensor, deter: torch.Tensor, action_part: torch.Tensor,
                       embed_part: torch.Tensor, w_in_stoch: torch.Tensor, w_post_deter: torch.Tensor

@@ -103,7 +103,7 @@ class WorldModel(nn.Module):
         cfg = self.cfg
         inp = self.preprocess(data)
         embed = self.encode(inp["image"], batch_stats=True)
-        post, prior = self.rssm.observe(embed, inp["action"], inp["is_first"])
+        post, prior = self.rssm.observe(embed, inp["action"], inp["is_first"], loop_weights=True)
         kl_loss, kl_value = self.rssm.kl_loss(post, prior, cfg.kl_balance, cfg.kl_free, cfg.kl_free_avg)
         feat = self.rssm.get_feat(post)
         # Unit-variance Gaussian image likelihood: -log p = 0.5 * sum (x - mu)^2 + const (const dropped).
