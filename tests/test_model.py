@@ -140,14 +140,22 @@ def _graph_has(fn, name: str) -> bool:
 
 
 @pytest.mark.parametrize("precision", ["float64", "bfloat16"])
-def test_loop_weight_gradient_equals_autograd(debug_cfg, toy_spec, precision):
+def test_loop_weight_gradient_equals_autograd(debug_cfg, toy_spec, precision, monkeypatch):
     """``observe(loop_weights=True)`` (the training loss) computes the gradients of the four weights its loop uses
     at every step once over all steps (``nets.LoopWeight``): the same outputs and gradients (of every parameter,
     the embedding and the actions) as autograd's per-step ones. float64 to rounding; under bfloat16 autocast to
-    bfloat16 precision."""
+    bfloat16 precision. Models below ``LOOP_WEIGHTS_MIN_GRU`` (like this debug one) keep the per-step path."""
+    from xdreamer import rssm as rssm_module
+
     torch.manual_seed(0)
     agent = Agent(debug_cfg, toy_spec)
     rssm = agent.wm.rssm
+    inp0 = agent.wm.preprocess(agent.to_torch(random_batch(toy_spec, 2, 3)))
+    with torch.enable_grad():
+        post, _ = rssm.observe(torch.randn(2, 3, agent.wm.encoder.out_dim), inp0["action"], inp0["is_first"],
+                               loop_weights=True)
+    assert not _graph_has(post.deter.grad_fn, "_GatherLoopGradBackward")  # below the size gate
+    monkeypatch.setattr(rssm_module, "LOOP_WEIGHTS_MIN_GRU", 0)
     inp = agent.wm.preprocess(agent.to_torch(random_batch(toy_spec, 3, 7)))
     inp["is_first"][:, 4] = 1.0  # a reset mid-sequence
     embed = torch.randn(3, 7, agent.wm.encoder.out_dim)

@@ -166,13 +166,13 @@ def min_and_median_ms(fn: Callable[[], Any], repeats: int) -> str:
     return f"min {1e3 * min(times):.1f} ms, median {1e3 * sorted(times)[repeats // 2]:.1f} ms"
 
 
-def alternating_updates(variants: dict[str, Callable[[], None]], rounds: int, preset: str = "atari",
+def alternating_updates(variants: dict[str, Callable[[Any], None]], rounds: int, preset: str = "atari",
                         warmup: int = 6) -> dict[str, list[float]]:
     """World-model seconds of paper-size updates (``bench_agent(preset, "float32")``) under each variant, in one
     process: ``warmup`` updates, then ``rounds`` rounds of one update per variant in alternating order (forward on
-    even rounds, reversed on odd ones), each preceded by its variant's switch function. Alternating in one process
-    keeps the heap and the VM's load the same for all variants. Prints the mean, median and min per variant; the
-    caller restores what the switches changed."""
+    even rounds, reversed on odd ones), each preceded by its variant's switch function, called with the agent.
+    Alternating in one process keeps the heap and the VM's load the same for all variants. Prints the mean, median
+    and min per variant; the caller restores what the switches changed."""
     agent, batch = bench_agent(preset, "float32")
     for _ in range(warmup):
         agent.train_step(batch())
@@ -180,7 +180,7 @@ def alternating_updates(variants: dict[str, Callable[[], None]], rounds: int, pr
     order = list(variants.items())
     for r in range(rounds):
         for name, switch in order if r % 2 == 0 else order[::-1]:
-            switch()
+            switch(agent)
             agent.train_step(batch())
             seconds[name].append(agent.last_timings["model_s"])
     for name, s in seconds.items():

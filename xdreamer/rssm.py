@@ -51,6 +51,13 @@ def stack_states(states: list[State], dim: int = 1) -> State:
     return State(*(torch.stack(parts, dim) for parts in zip(*states)))
 
 
+# ``observe(loop_weights=True)`` applies from this many entries in the GRU's gate weight on. Measured in alternating
+# updates on a 2-core AVX2 EPYC (docs/experiments/loop_weights.py): paper size (1800 x 1200 = 2.16 M) world model
+# 4.77 -> 4.65 s and 5.27 -> 5.15 s; the small preset (600 x 400 = 0.24 M) 0.538 -> 0.540 s, toy (0.1 M)
+# 0.164 -> 0.166 s and debug 0.059 -> 0.062 s, where a step's weights are too small for the gathered gradient to
+# pay for the extra Python calls per step.
+LOOP_WEIGHTS_MIN_GRU = 1_000_000
+
 Policy = Callable[[torch.Tensor], torch.Tensor]  # feat [B, F] -> action [B, A]
 Intervention = Callable[[int, State], State]  # (step index 1..H, prior state) -> state
 
@@ -145,7 +152,7 @@ class RSSM(nn.Module):
 
         ``loop_weights`` (the training loss; eager only): the four weights the loop uses at every step compute
         their gradients once over all steps (:class:`~xdreamer.nets.LoopWeight`), for a backward that runs in
-        one call. Same numbers up to float rounding.
+        one call. Same numbers up to float rounding. Only for large models (``LOOP_WEIGHTS_MIN_GRU``).
         """
         B, T = embed.shape[:2]
         assert action.shape[:2] == (B, T) and is_first.shape == (B, T), (embed.shape, action.shape, is_first.shape)
@@ -172,7 +179,8 @@ class RSSM(nn.Module):
             action_part, embed_part = action_part.float(), embed_part.float()
         deter, stoch = state.deter, state.stoch.flatten(-2)
         deters, posts, post_logits = [], [], []
-        if loop_weights and torch.is_grad_enabled() and not self._core_compiled:
+        if (loop_weights and torch.is_grad_enabled() and not self._core_compiled
+                and self.gru.linear.weight.numel() >= LOOP_WEIGHTS_MIN_GRU):
             weights = [w_in_stoch, self.gru.linear.weight, w_post_deter, self.obs_out[2].weight]
             core = functools.partial(self._observe_core_loop,
                                      *(LoopWeight(w.to(w_in_stoch.dtype)) for w in weights))  # autocast: cast once

@@ -48,7 +48,7 @@ def update(rounds: int) -> None:
     split = nets.split_backward_applies
 
     def use(rule):
-        return lambda: setattr(nets, "split_backward_applies", rule)
+        return lambda agent: setattr(nets, "split_backward_applies", rule)
     try:
         alternating_updates({"one call": use(lambda x: False), "split": use(split)}, rounds)
     finally:

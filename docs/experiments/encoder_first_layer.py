@@ -62,7 +62,7 @@ def update(rounds: int) -> None:
     new_forward = nets.ConvEncoder.forward
 
     def use(forward):
-        return lambda: setattr(nets.ConvEncoder, "forward", forward)
+        return lambda agent: setattr(nets.ConvEncoder, "forward", forward)
     try:
         alternating_updates({"old": use(old_forward), "new": use(new_forward)}, rounds)
     finally:
