@@ -2,6 +2,7 @@
 
     python docs/experiments/paper_updates.py [WARMUP] [TIMED]        # default 6 warm-up, 4 timed updates
     python docs/experiments/paper_updates.py 0 8 elu                 # + the decoder's last ELU backward per update
+    python docs/experiments/paper_updates.py 4 5 json                # + a JSON line of the numbers, printed last
 
 Prints the mean and min seconds per update, the world-model and behaviour parts and the minor page faults of each
 timed update. Lighter than ``python -m xdreamer.bench preset atari ...`` (no FLOP count, analysis or replay), for
@@ -10,6 +11,7 @@ transparent huge pages) against the default, docs/benchmarks.md (2026-12-01, fou
 decoder's last ELU (``[800, 48, 30, 30]``) runs through an equivalent ``autograd.Function`` that times its backward
 and counts the minor page faults inside it, printed per update (warm-up updates included).
 """
+import json
 import resource
 import sys
 import time
@@ -67,3 +69,7 @@ if elu_log:
     print("decoder's last ELU backward per update (ms, minor page faults):", elu_log)
 print(f"update {np.mean(total):.2f} s (min {min(total):.2f}), world model {np.mean(model):.2f} s, "
       f"behaviour {np.mean(behavior):.2f} s, minor page faults per update {faults}")
+if "json" in sys.argv[3:]:  # one machine-readable line last (docs/experiments/peer_vs_xdreamer.py reads it)
+    print(json.dumps({"seconds_per_update": round(float(np.mean(total)), 3), "min_seconds": round(min(total), 3),
+                      "each": [round(t, 2) for t in total], "world_model_s": round(float(np.mean(model)), 3),
+                      "behaviour_s": round(float(np.mean(behavior)), 3), "minor_page_faults": faults}))
