@@ -9,11 +9,11 @@ same time: they share the cores). Writes every run's numbers and the per-round r
 (peer / xdreamer) to OUT, atomically. About 2.5 minutes per round on a 2-core CPU.
 """
 import json
-import os
 import pathlib
 import subprocess
 import sys
-import tempfile
+
+from xdreamer.checkpoint import atomic_write_text
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -39,9 +39,7 @@ def main() -> None:
               f"{ratio:.2f}x", flush=True)
     doc = {"peer": "sheeprl 0.8.4 dreamer_v2 (docs/experiments/peer_sheeprl.py 3 5)",
            "xdreamer": "atari preset, float32 (docs/experiments/paper_updates.py 4 5 json)", "runs": runs}
-    with tempfile.NamedTemporaryFile("w", dir=out.parent or ".", delete=False, suffix=".tmp") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(f.name, out)
+    atomic_write_text(out, json.dumps(doc, indent=1) + "\n")
     print(f"wrote {out}")
 
 
