@@ -139,6 +139,40 @@ def _graph_has(fn, name: str) -> bool:
     return False
 
 
+def test_elu_saves_its_result_and_matches_f_elu():
+    """nets.ELU runs in place on a fresh intermediate (autograd then keeps the result: EluBackward1) with F.elu's
+    values and gradients; on a view, without gradients or with in_place off it is F.elu and leaves its input alone."""
+    from xdreamer.nets import ELU
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 32, dtype=torch.float64, requires_grad=True)
+    lin = torch.nn.Linear(32, 48).double()
+    g = torch.randn(64, 48, dtype=torch.float64)
+    ref = torch.nn.functional.elu(lin(x))
+    ref_grads = torch.autograd.grad(ref, (x, lin.weight), g)
+    pre = lin(x)
+    got = ELU()(pre)
+    assert got.data_ptr() == pre.data_ptr() and type(got.grad_fn).__name__ == "EluBackward1"
+    assert torch.equal(got, ref)
+    for a, b in zip(torch.autograd.grad(got, (x, lin.weight), g), ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+    view = lin(x).t()  # a view: in place would make autograd copy the base's gradient
+    out = ELU()(view)
+    assert out.data_ptr() != view.data_ptr() and type(out.grad_fn).__name__ == "EluBackward0"
+    with torch.no_grad():
+        pre = lin(x)
+        kept = pre.clone()
+        ELU()(pre)
+        assert torch.equal(pre, kept)
+    try:
+        ELU.in_place = False
+        pre = lin(x)
+        assert type(ELU()(pre).grad_fn).__name__ == "EluBackward0"
+    finally:
+        ELU.in_place = True
+
+
 @pytest.mark.parametrize("precision", ["float64", "bfloat16"])
 def test_loop_weight_gradient_equals_autograd(debug_cfg, toy_spec, precision, monkeypatch):
     """``observe(loop_weights=True)`` (the training loss) computes the gradients of the four weights its loop uses

@@ -134,7 +134,7 @@ def bench_agent(preset: str, precision: str = "float32"):
     from .training import configure_cpu
 
     configure_cpu()
-    cfg = build_config([preset], {"precision": precision})
+    cfg = build_config(preset.split("+"), {"precision": precision})  # "small+toy": presets applied in order
     spec = EnvSpec(id="atari:Pong", obs_shape=(1, 64, 64), discrete=True, num_actions=6,
                    action_names=("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"),
                    object_names=(), can_branch=True, max_steps=cfg.time_limit)
@@ -168,7 +168,7 @@ def min_and_median_ms(fn: Callable[[], Any], repeats: int) -> str:
 
 def alternating_updates(variants: dict[str, Callable[[Any], None]], rounds: int, preset: str = "atari",
                         warmup: int = 6) -> dict[str, list[float]]:
-    """World-model seconds of paper-size updates (``bench_agent(preset, "float32")``) under each variant, in one
+    """World-model seconds of updates (``bench_agent(preset, "float32")``, paper size by default) under each variant, in one
     process: ``warmup`` updates, then ``rounds`` rounds of one update per variant in alternating order (forward on
     even rounds, reversed on odd ones), each preceded by its variant's switch function, called with the agent.
     Alternating in one process keeps the heap and the VM's load the same for all variants. Prints the mean, median
@@ -177,14 +177,19 @@ def alternating_updates(variants: dict[str, Callable[[Any], None]], rounds: int,
     for _ in range(warmup):
         agent.train_step(batch())
     seconds: dict[str, list[float]] = {name: [] for name in variants}
+    behaviour: dict[str, list[float]] = {name: [] for name in variants}
     order = list(variants.items())
     for r in range(rounds):
         for name, switch in order if r % 2 == 0 else order[::-1]:
             switch(agent)
             agent.train_step(batch())
             seconds[name].append(agent.last_timings["model_s"])
+            behaviour[name].append(agent.last_timings["behavior_s"])
     for name, s in seconds.items():
-        print(f"{name}: world model mean {np.mean(s):.3f} s, median {np.median(s):.3f} s, min {min(s):.3f} s")
+        total = np.add(s, behaviour[name])
+        print(f"{name}: world model mean {np.mean(s):.3f} s, median {np.median(s):.3f} s, min {min(s):.3f} s; "
+              f"behaviour mean {np.mean(behaviour[name]):.3f} s; both mean {total.mean():.3f} s, "
+              f"median {np.median(total):.3f} s")
     return seconds
 
 

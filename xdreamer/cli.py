@@ -98,7 +98,13 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from .bench import run_benchmark
+    from .config import PRESETS, ConfigError
 
+    for preset in args.presets:  # fail here, not in the benchmark's subprocess minutes later
+        unknown = [name for name in preset.split("+") if name not in PRESETS]
+        if unknown:
+            raise ConfigError(f"unknown preset {unknown[0]!r} in --presets {preset!r}; known presets: "
+                              f"{', '.join(PRESETS)} (join several with +, e.g. small+toy)")
     results = run_benchmark(args.presets, args.out, repeats=args.repeats, precisions=tuple(args.precision),
                             compiles=tuple(args.compile), profile=args.profile)
     print(json.dumps(results, indent=2))
@@ -166,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("bench", help="measure update and env speed; writes JSON")
-    p.add_argument("--presets", nargs="+", default=["atari", "small", "debug"])
+    p.add_argument("--presets", nargs="+", default=["atari", "small", "debug"],
+                   help="presets to measure, each one name or several joined by + in the order applied "
+                        "(small+toy: the toy-game learning preset)")
     p.add_argument("--repeats", type=int, default=3, help="timed updates per preset")
     p.add_argument("--precision", nargs="+", default=["float32"], choices=PRECISIONS,
                    help="precisions to measure (bfloat16 = CPU/CUDA autocast)")

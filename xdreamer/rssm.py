@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from .nets import LayerNormGRUCell, LoopWeight, sample_categorical, straight_through_onehot
+from .nets import ELU, LayerNormGRUCell, LoopWeight, sample_categorical, straight_through_onehot
 
 
 class State(NamedTuple):
@@ -71,10 +71,10 @@ class RSSM(nn.Module):
         # probabilities never reach 0 or 1; 0.0 is DreamerV2.
         self.unimix = unimix
         self.action_dim = action_dim
-        self.img_in = nn.Sequential(nn.Linear(stoch * classes + action_dim, hidden), nn.ELU())
+        self.img_in = nn.Sequential(nn.Linear(stoch * classes + action_dim, hidden), ELU())
         self.gru = LayerNormGRUCell(hidden, deter)
-        self.img_out = nn.Sequential(nn.Linear(deter, hidden), nn.ELU(), nn.Linear(hidden, stoch * classes))
-        self.obs_out = nn.Sequential(nn.Linear(deter + embed_dim, hidden), nn.ELU(),
+        self.img_out = nn.Sequential(nn.Linear(deter, hidden), ELU(), nn.Linear(hidden, stoch * classes))
+        self.obs_out = nn.Sequential(nn.Linear(deter + embed_dim, hidden), ELU(),
                                      nn.Linear(hidden, stoch * classes))
         self._core_compiled = False
 
