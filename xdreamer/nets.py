@@ -43,9 +43,10 @@ class ELU(nn.ELU):
     makes autograd copy the base's whole gradient), or inside a compiled graph (Inductor fuses the ELU itself), it is
     ``F.elu``.
 
-    Measured on a 2-core AMD EPYC (AVX2), float32, ``elu_backward`` alone: ``[12800, 400]`` 3.8 -> 1.7 ms,
-    ``[256, 128]`` 67 -> 25 us, ``[800, 48, 30, 30]`` 24 -> 14 ms; the forward takes the same time either way
-    (docs/benchmarks.md). The gradient differs from ``F.elu``'s by float rounding (``y + 1`` for ``exp(x)``).
+    Measured on a 2-core AMD EPYC (AVX2), float32 (``python docs/experiments/elu_result.py layer|update``):
+    ``elu_backward`` alone ``[12800, 400]`` 3.8 -> 2.1 ms, ``[256, 128]`` 51 -> 16 us, ``[800, 48, 30, 30]`` 25 -> 11
+    ms, the forward the same either way; whole paper-size updates, alternated (10 rounds, two runs), 8.19 -> 7.49 s
+    and 7.99 -> 7.56 s, and the peak RSS of ``xdreamer bench``'s paper-size run 2.5 -> 2.0 GB (docs/benchmarks.md). The gradient differs from ``F.elu``'s by float rounding (``y + 1`` for ``exp(x)``).
     ``ELU.in_place = False`` restores ``F.elu`` everywhere (for A/B timing)."""
 
     in_place = True

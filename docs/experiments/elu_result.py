@@ -1,14 +1,24 @@
-"""ELU whose backward uses its result (``nets.ELU``, in place) against ``F.elu``, inside whole updates.
+"""ELU whose backward uses its result (``nets.ELU``, in place) against ``F.elu``.
 
-    python docs/experiments/elu_result.py ROUNDS [PRESET]
+    python docs/experiments/elu_result.py layer
+    python docs/experiments/elu_result.py update ROUNDS [PRESET]
 
-Alternates the two in one process, update by update (``bench.alternating_updates``), at paper size by default
-or at ``PRESET`` (e.g. ``small+toy``, the learning test's preset), float32. Prints world model, behaviour and both.
+``layer``: ``elu_backward`` from the input (``F.elu``'s autograd) and from the result (``nets.ELU``'s) on the
+update's ELU shapes, and the forward out of place and in place; min and median of 20 calls (the paper-size conv
+shape is allocated once, so no page faults).
+``update``: the two alternated in one process, update by update (``bench.alternating_updates``), at paper size by
+default or at ``PRESET`` (e.g. ``small+toy``, the learning test's preset), float32; prints world model, behaviour
+and both.
 """
 
 import sys
+import time
+
+import torch
+import torch.nn.functional as F
 
 from xdreamer import bench, nets
+from xdreamer.training import configure_cpu
 
 
 def use(in_place: bool):
@@ -17,11 +27,41 @@ def use(in_place: bool):
     return switch
 
 
+def min_median_us(fn, repeats: int = 20) -> str:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return f"min {1e6 * min(times):.0f} us, median {1e6 * sorted(times)[repeats // 2]:.0f} us"
+
+
+def layer() -> None:
+    configure_cpu()
+    torch.manual_seed(0)
+    for shape in [(256, 128), (4096, 128), (12800, 400), (800, 48, 30, 30)]:
+        x = torch.randn(shape)
+        y, g = F.elu(x), torch.randn(shape)
+        buf = x.clone()
+        bwd = torch.ops.aten.elu_backward
+        print(shape,
+              f"backward from input: {min_median_us(lambda: bwd(g, 1.0, 1, 1.0, False, x))};",
+              f"from result: {min_median_us(lambda: bwd(g, 1.0, 1, 1.0, True, y))};",
+              f"forward: {min_median_us(lambda: F.elu(x))};",
+              f"in place: {min_median_us(lambda: F.elu_(buf.copy_(x)))} (with a copy)")
+
+
 if __name__ == "__main__":
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    preset = sys.argv[2] if len(sys.argv) > 2 else "atari"
-    try:
-        bench.alternating_updates({"F.elu": use(False), "ELU in place": use(True)}, rounds, preset,
-                                  warmup=6 if preset == "atari" else 20)
-    finally:
-        nets.ELU.in_place = True
+    if sys.argv[1:2] == ["layer"]:
+        layer()
+    elif sys.argv[1:2] == ["update"]:
+        rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+        preset = sys.argv[3] if len(sys.argv) > 3 else "atari"
+        try:
+            bench.alternating_updates({"F.elu": use(False), "ELU in place": use(True)}, rounds, preset,
+                                      warmup=6 if preset == "atari" else 20)
+        finally:
+            nets.ELU.in_place = True
+    else:
+        sys.exit(__doc__)
