@@ -141,7 +141,8 @@ def _graph_has(fn, name: str) -> bool:
 
 def test_elu_saves_its_result_and_matches_f_elu():
     """nets.ELU runs in place on a fresh intermediate (autograd then keeps the result: EluBackward1) with F.elu's
-    values and gradients; on a view, without gradients or with in_place off it is F.elu and leaves its input alone."""
+    values and gradients; on a view, without gradients, with hooks or with in_place off it is F.elu and leaves its input
+    alone."""
     from xdreamer.nets import ELU
 
     torch.manual_seed(0)
@@ -165,6 +166,12 @@ def test_elu_saves_its_result_and_matches_f_elu():
         kept = pre.clone()
         ELU()(pre)
         assert torch.equal(pre, kept)
+    hooked, seen = ELU(), []
+    hooked.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    pre = lin(x)
+    kept = pre.detach().clone()
+    hooked(pre)
+    assert torch.equal(seen[0], kept)  # a hook (Captum's DeepLift) sees the input it was given
     try:
         ELU.in_place = False
         pre = lin(x)

@@ -40,8 +40,8 @@ class ELU(nn.ELU):
     (``elu_``), and its backward then takes the gradient as ``grad * (y + 1)`` where ``y <= 0`` instead of
     recomputing ``exp(x)``; the pre-activation is not kept either. Only for inputs that nothing else reads: every
     use in this package follows a linear layer, a conv or a sum. Without gradients, or on a view (in-place on a view
-    makes autograd copy the base's whole gradient), or inside a compiled graph (Inductor fuses the ELU itself), it is
-    ``F.elu``.
+    makes autograd copy the base's whole gradient), inside a compiled graph (Inductor fuses the ELU itself), or with
+    hooks on the module (Captum's DeepLift reads the input the module saw), it is ``F.elu``.
 
     Measured on a 2-core AMD EPYC (AVX2), float32 (``python docs/experiments/elu_result.py layer|update``):
     ``elu_backward`` alone ``[12800, 400]`` 3.8 -> 2.1 ms, ``[256, 128]`` 51 -> 16 us, ``[800, 48, 30, 30]`` 25 -> 11
@@ -52,7 +52,8 @@ class ELU(nn.ELU):
     in_place = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        if self.in_place and not torch.compiler.is_compiling() and x.grad_fn is not None and not x._is_view():
+        if (self.in_place and not torch.compiler.is_compiling() and x.grad_fn is not None and not x._is_view()
+                and not (self._forward_hooks or self._forward_pre_hooks or self._backward_hooks)):
             return torch.nn.functional.elu_(x)
         return torch.nn.functional.elu(x)
 
