@@ -168,11 +168,12 @@ def min_and_median_ms(fn: Callable[[], Any], repeats: int) -> str:
 
 def alternating_updates(variants: dict[str, Callable[[Any], None]], rounds: int, preset: str = "atari",
                         warmup: int = 6) -> dict[str, list[float]]:
-    """World-model seconds of updates (``bench_agent(preset, "float32")``, paper size by default) under each variant, in one
-    process: ``warmup`` updates, then ``rounds`` rounds of one update per variant in alternating order (forward on
-    even rounds, reversed on odd ones), each preceded by its variant's switch function, called with the agent.
+    """World-model seconds of updates (``bench_agent(preset, "float32")``, paper size by default) under each
+    variant, in one process: ``warmup`` updates, then ``rounds`` rounds of one update per variant in alternating
+    order (forward on even rounds, reversed on odd ones), each preceded by its variant's switch function, called
+    with the agent.
     Alternating in one process keeps the heap and the VM's load the same for all variants. Prints the mean, median
-    and min per variant; the caller restores what the switches changed."""
+    and min per variant, and the behaviour's and both parts' too; the caller restores what the switches changed."""
     agent, batch = bench_agent(preset, "float32")
     for _ in range(warmup):
         agent.train_step(batch())

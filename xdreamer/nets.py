@@ -46,14 +46,16 @@ class ELU(nn.ELU):
     Measured on a 2-core AMD EPYC (AVX2), float32 (``python docs/experiments/elu_result.py layer|update``):
     ``elu_backward`` alone ``[12800, 400]`` 3.8 -> 2.1 ms, ``[256, 128]`` 51 -> 16 us, ``[800, 48, 30, 30]`` 25 -> 11
     ms, the forward the same either way; whole paper-size updates, alternated (10 rounds, two runs), 8.19 -> 7.49 s
-    and 7.99 -> 7.56 s, and the peak RSS of ``xdreamer bench``'s paper-size run 2.5 -> 2.0 GB (docs/benchmarks.md). The gradient differs from ``F.elu``'s by float rounding (``y + 1`` for ``exp(x)``).
-    ``ELU.in_place = False`` restores ``F.elu`` everywhere (for A/B timing)."""
+    and 7.99 -> 7.56 s, and the peak RSS of ``xdreamer bench``'s paper-size run 2.5 -> 2.0 GB (docs/benchmarks.md).
+    The gradient differs from ``F.elu``'s by float rounding (``y + 1`` for ``exp(x)``). ``ELU.in_place = False``
+    restores ``F.elu`` everywhere (for A/B timing)."""
 
     in_place = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if (self.in_place and not torch.compiler.is_compiling() and x.grad_fn is not None and not x._is_view()
-                and not (self._forward_hooks or self._forward_pre_hooks or self._backward_hooks)):
+                and not (self._forward_hooks or self._forward_pre_hooks or self._backward_hooks
+                         or self._backward_pre_hooks)):
             return torch.nn.functional.elu_(x)
         return torch.nn.functional.elu(x)
 
