@@ -29,6 +29,9 @@ st.set_page_config(page_title="xdreamer explainer", layout="wide")
 # ---- cached computations (all analysis through xdreamer.explain) ---------------------------------
 @st.cache_resource(show_spinner="Loading the agent ...", max_entries=4)
 def load_agent(ckpt_key: tuple):
+    from xdreamer.training import configure_cpu
+
+    configure_cpu()  # kept freed memory, as `xdreamer train` and the CLI's analysis commands (xdreamer.cli.main)
     return checkpoint.load(ckpt_key[0], device="cpu")
 
 

@@ -340,6 +340,18 @@ def _cli(capsys, *argv):
     return code, out, err
 
 
+def test_cli_commands_configure_the_cpu_like_train(tmp_path, capsys, monkeypatch):
+    """Every command but `app` runs training.configure_cpu first (kept freed memory: analysis at paper size
+    page-faulted its large temporaries on every call without it)."""
+    import xdreamer.training
+
+    calls = []
+    monkeypatch.setattr(xdreamer.training, "configure_cpu", lambda: calls.append(1))
+    code, _, err = _cli(capsys, "eval", str(tmp_path / "missing-run"), "--episodes", "1")
+    assert code == 2 and "missing-run" in err
+    assert calls == [1]
+
+
 def test_cli_train_and_eval(tmp_path, capsys):
     code, out, err = _cli(capsys, "train", "--env", "toy:catch", "--preset", "debug", "--logdir",
                           str(tmp_path / "run"), "--no-progress", "--set", "steps=400")

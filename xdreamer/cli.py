@@ -223,6 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError
 
     try:
+        if args.func is not _app:  # `xdreamer app` only starts the Streamlit server, which configures itself
+            from .training import configure_cpu
+
+            # What `xdreamer train` does, for the analysis commands too: without kept freed memory a paper-size
+            # what-if page-faults its decoder's large temporaries on every call (34-35k faults, 0.55 against
+            # 0.45 s on a 2-core AVX2 EPYC; docs/experiments/whatif_malloc.py).
+            configure_cpu()
         return args.func(args)
     except (ValueError, ConfigError, CheckpointError, FileNotFoundError, NotImplementedError) as exc:
         print(f"xdreamer: error: {exc}", file=sys.stderr)

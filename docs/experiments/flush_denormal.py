@@ -2,8 +2,9 @@
 
     python docs/experiments/flush_denormal.py ROUNDS [PRESET]
 
-TensorFlow and XLA run CPU kernels with denormals flushed; PyTorch does not by default. If the update's numbers
-went denormal, flushing would make it faster. Default preset ``small+toy`` (the learning test's), float32.
+``training.configure_cpu`` (which ``bench_agent`` applies, as ``xdreamer train`` does) flushes denormals; an
+earlier session found CPU updates 2-3x slower early in training without it. This alternates the flush off and on
+over the benchmark's random batches. Default preset ``small+toy`` (the learning test's), float32.
 """
 
 import sys

@@ -43,9 +43,11 @@ class Job:
 
 def load_agent(path: str, device: str = "cpu"):
     from .. import checkpoint
+    from ..training import configure_cpu
 
     key = (str(path), str(device))
     if key not in _AGENTS:
+        configure_cpu()  # also in Ray workers, which are processes of their own (see xdreamer.cli.main)
         _AGENTS[key] = checkpoint.load(path, device=device)
     return _AGENTS[key]
 
