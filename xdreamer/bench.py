@@ -154,8 +154,8 @@ def bench_agent(preset: str, precision: str = "float32"):
     return agent, batch
 
 
-def min_and_median_ms(fn: Callable[[], Any], repeats: int) -> str:
-    """``"min X ms, median Y ms"`` over ``repeats`` calls of ``fn`` after one warm-up call (layer-level A/B in
+def min_and_median_s(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """``(min, median)`` seconds over ``repeats`` calls of ``fn`` after one warm-up call (layer-level A/B in
     ``docs/experiments``)."""
     fn()
     times = []
@@ -163,7 +163,13 @@ def min_and_median_ms(fn: Callable[[], Any], repeats: int) -> str:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return f"min {1e3 * min(times):.1f} ms, median {1e3 * sorted(times)[repeats // 2]:.1f} ms"
+    return min(times), sorted(times)[repeats // 2]
+
+
+def min_and_median_ms(fn: Callable[[], Any], repeats: int) -> str:
+    """``"min X ms, median Y ms"`` of :func:`min_and_median_s`."""
+    low, median = min_and_median_s(fn, repeats)
+    return f"min {1e3 * low:.1f} ms, median {1e3 * median:.1f} ms"
 
 
 def alternating_updates(variants: dict[str, Callable[[Any], None]], rounds: int, preset: str = "atari",

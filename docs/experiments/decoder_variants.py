@@ -16,13 +16,11 @@ batch's 800 frames, paper sizes.
 """
 
 import sys
-import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xdreamer import nets
+from xdreamer import bench, nets
 from xdreamer.training import configure_cpu
 
 
@@ -49,13 +47,8 @@ def matmul_fold(x, weight, bias):
 
 
 def timed(fn, repeats: int = 5) -> str:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return f"min {1e3 * min(times):.0f} ms, median {1e3 * np.median(times):.0f} ms"
+    low, median = bench.min_and_median_s(fn, repeats)
+    return f"min {1e3 * low:.0f} ms, median {1e3 * median:.0f} ms"
 
 
 def compare(layer: nets.PhaseConvTranspose2d, variant, name: str, height: int) -> None:
@@ -75,7 +68,6 @@ def compare(layer: nets.PhaseConvTranspose2d, variant, name: str, height: int) -
 
 
 def layers() -> None:
-    from xdreamer import bench
     from xdreamer.explain.dreams import dream
 
     agent, _ = bench.bench_agent("atari")

@@ -17,7 +17,6 @@ Not used by the package: it made no difference to whole updates (docs/benchmarks
 """
 
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -33,13 +32,8 @@ def use(in_place: bool):
 
 
 def min_median_us(fn, repeats: int = 20) -> str:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return f"min {1e6 * min(times):.0f} us, median {1e6 * sorted(times)[repeats // 2]:.0f} us"
+    low, median = bench.min_and_median_s(fn, repeats)
+    return f"min {1e6 * low:.0f} us, median {1e6 * median:.0f} us"
 
 
 def layer() -> None:
