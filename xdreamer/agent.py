@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -177,40 +178,71 @@ class Agent(nn.Module):
         """Whether the optimizers run PyTorch's fused AdamW (CPU and CUDA)."""
         return self.device.type in ("cpu", "cuda")
 
-    def _step(self, name: str, loss: torch.Tensor, params) -> torch.Tensor:
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{name} loss is not finite ({loss.item()}); lower the learning rate "
-                                     "or use --set precision=float32")
+    def _step(self, name: str, loss: torch.Tensor, params, skip: torch.Tensor) -> torch.Tensor:
+        """Backward and optimizer step for ``loss``; returns the gradient norm before clipping. ``skip`` (a 0/1
+        float tensor on the device) skips the parameter update when set. It is OR-ed in place with "this loss or
+        its gradient norm is not finite", without reading either value on the host."""
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-        opt.step()
+        skip.copy_(torch.maximum(skip, (~(torch.isfinite(loss) & torch.isfinite(norm))).float()))
+        if getattr(opt, "_step_supports_amp_scaling", False):
+            # The fused AdamW kernels skip the update (and undo the step count) where ``found_inf`` is set; this is
+            # the protocol torch.amp.GradScaler uses (torch/amp/grad_scaler.py, ``GradScaler.step``).
+            opt.grad_scale, opt.found_inf = None, skip
+            try:
+                opt.step()
+            finally:
+                del opt.grad_scale, opt.found_inf
+        elif not bool(skip):  # unfused optimizers (other device types): a host sync instead
+            opt.step()
         return norm
 
-    def train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
-        """One update of world model, actor and critic on a replay batch ``[B, T]``."""
+    def device_update(self, data: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One update of world model, actor and critic on a batch already on the device (``to_torch``): the
+        metrics as 0-d tensors, and ``"skipped"``, 1 where a non-finite loss or gradient norm skipped that
+        optimizer step and the later ones of this update. Reads no value on the host (no device synchronisation),
+        so a GPU never waits for the CPU inside it; ``tests/test_model.py`` runs it on the meta device to check."""
         if not self.optimizers:
             self.init_optimizers()
         if self.updates % self.cfg.slow_target_update == 0:
             self.ac.update_target()
         t0 = time.perf_counter()
-        data = self.to_torch(batch)
+        skip = torch.zeros((), device=self.device)
         self.train()
         with self.autocast():
             model_loss, post, metrics = self.wm.loss(data)
-        metrics["model_grad_norm"] = self._step("model", model_loss, self.wm.parameters())
+        metrics["model_grad_norm"] = self._step("model", model_loss, self.wm.parameters(), skip)
         middle = time.perf_counter()
         start = post.detach().map(lambda x: x.flatten(0, 1).float())
         is_terminal = data["is_terminal"].flatten(0, 1)
         with frozen(self.wm), self.autocast():
             actor_loss, critic_loss, ac_metrics = self.ac.loss(self.wm, start, is_terminal)
         metrics.update(ac_metrics)
-        metrics["actor_grad_norm"] = self._step("actor", actor_loss, self.ac.actor.parameters())
-        metrics["critic_grad_norm"] = self._step("critic", critic_loss, self.ac.critic.parameters())
-        self.updates += 1
+        metrics["actor_grad_norm"] = self._step("actor", actor_loss, self.ac.actor.parameters(), skip)
+        metrics["critic_grad_norm"] = self._step("critic", critic_loss, self.ac.critic.parameters(), skip)
+        metrics["skipped"] = skip
         self.last_timings = {"model_s": middle - t0, "behavior_s": time.perf_counter() - middle}
-        return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in metrics.items()}
+        return {k: (v.detach() if torch.is_tensor(v) else torch.tensor(v, device=self.device)).float().reshape(())
+                for k, v in metrics.items()}
+
+    def train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
+        """One update of world model, actor and critic on a replay batch ``[B, T]`` (``device_update``); returns
+        its metrics as floats, read from the device in one transfer.
+
+        A non-finite loss or gradient norm raises ``FloatingPointError``. Its optimizer step and the later ones of
+        the update were skipped, so every parameter and optimizer state is as before the failing step."""
+        metrics = self.device_update(self.to_torch(batch))
+        values = dict(zip(metrics, torch.stack(list(metrics.values())).tolist()))  # the update's one host sync
+        if values.pop("skipped"):
+            name = next((k for part in ("model", "actor", "critic") for k in (f"{part}_loss", f"{part}_grad_norm")
+                         if not math.isfinite(values[k])), "a loss")
+            raise FloatingPointError(f"{name.replace('_', ' ')} is not finite ({values.get(name)}), so this update's "
+                                     "optimizer steps from there on were skipped; lower the learning rate or use "
+                                     "--set precision=float32")
+        self.updates += 1
+        return values
 
     # ---- (de)serialisation of the learnable state -----------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:

@@ -19,7 +19,8 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Independent, Normal, OneHotCategorical, TanhTransform, TransformedDistribution
+from torch.distributions import (Categorical, Independent, Normal, OneHotCategorical, TanhTransform,
+                                 TransformedDistribution)
 
 from .config import Config
 from .nets import MLP, sample_categorical, straight_through_onehot
@@ -44,6 +45,17 @@ def lambda_return(reward: torch.Tensor, value: torch.Tensor, discount: torch.Ten
     return torch.stack(returns[::-1], 1)
 
 
+class OneHot(OneHotCategorical):
+    """``OneHotCategorical(logits=...)`` with no argument checks, those of its inner ``Categorical`` included: torch
+    builds that one without passing ``validate_args``, so by default it checks the logits, a host sync (a GPU stall)
+    at every imagination step. ``tests/test_model.py`` runs updates on the meta device, where a sync fails."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self._categorical = Categorical(logits=logits, validate_args=False)
+        super(OneHotCategorical, self).__init__(self._categorical.batch_shape, self._categorical.param_shape[-1:],
+                                                validate_args=False)
+
+
 class Actor(nn.Module):
     """feat -> action distribution: one-hot categorical (discrete) or tanh-Normal (continuous).
 
@@ -64,7 +76,7 @@ class Actor(nn.Module):
     def distribution(self, out: torch.Tensor) -> torch.distributions.Distribution:
         """The action distribution from the network's output ``self.net(feat)``."""
         if self.discrete:
-            return OneHotCategorical(logits=out, validate_args=False)
+            return OneHot(out)
         mean, std = out.chunk(2, -1)
         std = 2 * torch.sigmoid(std / 2) + self.min_std  # dreamerv2 trunc_normal std parameterisation
         base = Normal(mean, std, validate_args=False)

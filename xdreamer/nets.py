@@ -14,6 +14,15 @@ import torch
 from torch import nn
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast casts to on ``device``'s type, or None where it is off or the device type has no autocast
+    (``torch.is_autocast_enabled("meta")`` raises; tests/test_model.py runs updates on the meta device)."""
+    kind = device.type
+    if not torch.amp.is_autocast_available(kind) or not torch.is_autocast_enabled(kind):
+        return None
+    return torch.get_autocast_dtype(kind)
+
+
 def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
     """Indices of one categorical sample per row of ``probs`` ``[..., K]`` (no gradient).
 
@@ -291,7 +300,7 @@ class PhaseConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         impl = self.impl
         if impl == "auto":
-            bf16 = x.dtype == torch.bfloat16 or torch.is_autocast_enabled(x.device.type)
+            bf16 = x.dtype == torch.bfloat16 or autocast_dtype(x.device) is not None
             if x.shape[-2:] == (1, 1):
                 impl = "phases"
             elif bf16 and x.device.type == "cpu" and _cpu_has_amx():

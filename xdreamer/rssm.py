@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from .nets import ELU, LayerNormGRUCell, LoopWeight, sample_categorical, straight_through_onehot
+from .nets import ELU, LayerNormGRUCell, autocast_dtype, LoopWeight, sample_categorical, straight_through_onehot
 
 
 class State(NamedTuple):
@@ -171,10 +171,10 @@ class RSSM(nn.Module):
                                            in_linear.bias)  # [B, T, hidden]
         w_post_deter = post_linear.weight[:, :self.deter_size]
         embed_part = nn.functional.linear(embed, post_linear.weight[:, self.deter_size:], post_linear.bias)
-        if torch.is_autocast_enabled(embed.device.type):
+        low = autocast_dtype(embed.device)
+        if low is not None:
             # Cast the weight slices once, not once per step, and keep the precomputed shares in float32 so
             # that the two partial products are summed at full precision, as inside the one matmul they split.
-            low = torch.get_autocast_dtype(embed.device.type)
             w_in_stoch, w_post_deter = w_in_stoch.to(low), w_post_deter.to(low)
             action_part, embed_part = action_part.float(), embed_part.float()
         deter, stoch = state.deter, state.stoch.flatten(-2)
