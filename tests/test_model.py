@@ -1,6 +1,7 @@
 """World model and actor-critic: shapes, gradients, KL balancing, lambda-returns, sequence == steps."""
 
 import contextlib
+import copy
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 from conftest import random_batch
 from xdreamer.agent import Agent
 from xdreamer.behavior import lambda_return
+from xdreamer.config import build_config
 from xdreamer.rssm import RSSM, State
 
 
@@ -264,6 +266,87 @@ def test_train_step_finite_and_changes_params(debug_cfg, toy_spec):
     after = agent.state_dict()
     for prefix in ("wm.encoder", "wm.rssm", "wm.decoder", "ac.actor", "ac.critic."):
         assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(prefix)), prefix
+
+
+def _on_meta(agent) -> None:
+    """Move ``agent``'s parameters and buffers to the meta device (shapes only, no values)."""
+    def meta(t):
+        return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+
+    for module in agent.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None:
+                module._parameters[name] = torch.nn.Parameter(meta(p.detach()), requires_grad=p.requires_grad)
+        for name, b in list(module._buffers.items()):
+            if b is not None:
+                module._buffers[name] = meta(b)
+    agent.device = torch.device("meta")
+
+
+class _MetaSGD(torch.optim.Optimizer):
+    """Plain SGD that honours ``found_inf`` like the fused AdamW kernels (which do not run on meta tensors)."""
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params):
+        super().__init__(params, {"lr": 1e-3})
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.sub_(p.grad * (1 - self.found_inf) * group["lr"])  # every trained parameter has a gradient
+
+
+@pytest.mark.parametrize("preset,discrete", [("debug", True), ("atari", True), ("debug", False), ("toy", True)])
+def test_update_runs_on_the_meta_device_without_host_syncs(preset, discrete):
+    """The whole update (world model, imagination, actor and critic, optimizer steps) on the meta device, which has
+    shapes but no values: a tensor made on another device fails it, and so does every read of a value on the host
+    (``.item()``, ``bool(t)``, a distribution validating its arguments), i.e. a point where a GPU would wait for the
+    CPU. ``atari`` is the paper size (the observe loop's ``LoopWeight`` path); ``debug`` continuous is MuJoCo's
+    tanh-Normal actor; ``toy`` has the batch-normalised embedding."""
+    from xdreamer.envs import EnvSpec
+
+    cfg = build_config([preset], {})
+    spec = (EnvSpec(id="x", obs_shape=(1, 64, 64), discrete=True, num_actions=6) if discrete
+            else EnvSpec(id="x", obs_shape=(3, 64, 64), discrete=False, num_actions=4))
+    agent = Agent(cfg, spec, device="cpu")
+    _on_meta(agent)
+    agent.optimizers = {"model": _MetaSGD(agent.wm.parameters()), "actor": _MetaSGD(agent.ac.actor.parameters()),
+                        "critic": _MetaSGD(agent.ac.critic.parameters())}
+    B, T = cfg.batch, cfg.length
+    flags = torch.zeros(B, T, dtype=torch.bool, device="meta")
+    data = {"image": torch.zeros(B, T, *spec.obs_shape, dtype=torch.uint8, device="meta"),
+            "action": (torch.zeros(B, T, dtype=torch.int32, device="meta") if discrete
+                       else torch.zeros(B, T, spec.num_actions, device="meta")),
+            "reward": torch.zeros(B, T, device="meta"), "is_first": flags, "is_last": flags, "is_terminal": flags}
+    metrics = agent.device_update(data)
+    assert {"model_loss", "actor_loss", "critic_loss", "model_grad_norm", "skipped"} <= set(metrics)
+    assert all(v.device.type == "meta" and v.shape == () for v in metrics.values()), metrics
+    with pytest.raises(RuntimeError, match="meta"):  # what the update must never do
+        bool(metrics["skipped"])
+
+
+def test_non_finite_loss_skips_the_steps_and_raises(debug_cfg, toy_spec):
+    """A non-finite loss raises FloatingPointError after the update; the skipped optimizer steps (fused AdamW's
+    ``found_inf``) leave every parameter and optimizer state as it was, and training then goes on."""
+    torch.manual_seed(0)
+    agent = Agent(debug_cfg, toy_spec)
+    agent.train_step(random_batch(toy_spec, debug_cfg.batch, debug_cfg.length))
+    params = {k: v.clone() for k, v in agent.state_dict().items()}
+    states = copy.deepcopy(agent.optimizer_state())
+    bad = random_batch(toy_spec, debug_cfg.batch, debug_cfg.length, seed=1)
+    bad["reward"][0, 3] = np.nan
+    with pytest.raises(FloatingPointError, match="model loss is not finite"):
+        agent.train_step(bad)
+    assert agent.updates == 1
+    assert all(torch.equal(params[k], v) for k, v in agent.state_dict().items())
+    for name, state in agent.optimizer_state().items():
+        for p, s in state["state"].items():
+            for key, value in s.items():
+                assert torch.equal(value, states[name]["state"][p][key]), (name, p, key)
+    metrics = agent.train_step(random_batch(toy_spec, debug_cfg.batch, debug_cfg.length, seed=2))
+    assert agent.updates == 2 and all(np.isfinite(v) for v in metrics.values()), metrics
+    assert any(not torch.equal(params[k], v) for k, v in agent.state_dict().items())
 
 
 @pytest.mark.parametrize("actor_grad", ["reinforce", "both", "dynamics"])
