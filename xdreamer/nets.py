@@ -41,8 +41,9 @@ def straight_through_onehot(probs: torch.Tensor, index: torch.Tensor) -> torch.T
     (straight-through estimator, DreamerV2 §2 / Algorithm 1).
 
     The one-hot is scattered into zeros of ``probs``'s dtype: ``F.one_hot(index, K).to(dtype)`` gives the same values
-    but builds an int64 tensor, checks the index range with two host reads on CPU and converts; 2-2.4x slower
-    (paper-size imagination ``[800, 32]`` x 32 classes: 1.58 -> 0.67 ms; ``docs/benchmarks.md``, seventh session)."""
+    but builds an int64 tensor, checks the index range with two host reads on CPU and converts: this function took
+    1.3-2x as long with it (paper-size imagination ``[800, 32]`` x 32 classes 1.29-1.43 -> 0.70-1.08 ms;
+    ``python docs/experiments/onehot_scatter.py op``, docs/benchmarks.md, seventh session)."""
     onehot = torch.zeros(probs.shape, dtype=probs.dtype, device=probs.device).scatter_(-1, index.unsqueeze(-1), 1.0)
     return onehot + probs - probs.detach()
 
