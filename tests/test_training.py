@@ -400,6 +400,10 @@ def test_eval_prefix_returns_match_a_cut_rerun(tmp_path, monkeypatch, debug_cfg,
     (["train", "--env", "toy:catch", "--set", "detr=3"], "unknown config key"),
     (["train", "--env", "toy:catch", "--set", "compile=fast"], "is not one of off, default"),
     (["eval", "/nonexistent/ckpt"], "not found"),
+    (["bench", "--presets", "debug", "--device", "tpu"], "unknown device 'tpu'"),
+    (["bench", "--presets", "debug", "--device", "mps"], "runs on cpu or cuda"),
+    *([(["bench", "--presets", "debug", "--device", "cuda"], "no CUDA GPU is available")]
+      if not torch.cuda.is_available() else []),
 ])
 def test_cli_errors(tmp_path, capsys, argv, message, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -436,6 +440,7 @@ def test_bench_writes_json(tmp_path, capsys):
     assert data == json.loads(json.dumps(results))
     native = cpu_has_native_bf16()  # bfloat16 without hardware support is measured, with a warning
     assert data["machine"]["cpu_native_bf16"] == native and data["machine"]["cpu_capability"]
+    assert data["machine"]["device"] == "cpu" and data["presets"]["debug"]["float32"]["machine"]["device"] == "cpu"
     assert ("no native bfloat16" in capsys.readouterr().err) == (not native)
     for precision in ("float32", "bfloat16"):
         debug = data["presets"]["debug"][precision]

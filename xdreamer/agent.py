@@ -22,6 +22,13 @@ from .rssm import State
 from .world_model import WorldModel
 
 
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the work queued on ``device`` (a no-op on CPU): before reading a clock on a GPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -71,6 +78,9 @@ class Agent(nn.Module):
         self.updates = 0
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.last_timings: dict[str, float] = {}
+        # Wait for the device where ``last_timings`` reads the clock (``xdreamer bench``); off, a GPU's times are
+        # those of queueing its work. Off by default: a sync stalls the queue.
+        self.sync_timings = False
 
     # ---- convenience -------------------------------------------------------------------
     @property
@@ -214,6 +224,8 @@ class Agent(nn.Module):
         with self.autocast():
             model_loss, post, metrics = self.wm.loss(data)
         metrics["model_grad_norm"] = self._step("model", model_loss, self.wm.parameters(), skip)
+        if self.sync_timings:
+            synchronize(self.device)
         middle = time.perf_counter()
         start = post.detach().map(lambda x: x.flatten(0, 1).float())
         is_terminal = data["is_terminal"].flatten(0, 1)
@@ -223,6 +235,8 @@ class Agent(nn.Module):
         metrics["actor_grad_norm"] = self._step("actor", actor_loss, self.ac.actor.parameters(), skip)
         metrics["critic_grad_norm"] = self._step("critic", critic_loss, self.ac.critic.parameters(), skip)
         metrics["skipped"] = skip
+        if self.sync_timings:
+            synchronize(self.device)
         self.last_timings = {"model_s": middle - t0, "behavior_s": time.perf_counter() - middle}
         return {k: (v.detach() if torch.is_tensor(v) else torch.tensor(v, device=self.device)).float().reshape(())
                 for k, v in metrics.items()}

@@ -1,5 +1,9 @@
 """``xdreamer bench``: update speed per preset and precision, env speed, replay bytes per step, peak RSS.
 
+``--device cuda`` runs the agent's parts (updates, matmul peak, analysis, replay-to-tensor) on a GPU, waiting for it
+(``torch.cuda.synchronize``) wherever a time is read, and adds the peak GPU memory; env, replay and ``record``
+timings stay on the CPU. This path has not run on a GPU yet (none has been lent to this project's sessions).
+
 Each preset x precision is measured in its own subprocess so that its peak RSS is its own. Updates
 run on random replay-shaped batches of the preset's size (batch x length, 64x64 grayscale, Pong's 6
 actions); the first update is a warm-up and is not timed. The FLOPs of one update are counted with
@@ -24,14 +28,37 @@ from typing import Any, Callable
 import numpy as np
 
 
-def _machine() -> dict[str, Any]:
+def _machine(device: str = "cpu") -> dict[str, Any]:
     import torch
 
     from .nets import cpu_has_native_bf16
 
+    gpu = {"gpu": torch.cuda.get_device_name(torch.device(device))} if device.startswith("cuda") else {}
     return {"machine": platform.machine(), "cpu": _cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": cpu_has_native_bf16()}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": cpu_has_native_bf16(),
+            "device": device, **gpu}
+
+
+def synchronize(device) -> None:
+    from .agent import synchronize as sync
+
+    sync(device)
+
+
+def check_device(device: str) -> str:
+    """``device`` if the benchmark can run on it (``cpu``, ``cuda``, ``cuda:N`` with a GPU present), else ValueError."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA GPU is available to this torch ({torch.__version__})")
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: the benchmark runs on cpu or cuda")
+    return device
 
 
 def _cpu_model() -> str:
@@ -46,8 +73,9 @@ def _cpu_model() -> str:
 
 
 def matmul_peak_gflops(dtype_name: str = "float32", size: int = 2048, repeats: int = 5,
-                       budget_s: float = 0.25) -> float:
-    """Best-of-``repeats`` GFLOP/s of a ``size``^3 matmul in ``dtype_name`` with the current threads.
+                       budget_s: float = 0.25, device: str = "cpu") -> float:
+    """Best-of-``repeats`` GFLOP/s of a ``size``^3 matmul in ``dtype_name`` with the current threads (on ``device``;
+    on a GPU ``size`` should be larger than the default to approach its peak: ``bench_preset`` uses 8192).
 
     The size grows from 256 in doublings up to ``size`` only while one matmul takes under ``budget_s``: on a CPU
     without native bfloat16 (AVX2 only) a 2048^3 bfloat16 matmul takes ~50 s (0.34 GFLOP/s), and a smaller one
@@ -57,9 +85,12 @@ def matmul_peak_gflops(dtype_name: str = "float32", size: int = 2048, repeats: i
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
     n = min(256, size)
     while True:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+        a @ b  # first use of the size: library set-up, not timed
+        synchronize(device)
         start = time.perf_counter()
         a @ b
+        synchronize(device)
         first = time.perf_counter() - start
         if n >= size or first * 8 > budget_s:  # the next doubling would take ~8x as long
             break
@@ -68,6 +99,7 @@ def matmul_peak_gflops(dtype_name: str = "float32", size: int = 2048, repeats: i
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
 
@@ -99,33 +131,43 @@ OP_CATEGORIES = {
 def profile_update(agent, batch, top: int = 12) -> dict[str, Any]:
     """Where one ``agent.train_step(batch)`` spends its time: ``torch.profiler`` self CPU time per operator
     category (``OP_CATEGORIES``), the ``top`` operators by name and by (name, input shapes). The profiled
-    update runs slower than an unprofiled one (recording overhead); shares are what it is for."""
+    update runs slower than an unprofiled one (recording overhead); shares are what it is for. On a GPU the times
+    are the operators' GPU (kernel) time and ``self_cpu_s`` is the sum of those (the key kept for one schema)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    gpu = agent.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if gpu else [])]
+    with profile(activities=activities, record_shapes=True) as prof:
         start = time.perf_counter()
         agent.train_step(batch)
+        synchronize(agent.device)
         wall = time.perf_counter() - start
+
+    def self_s(e) -> float:
+        return (e.self_device_time_total if gpu else e.self_cpu_time_total) / 1e6
+
     by_name = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in by_name) / 1e6
+    total = sum(self_s(e) for e in by_name)
     category = {op: cat for cat, ops in OP_CATEGORIES.items() for op in ops}
     shares: dict[str, float] = {cat: 0.0 for cat in (*OP_CATEGORIES, "other")}
     for e in by_name:
-        shares[category.get(e.key, "other")] += e.self_cpu_time_total / 1e6
-    ops = sorted(by_name, key=lambda e: -e.self_cpu_time_total)[:top]
-    shaped = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)[:top]
-    return {"profiled_update_s": wall, "self_cpu_s": total,
+        shares[category.get(e.key, "other")] += self_s(e)
+    ops = sorted(by_name, key=lambda e: -self_s(e))[:top]
+    shaped = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -self_s(e))[:top]
+    return {"profiled_update_s": wall, "self_cpu_s": total, "profiled_time": "gpu" if gpu else "cpu",
             "category_s": shares,
             "category_percent": {k: round(100 * v / total, 1) for k, v in shares.items()},
-            "top_ops": [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "calls": e.count} for e in ops],
-            "top_ops_by_shape": [{"op": e.key, "shapes": str(e.input_shapes), "self_s": e.self_cpu_time_total / 1e6,
+            "top_ops": [{"op": e.key, "self_s": self_s(e), "calls": e.count} for e in ops],
+            "top_ops_by_shape": [{"op": e.key, "shapes": str(e.input_shapes), "self_s": self_s(e),
                                   "calls": e.count} for e in shaped]}
 
 
-def bench_agent(preset: str, precision: str = "float32"):
-    """``(agent, batch)`` for timing updates: a fresh CPU agent of ``preset`` (seed 0) for a Pong-shaped env (64x64
-    grayscale, 6 actions) and ``batch()``, which draws a random replay-shaped batch of the preset's size (batch x
-    length) from its own seeded generator. Also applies ``configure_cpu`` as ``xdreamer train`` does."""
+def bench_agent(preset: str, precision: str = "float32", device: str = "cpu"):
+    """``(agent, batch)`` for timing updates: a fresh agent of ``preset`` (seed 0) on ``device`` for a Pong-shaped env
+    (64x64 grayscale, 6 actions) and ``batch()``, which draws a random replay-shaped batch of the preset's size
+    (batch x length) from its own seeded generator. Also applies ``configure_cpu`` as ``xdreamer train`` does. On a
+    GPU the agent waits for the device at the split between world model and behaviour (``Agent.sync_timings``),
+    so that both parts of ``last_timings`` are its own."""
     import torch
 
     from .agent import Agent
@@ -139,7 +181,8 @@ def bench_agent(preset: str, precision: str = "float32"):
                    action_names=("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"),
                    object_names=(), can_branch=True, max_steps=cfg.time_limit)
     torch.manual_seed(0)
-    agent = Agent(cfg, spec, device="cpu")
+    agent = Agent(cfg, spec, device=device)
+    agent.sync_timings = True
     rng = np.random.default_rng(0)
     B, T = cfg.batch, cfg.length
 
@@ -201,8 +244,11 @@ def alternating_updates(variants: dict[str, Callable[[Any], None]], rounds: int,
 
 
 def bench_preset(preset: str, repeats: int, precision: str = "float32", compile: str = "off",
-                 profile: bool = False) -> dict[str, Any]:
-    agent, batch = bench_agent(preset, precision)
+                 profile: bool = False, device: str = "cpu") -> dict[str, Any]:
+    import torch
+
+    agent, batch = bench_agent(preset, precision, device)
+    gpu = agent.device.type == "cuda"
     cfg = agent.cfg
     B, T = cfg.batch, cfg.length
 
@@ -238,8 +284,9 @@ def bench_preset(preset: str, repeats: int, precision: str = "float32", compile:
     analysis = bench_analysis(agent, repeats)
     sample_s = bench_replay_sample(agent, B, T, repeats=max(repeats, 5))
     recording = bench_record(cfg)
-    peak = matmul_peak_gflops(precision)
+    peak = matmul_peak_gflops(precision, **({"size": 8192, "budget_s": 5.0, "device": device} if gpu else {}))
     update_s = float(np.mean(total_s))
+    gpu_memory = {"peak_gpu_memory_mb": torch.cuda.max_memory_allocated(agent.device) / 2**20} if gpu else {}
     achieved = flops / update_s / 1e9
     return {"preset": preset, "precision": precision, "compile": compile, "compile_s": compile_s,
             "batch": B, "length": T, "horizon": cfg.horizon,
@@ -250,7 +297,7 @@ def bench_preset(preset: str, repeats: int, precision: str = "float32", compile:
             "matmul_peak_gflops": peak, "percent_of_matmul_peak": 100 * achieved / peak,
             "replay_sample_s": sample_s, "replay_sample_percent_of_update": 100 * sample_s / update_s,
             **analysis, **recording, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "machine": _machine(), **profiled}
+            **gpu_memory, "machine": _machine(device), **profiled}
 
 
 def bench_record(cfg, episodes: int = 3, env_id: str = "toy:catch") -> dict[str, float]:
@@ -301,6 +348,7 @@ def bench_replay_sample(agent, batch: int, length: int, repeats: int = 5, episod
         start = time.perf_counter()
         for _ in range(repeats):
             agent.to_torch(replay.sample(batch, length))
+        synchronize(agent.device)
         return (time.perf_counter() - start) / repeats
 
 
@@ -316,8 +364,8 @@ def bench_analysis(agent, repeats: int, actions: int = 18, horizon: int = 15) ->
 
     agent.eval()
     n = agent.spec.num_actions
-    start = agent.wm.rssm.initial(1).map(lambda x: x.expand(actions, *x.shape[1:]).contiguous())
-    prefix = torch.nn.functional.one_hot(torch.arange(actions) % n, n).float()[:, None]
+    start = agent.wm.rssm.initial(1, agent.device).map(lambda x: x.expand(actions, *x.shape[1:]).contiguous())
+    prefix = torch.nn.functional.one_hot(torch.arange(actions, device=agent.device) % n, n).float()[:, None]
     frame = np.random.default_rng(0).integers(0, 256, agent.spec.obs_shape, dtype=np.uint8)
 
     def timed(fn):
@@ -326,6 +374,7 @@ def bench_analysis(agent, repeats: int, actions: int = 18, horizon: int = 15) ->
         for _ in range(repeats):
             t0 = time.perf_counter()
             fn()
+            synchronize(agent.device)
             times.append(time.perf_counter() - t0)
         return float(np.mean(times))
 
@@ -373,12 +422,13 @@ def bench_env(env_id: str, steps: int) -> dict[str, Any]:
 def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
                   precisions: tuple[str, ...] = ("float32",), compiles: tuple[str, ...] = ("off",),
                   envs: tuple[str, ...] = ("toy:catch", "atari:Pong"), env_steps: int = 2000,
-                  report_episodes: int = 10, profile: bool = False) -> dict[str, Any]:
-    results: dict[str, Any] = {"machine": _machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  report_episodes: int = 10, profile: bool = False, device: str = "cpu") -> dict[str, Any]:
+    check_device(device)
+    results: dict[str, Any] = {"machine": _machine(device), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                "presets": {}, "envs": {}}
     from .nets import cpu_has_native_bf16
 
-    if "bfloat16" in precisions and not cpu_has_native_bf16():
+    if "bfloat16" in precisions and device == "cpu" and not cpu_has_native_bf16():
         print("bench: warning: this CPU has no native bfloat16 matmuls (AVX512-BF16 or AMX); the bfloat16 rows run "
               "on a reference path, hundreds of times slower than float32 (a paper-size update: hours)",
               file=sys.stderr, flush=True)
@@ -390,7 +440,7 @@ def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
                 key = precision if mode == "off" else f"{precision}+compile-{mode}"
                 print(f"bench: preset {preset} ({key}) ...", file=sys.stderr, flush=True)
                 proc = subprocess.run([sys.executable, "-m", "xdreamer.bench", "preset", preset, str(repeats),
-                                       precision, mode, *(["profile"] if profile else [])],
+                                       precision, mode, *(["profile"] if profile else []), f"device={device}"],
                                       capture_output=True, text=True)
                 if proc.returncode != 0:
                     raise RuntimeError(f"benchmark of preset {preset} ({key}) failed:\n{proc.stderr[-2000:]}")
@@ -410,9 +460,21 @@ def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
     return results
 
 
+def _main(argv: list[str]) -> None:
+    """``python -m xdreamer.bench preset NAME REPEATS [PRECISION [COMPILE]] [profile] [device=DEVICE]``: one preset's
+    JSON on stdout (the subprocess ``run_benchmark`` starts; also handy alone)."""
+    flags = [a for a in argv[4:] if a == "profile" or a.startswith("device=")]
+    positional = [a for a in argv[4:] if a not in flags]
+    devices = [a.split("=", 1)[1] for a in flags if a.startswith("device=")]
+    if len(argv) < 4 or argv[1] != "preset" or len(positional) > 2 or len(devices) > 1 or not argv[3].isdigit():
+        sys.exit("usage: python -m xdreamer.bench preset NAME REPEATS [PRECISION [COMPILE]] [profile] "
+                 "[device=DEVICE] (use `xdreamer bench`)")
+    try:
+        device = check_device(devices[0]) if devices else "cpu"
+    except ValueError as e:
+        sys.exit(f"xdreamer.bench: {e}")
+    print(json.dumps(bench_preset(argv[2], int(argv[3]), *positional, profile="profile" in flags, device=device)))
+
+
 if __name__ == "__main__":
-    if len(sys.argv) in (4, 5, 6, 7) and sys.argv[1] == "preset" and sys.argv[6:] in ([], ["profile"]):
-        print(json.dumps(bench_preset(sys.argv[2], int(sys.argv[3]), *sys.argv[4:6], profile=len(sys.argv) == 7)))
-    else:
-        sys.exit("usage: python -m xdreamer.bench preset NAME REPEATS [PRECISION [COMPILE [profile]]] "
-                 "(use `xdreamer bench`)")
+    _main(sys.argv)

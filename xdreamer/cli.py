@@ -97,7 +97,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import run_benchmark
+    from .bench import check_device, run_benchmark
     from .config import PRESETS, ConfigError
 
     for preset in args.presets:  # fail here, not in the benchmark's subprocess minutes later
@@ -105,8 +105,12 @@ def _bench(args: argparse.Namespace) -> int:
         if unknown:
             raise ConfigError(f"unknown preset {unknown[0]!r} in --presets {preset!r}; known presets: "
                               f"{', '.join(PRESETS)} (join several with +, e.g. small+toy)")
+    try:
+        check_device(args.device)
+    except ValueError as e:
+        raise ConfigError(f"--device: {e}") from None
     results = run_benchmark(args.presets, args.out, repeats=args.repeats, precisions=tuple(args.precision),
-                            compiles=tuple(args.compile), profile=args.profile)
+                            compiles=tuple(args.compile), profile=args.profile, device=args.device)
     print(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
     return 0
@@ -183,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="also profile one update per preset (torch.profiler): time per operator category "
                         "(convolution, matmul, activation, memory, other) and the top operators")
+    p.add_argument("--device", default="cpu",
+                   help="where the agent runs: cpu (default), cuda or cuda:N (times wait for the GPU; env, replay "
+                        "and record timings stay on the CPU)")
     p.add_argument("--out", default="bench.json")
     p.set_defaults(func=_bench)
 
