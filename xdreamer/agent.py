@@ -212,8 +212,9 @@ class Agent(nn.Module):
     def device_update(self, data: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One update of world model, actor and critic on a batch already on the device (``to_torch``): the
         metrics as 0-d tensors, and ``"skipped"``, 1 where a non-finite loss or gradient norm skipped that
-        optimizer step and the later ones of this update. Reads no value on the host (no device synchronisation),
-        so a GPU never waits for the CPU inside it; ``tests/test_model.py`` runs it on the meta device to check."""
+        optimizer step and the later ones of this update. With fused optimizers (CPU, CUDA) and ``sync_timings`` off it
+        reads no value on the host (no device synchronisation), so a GPU never waits for the CPU inside it;
+        ``tests/test_model.py`` runs it on the meta device to check."""
         if not self.optimizers:
             self.init_optimizers()
         if self.updates % self.cfg.slow_target_update == 0:

@@ -41,6 +41,7 @@ def _machine(device: str = "cpu") -> dict[str, Any]:
 
 
 def synchronize(device) -> None:
+    """``agent.synchronize`` (imported here when called: this module loads without torch)."""
     from .agent import synchronize as sync
 
     sync(device)
