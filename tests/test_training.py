@@ -4,6 +4,7 @@ import copy
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -338,6 +339,25 @@ def _cli(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def test_diverging_training_saves_and_fails_cleanly(tmp_path, capsys):
+    """Actor and critic learning rates of 1e30 make a loss non-finite after an update or two. That update skips its
+    optimizer steps (Agent.train_step), so the run is saved with finite weights at the step reached, and `xdreamer
+    train` fails with a one-line error, exit 1."""
+    run = tmp_path / "run"
+    code, _, err = _cli(capsys, "train", "--env", "toy:catch", "--preset", "debug", "--logdir", str(run),
+                        "--no-progress", "--set", "steps=2000", "actor_lr=1e30", "critic_lr=1e30",
+                        "eval_every=0", "video_every=0")
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xdreamer: error:") and "is not finite" in lines[0], err
+    step = int(re.search(r"at step (\d+); saved", lines[0]).group(1))
+    assert 0 < step < 2000
+    latest = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    assert latest.name == f"step-{step:09d}" and str(latest) in lines[0]
+    agent = xdreamer.load(latest)
+    assert agent.updates >= 1 and all(torch.isfinite(v).all() for v in agent.state_dict().values())
 
 
 def test_cli_commands_configure_the_cpu_like_train(tmp_path, capsys, monkeypatch):

@@ -241,6 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ConfigError, CheckpointError, FileNotFoundError, NotImplementedError) as exc:
         print(f"xdreamer: error: {exc}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:  # training diverged (Agent.train_step); the run is saved (Trainer.run)
+        print(f"xdreamer: error: {exc}", file=sys.stderr)
+        return 1
     except _Terminated:
         print("xdreamer: terminated (SIGTERM)", file=sys.stderr)
         return 143

@@ -305,6 +305,12 @@ class Trainer:
                 self.logger.write(self.step, {"eval/return_mean": final_eval.mean,
                                               "eval/return_std": final_eval.std})
             path = self.save(final_eval or eval_result)
+        except FloatingPointError as exc:
+            # A non-finite loss or gradient norm: Agent.train_step skipped that update's optimizer steps on the
+            # device, so the weights are finite. Keep the progress made since the last checkpoint, as for Ctrl-C.
+            saved = self.save(eval_result)
+            raise FloatingPointError(f"{exc} (at step {self.step}; saved {saved}, weights from before the skipped "
+                                     "steps; continue with --resume, which may change precision)") from None
         except KeyboardInterrupt:
             # Ctrl-C: keep the progress made since the last scheduled checkpoint, then stop.
             saved = self.save(eval_result)
