@@ -15,7 +15,7 @@ import pytest
 
 import xdreamer
 from xdreamer.config import build_config
-from xdreamer.evaluation import evaluate
+from xdreamer.evaluation import evaluate, lockstep_envs
 from xdreamer.training import make_env, train
 
 LEARN_STEPS = 5_000  # 1,000 prefill steps + 4,000 steps at train_every 2 -> about 2,000 updates
@@ -41,7 +41,8 @@ def test_small_toy_preset_learns_to_see_the_ball(tmp_path):
     assert result.updates >= 1_950
     agent = xdreamer.load(tmp_path / "run")
     env = make_env(agent.cfg)
-    trained = evaluate(agent, env, EVAL_EPISODES, seed=7)
+    with lockstep_envs(lambda: make_env(agent.cfg), EVAL_EPISODES) as more:  # as `xdreamer eval` (5x faster here)
+        trained = evaluate(agent, env, EVAL_EPISODES, seed=7, more_envs=more)
     rand = evaluate(None, env, EVAL_EPISODES, seed=7, policy="random")
     print(f"trained {trained.mean:.2f} ± {trained.std:.2f}, random {rand.mean:.2f} ± {rand.std:.2f}")
     assert trained.mean >= MIN_RETURN > BLIND_OPTIMUM, (trained.mean, rand.mean)
