@@ -134,6 +134,7 @@ def profile_update(agent, batch, top: int = 12) -> dict[str, Any]:
     category (``OP_CATEGORIES``), the ``top`` operators by name and by (name, input shapes). The profiled
     update runs slower than an unprofiled one (recording overhead); shares are what it is for. On a GPU the times
     are the operators' GPU (kernel) time and ``self_cpu_s`` is the sum of those (the key kept for one schema)."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
     gpu = agent.device.type == "cuda"
@@ -147,14 +148,17 @@ def profile_update(agent, batch, top: int = 12) -> dict[str, Any]:
     def self_s(e) -> float:
         return (e.self_device_time_total if gpu else e.self_cpu_time_total) / 1e6
 
-    by_name = prof.key_averages()
+    def ops_only(events):  # on a GPU the kernels are events too; an op's self device time already holds them
+        return [e for e in events if not gpu or e.device_type == torch.autograd.DeviceType.CPU]
+
+    by_name = ops_only(prof.key_averages())
     total = sum(self_s(e) for e in by_name)
     category = {op: cat for cat, ops in OP_CATEGORIES.items() for op in ops}
     shares: dict[str, float] = {cat: 0.0 for cat in (*OP_CATEGORIES, "other")}
     for e in by_name:
         shares[category.get(e.key, "other")] += self_s(e)
     ops = sorted(by_name, key=lambda e: -self_s(e))[:top]
-    shaped = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -self_s(e))[:top]
+    shaped = sorted(ops_only(prof.key_averages(group_by_input_shape=True)), key=lambda e: -self_s(e))[:top]
     return {"profiled_update_s": wall, "self_cpu_s": total, "profiled_time": "gpu" if gpu else "cpu",
             "category_s": shares,
             "category_percent": {k: round(100 * v / total, 1) for k, v in shares.items()},
