@@ -450,7 +450,7 @@ def test_console_script_help():
 
 
 def test_bench_writes_json(tmp_path, capsys):
-    from xdreamer.bench import run_benchmark
+    from xdreamer.bench import run_benchmark, summary
     from xdreamer.nets import cpu_has_native_bf16
 
     out = tmp_path / "bench.json"
@@ -477,6 +477,12 @@ def test_bench_writes_json(tmp_path, capsys):
         assert prof["top_ops"] and prof["top_ops_by_shape"][0]["self_s"] <= prof["top_ops"][0]["self_s"] + 1e-9
     env = data["envs"]["toy:catch"]
     assert env["env_steps_per_s"] > 0 and 0 < env["replay_bytes_per_step"] < 4096
+    table = summary(results).splitlines()  # what `xdreamer bench` prints
+    rows = [line.split() for line in table if line.startswith("debug ")]
+    assert [row[1] for row in rows] == ["float32", "bfloat16"]
+    assert [float(row[2]) for row in rows] == [round(data["presets"]["debug"][p]["update_s"], 3)
+                                               for p in ("float32", "bfloat16")]
+    assert any(line.startswith("env toy:catch:") for line in table)
 
 
 def test_interrupt_saves_checkpoint(tmp_path, monkeypatch):

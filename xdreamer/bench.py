@@ -465,6 +465,24 @@ def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
     return results
 
 
+def summary(results: dict[str, Any]) -> str:
+    """A few lines for the terminal from ``run_benchmark``'s results (the JSON file has everything)."""
+    lines = [f"{'preset':<14} {'precision':<24} {'update s':>9} {'= model':>8} {'+ behav.':>8} {'upd/s':>7} "
+             f"{'GFLOP/s':>8} {'% peak':>7} {'what-if s':>9} {'IG s':>6} {'RSS MB':>7}"]
+    for preset, rows in results["presets"].items():
+        for key, r in rows.items():
+            lines.append(f"{preset:<14} {key:<24} {r['update_s']:>9.3f} {r['world_model_update_s']:>8.3f} "
+                         f"{r['behavior_update_s']:>8.3f} {r['updates_per_s']:>7.2f} {r['achieved_gflops']:>8.0f} "
+                         f"{r['percent_of_matmul_peak']:>6.0f}% {r['whatif_s']:>9.3f} "
+                         f"{r['integrated_gradients_s']:>6.3f} {r['peak_rss_mb']:>7.0f}")
+    for env_id, r in results["envs"].items():
+        lines.append(f"env {env_id}: {r['env_steps_per_s']:,.0f} steps/s, {r['replay_bytes_per_step']:.0f} B per "
+                     f"stored step, a 16x50 batch in {1e3 * r['replay_sample_16x50_s']:.1f} ms")
+    if "report_s" in results:
+        lines.append(f"report: {results['report_s']:.1f} s")
+    return "\n".join(lines)
+
+
 def _main(argv: list[str]) -> None:
     """``python -m xdreamer.bench preset NAME REPEATS [PRECISION [COMPILE]] [profile] [device=DEVICE]``: one preset's
     JSON on stdout (the subprocess ``run_benchmark`` starts; also handy alone)."""

@@ -97,7 +97,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import check_device, run_benchmark
+    from .bench import check_device, run_benchmark, summary
     from .config import PRESETS, ConfigError
 
     for preset in args.presets:  # fail here, not in the benchmark's subprocess minutes later
@@ -111,8 +111,8 @@ def _bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--device: {e}") from None
     results = run_benchmark(args.presets, args.out, repeats=args.repeats, precisions=tuple(args.precision),
                             compiles=tuple(args.compile), profile=args.profile, device=args.device)
-    print(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    print(summary(results))
+    print(f"wrote {args.out} (every number, the machine and the profile if asked for)")
     return 0
 
 
