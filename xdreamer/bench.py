@@ -474,7 +474,8 @@ def summary(results: dict[str, Any]) -> str:
             lines.append(f"{preset:<14} {key:<24} {r['update_s']:>9.3f} {r['world_model_update_s']:>8.3f} "
                          f"{r['behavior_update_s']:>8.3f} {r['updates_per_s']:>7.2f} {r['achieved_gflops']:>8.0f} "
                          f"{r['percent_of_matmul_peak']:>6.0f}% {r['whatif_s']:>9.3f} "
-                         f"{r['integrated_gradients_s']:>6.3f} {r['peak_rss_mb']:>7.0f}")
+                         f"{r['integrated_gradients_s']:>6.3f} {r['peak_rss_mb']:>7.0f}"
+                         + (f"  GPU {r['peak_gpu_memory_mb']:.0f} MB" if "peak_gpu_memory_mb" in r else ""))
     for env_id, r in results["envs"].items():
         lines.append(f"env {env_id}: {r['env_steps_per_s']:,.0f} steps/s, {r['replay_bytes_per_step']:.0f} B per "
                      f"stored step, a 16x50 batch in {1e3 * r['replay_sample_16x50_s']:.1f} ms")
