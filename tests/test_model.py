@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import weakref
 
 import numpy as np
 import pytest
@@ -685,3 +686,112 @@ def test_embed_norm_world_model(debug_cfg, toy_spec):
     torch.testing.assert_close(norm.running_mean, moved)  # acting leaves the statistics alone
     image = agent.wm.preprocess(agent.to_torch(random_batch(toy_spec, 1, 3)))["image"]
     torch.testing.assert_close(agent.wm.encode(image)[0, :1], agent.wm.encode(image[:, :1])[0])
+
+
+class _CudaGraphTrees:
+    """A CPU model of what CUDA graph trees (``torch.compile`` in ``reduce-overhead`` or ``max-autotune`` mode on
+    CUDA; torch/_inductor/cudagraph_trees.py) do to the outputs of compiled callables, to test the code that meets
+    them without a GPU. Each call is a graph replay whose outputs live in memory the trees own. A call starts a new
+    generation unless forwards still wait for their backward ("in inference we start a new iteration on each
+    invocation", docs torch.compiler_cudagraph_trees "Limitations"), and a new generation reuses the memory of
+    every earlier output; PyTorch then makes any access to those tensors raise ("accessing tensor output of
+    CUDAGraphs that has been overwritten by a subsequent run"), this model fills them with NaN. Graph capture
+    itself, static inputs and re-recording are not modelled."""
+
+    def __init__(self):
+        self.outputs, self.pending_backward, self.calls = [], False, 0
+
+    def compile(self, fn, **kwargs):
+        def replay(*args, **kw):
+            self.calls += 1
+            if not self.pending_backward:  # a new generation
+                for ref in self.outputs:
+                    if (t := ref()) is not None:
+                        with torch.no_grad():
+                            t.fill_(float("nan"))
+                self.outputs.clear()
+            return torch.utils._pytree.tree_map_only(torch.Tensor, self._own, fn(*args, **kw))
+        return replay
+
+    def _own(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()  # the trees' memory, not the caller's
+        if t.requires_grad:
+            self.pending_backward = True
+            t.register_hook(self._backward_ran)
+        self.outputs.append(weakref.ref(t))
+        return t
+
+    def _backward_ran(self, grad):
+        self.pending_backward = False
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_compiled_outputs_survive_cuda_graph_generations(debug_cfg, toy_spec, mode, monkeypatch):
+    """With CUDA graphs (``compile=reduce-overhead`` or ``max-autotune`` on CUDA) a compiled network's outputs
+    are overwritten by the next call in inference, yet imagination keeps every step's state and acting keeps the
+    latent between env steps. On the model of CUDA graph trees above, two updates, a what-if and three acting steps
+    give exactly the eager results. Without the copies (``nets.clone_outputs``, on the networks or on the RSSM
+    steps) the what-if and acting read overwritten states (NaN here); the updates do not, as the actor's forwards
+    inside imagination wait for their backward."""
+    from xdreamer import nets
+    from xdreamer.explain.dreams import dream
+
+    def run(agent):
+        torch.manual_seed(3)
+        out = [agent.train_step(random_batch(toy_spec, 2, 8, seed=i)) for i in range(2)]
+        start = agent.wm.rssm.initial(3)
+        prefix = torch.eye(toy_spec.num_actions)[:3, None]
+        d = dream(agent, start, 4, prefix=prefix)
+        out += [d["states"].deter, d["frames"], d["value"]]
+        state, rng = None, np.random.default_rng(0)
+        for t in range(3):
+            obs = {"image": rng.integers(0, 256, (2, *toy_spec.obs_shape), dtype=np.uint8),
+                   "is_first": np.array([t == 0, t == 0])}
+            action, state = agent.policy(obs, state, mode="explore")
+            out.append(action)
+        return out + [state.latent.deter, agent.state_dict()]
+
+    torch.manual_seed(7)
+    eager = run(Agent(debug_cfg, toy_spec))
+    trees = _CudaGraphTrees()
+    monkeypatch.setattr(torch, "compile", trees.compile)
+    monkeypatch.setattr(nets, "CUDA_GRAPH_DEVICES", ("cpu",))  # the CPU stands in for CUDA
+    torch.manual_seed(7)
+    agent = Agent(debug_cfg.replace(compile=mode), toy_spec)
+    agent.compile_networks()
+    graphed = run(agent)
+    assert trees.calls > 50  # the networks and RSSM steps ran as "graphs" (76 calls)
+    torch.testing.assert_close(graphed, eager, rtol=0, atol=0)
+
+
+def test_cuda_graph_modes_are_torchs():
+    """``nets.CUDA_GRAPH_MODES`` are the compile modes whose inductor options turn CUDA graphs on, in this torch."""
+    from torch._inductor import list_mode_options
+
+    from xdreamer.config import COMPILE_MODES
+    from xdreamer.nets import CUDA_GRAPH_MODES, compiled_outputs_need_clones
+
+    on = [m for m in COMPILE_MODES if m != "off" and list_mode_options(m).get("triton.cudagraphs")]
+    assert on == list(CUDA_GRAPH_MODES)
+    assert compiled_outputs_need_clones("reduce-overhead", "cuda:0")
+    assert not compiled_outputs_need_clones("reduce-overhead", "cpu")
+    assert not compiled_outputs_need_clones("default", "cuda")
+
+
+def test_clone_outputs_copies_every_tensor_and_keeps_gradients():
+    from xdreamer.nets import clone_outputs
+
+    x = torch.randn(3, 4, requires_grad=True)
+    raw = {}
+
+    def fn(x):
+        raw["out"] = (x * 2, [State(x + 1, x - 1, x * 3)], {"y": x.sum()}, 5)
+        return raw["out"]
+
+    out = clone_outputs(fn)(x)
+    (a, [state], extra, five), (ra, [rstate], rextra, _) = out, raw["out"]
+    assert isinstance(state, State) and five == 5
+    for copy_, orig in [(a, ra), *zip(state, rstate), (extra["y"], rextra["y"])]:
+        assert torch.equal(copy_, orig) and copy_.data_ptr() != orig.data_ptr()
+    (a.sum() + state.stoch.sum() + extra["y"]).backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, 4.0))

@@ -17,7 +17,7 @@ from torch import nn
 from .behavior import ActorCritic
 from .config import COMPILE_MODES, Config
 from .envs import EnvSpec
-from .nets import cpu_has_native_bf16, init_weights
+from .nets import clone_outputs, compiled_outputs_need_clones, cpu_has_native_bf16, init_weights
 from .rssm import State
 from .world_model import WorldModel
 
@@ -107,7 +107,8 @@ class Agent(nn.Module):
         the same values as the eager one up to floating-point reassociation
         (``tests/test_model.py::test_compiled_update_matches_eager``). Weights and state-dict
         keys are unchanged, so checkpoints do not depend on it. Shapes are fixed (``dynamic=False``):
-        training, acting and imagination each compile once. ``reduce-overhead`` adds CUDA graphs on GPU.
+        training, acting and imagination each compile once. ``reduce-overhead`` and ``max-autotune`` add CUDA
+        graphs on GPU; there every compiled callable returns copies of its outputs (``nets.clone_outputs``).
         """
         mode = mode or self.cfg.compile
         if mode == "off":
@@ -118,9 +119,12 @@ class Agent(nn.Module):
                    self.ac.target_critic]
         if self.wm.discount_head is not None:
             modules.append(self.wm.discount_head)
+        clone = compiled_outputs_need_clones(mode, self.device)
         for module in modules:
             module.compile(mode=mode, dynamic=False)
-        self.wm.rssm.compile_steps(mode)
+            if clone:  # nn.Module.__call__ runs ``_compiled_call_impl`` (what ``compile`` set) when it is set
+                module._compiled_call_impl = clone_outputs(module._compiled_call_impl)
+        self.wm.rssm.compile_steps(mode, clone=clone)
         return self
 
     def to_torch(self, data: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -23,6 +23,49 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.get_autocast_dtype(kind)
 
 
+# Device types on which torch.compile's CUDA-graph modes replay graphs (tests/test_model.py lets the CPU stand in).
+CUDA_GRAPH_DEVICES = ("cuda",)
+# The compile modes that turn on CUDA graphs: ``triton.cudagraphs`` in ``torch._inductor.list_mode_options(mode)``
+# (torch 2.4-2.13; tests/test_model.py checks it against the installed torch).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compiled_outputs_need_clones(mode: str, device: torch.device | str) -> bool:
+    """Whether callables compiled in ``mode`` on ``device`` run as CUDA graphs, whose outputs live in memory that a
+    later call reuses (see :func:`clone_outputs`)."""
+    return mode in CUDA_GRAPH_MODES and torch.device(device).type in CUDA_GRAPH_DEVICES
+
+
+def clone_outputs(fn: Callable) -> Callable:
+    """``fn`` (a compiled callable) with its tensor outputs copied outside it.
+
+    Under CUDA graph trees (``torch.compile`` modes ``reduce-overhead`` and ``max-autotune`` on CUDA) a call starts a
+    new "generation" unless forwards still wait for their backward, i.e. on every call in inference, and a new
+    generation reuses the memory of all earlier outputs: reading one then raises "accessing tensor output of
+    CUDAGraphs that has been overwritten by a subsequent run" (PyTorch docs, torch.compiler_cudagraph_trees,
+    "Limitations"). Imagination keeps every step's state, acting keeps its latent from one env step to the next,
+    and analysis keeps dreams, so their compiled networks and RSSM steps return copies, as the docs advise ("clone
+    tensors of a prior iteration (outside of torch.compile)"). A copy of a step's state is small next to the graph
+    it saves launching."""
+
+    def copy(out):
+        if isinstance(out, torch.Tensor):
+            return out.clone()
+        if isinstance(out, tuple) and hasattr(out, "_fields"):  # a NamedTuple such as rssm.State
+            return type(out)(*map(copy, out))
+        if isinstance(out, (tuple, list)):
+            return type(out)(map(copy, out))
+        if isinstance(out, dict):
+            return {key: copy(value) for key, value in out.items()}
+        return out
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return copy(fn(*args, **kwargs))
+
+    return call
+
+
 def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
     """Indices of one categorical sample per row of ``probs`` ``[..., K]`` (no gradient).
 

@@ -25,7 +25,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from .nets import ELU, LayerNormGRUCell, autocast_dtype, LoopWeight, sample_categorical, straight_through_onehot
+from .nets import (ELU, LayerNormGRUCell, LoopWeight, autocast_dtype, clone_outputs, sample_categorical,
+                   straight_through_onehot)
 
 
 class State(NamedTuple):
@@ -124,12 +125,13 @@ class RSSM(nn.Module):
         """Posterior logits from ``h_t`` and the image embedding (no sampling)."""
         return self.obs_out(torch.cat([deter, embed], -1))
 
-    def compile_steps(self, mode: str = "default") -> None:
+    def compile_steps(self, mode: str = "default", clone: bool = False) -> None:
         """``torch.compile`` the deterministic step functions (prior, posterior, observe loop) in place (fixed
-        shapes)."""
-        self._prior_core = torch.compile(self._prior_core, mode=mode, dynamic=False)
-        self._post_core = torch.compile(self._post_core, mode=mode, dynamic=False)
-        self._observe_core = torch.compile(self._observe_core, mode=mode, dynamic=False)
+        shapes). ``clone``: return copies of their outputs (``nets.clone_outputs``; needed under CUDA graphs)."""
+        wrap = clone_outputs if clone else (lambda fn: fn)
+        self._prior_core = wrap(torch.compile(self._prior_core, mode=mode, dynamic=False))
+        self._post_core = wrap(torch.compile(self._post_core, mode=mode, dynamic=False))
+        self._observe_core = wrap(torch.compile(self._observe_core, mode=mode, dynamic=False))
         self._core_compiled = True  # observe's loop_weights path stays eager: it keeps the compiled core
 
     def obs_step(self, prev: State, prev_action: torch.Tensor, embed: torch.Tensor,
