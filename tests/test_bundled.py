@@ -12,7 +12,7 @@ import pytest
 import xdreamer
 from xdreamer import bundle as bundle_mod
 from xdreamer import checkpoint
-from xdreamer.evaluation import evaluate
+from xdreamer.evaluation import evaluate, lockstep_envs
 from xdreamer.training import make_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "checkpoints"
@@ -71,7 +71,9 @@ def test_bundled_checkpoint_reproduces_its_manifest(folder):
             # one episode longer than the budget (a stalled Atari policy): re-run only its recorded prefix
             cut = record[key]["prefix_steps"]
             recorded = record[key]["prefix_returns"][:count]
-        result = evaluate(agent, env, count, seed=record["seed"], policy=policy, max_steps=cut)
+        with lockstep_envs(lambda: make_env(agent.cfg), count if policy == "mode" else 1) as more:
+            # mode episodes in lockstep, as `xdreamer eval` runs them (VideoPinball 25 -> 20 s, Pong 11 -> 8 s here)
+            result = evaluate(agent, env, count, seed=record["seed"], policy=policy, max_steps=cut, more_envs=more)
         rerun = result.returns
         if policy == "random":  # no network involved: numpy's seeded RNG and the env reproduce exactly
             lengths = [min(n, cut or n) for n in record[key]["lengths"][:count]]
