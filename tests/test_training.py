@@ -471,6 +471,8 @@ def test_bench_writes_json(tmp_path, capsys):
             assert debug[key] > 0, key
         assert debug["minor_page_faults_per_update"] >= 0 and debug["kernel_cpu_s_per_update"] >= 0
         assert debug["percent_of_matmul_peak"] == pytest.approx(100 * debug["achieved_gflops"] / debug["matmul_peak_gflops"])
+        assert debug["matmul_peak_gflops"] == max(debug["matmul_peak_gflops_samples"])  # measured twice, the best
+        assert len(debug["matmul_peak_gflops_samples"]) == 2
         prof = debug["profile"]  # --profile: self time per operator category adds up to the profiled total
         assert sum(prof["category_s"].values()) == pytest.approx(prof["self_cpu_s"], rel=1e-3)
         assert prof["category_s"]["convolution"] > 0 and prof["category_s"]["matmul"] > 0

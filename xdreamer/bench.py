@@ -10,7 +10,9 @@ actions); the first update is a warm-up and is not timed. The FLOPs of one updat
 ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, forward and backward) and
 divided by the measured update time; the same subprocess measures the matmul peak of the precision
 in use (a 2048^3 matmul, smaller where that would take long, see ``matmul_peak_gflops``), so "percent of
-peak" compares numbers taken in the same run.
+peak" compares numbers taken in the same run. The peak is measured twice, before the first update and after the
+analysis timings, and the higher one is used: on a shared VM one short measurement can land in a slow moment
+(a 2-core AMD EPYC measured 92 GFLOP/s once while the same process's update matmuls ran at 116-151).
 """
 
 from __future__ import annotations
@@ -255,6 +257,8 @@ def bench_preset(preset: str, repeats: int, precision: str = "float32", compile:
     agent, batch = bench_agent(preset, precision, device)
     gpu = agent.device.type == "cuda"
     cfg = agent.cfg
+    peak_args = {"size": 8192, "budget_s": 5.0, "device": device} if gpu else {}
+    peaks = [matmul_peak_gflops(precision, **peak_args)]  # and again at the end (module docstring)
     B, T = cfg.batch, cfg.length
 
     # Warm-up: with freed memory kept in the process (keep_freed_memory) the heap reaches its working size
@@ -289,7 +293,8 @@ def bench_preset(preset: str, repeats: int, precision: str = "float32", compile:
     analysis = bench_analysis(agent, repeats)
     sample_s = bench_replay_sample(agent, B, T, repeats=max(repeats, 5))
     recording = bench_record(cfg)
-    peak = matmul_peak_gflops(precision, **({"size": 8192, "budget_s": 5.0, "device": device} if gpu else {}))
+    peaks.append(matmul_peak_gflops(precision, **peak_args))
+    peak = max(peaks)
     update_s = float(np.mean(total_s))
     gpu_memory = {"peak_gpu_memory_mb": torch.cuda.max_memory_allocated(agent.device) / 2**20} if gpu else {}
     achieved = flops / update_s / 1e9
@@ -299,7 +304,8 @@ def bench_preset(preset: str, repeats: int, precision: str = "float32", compile:
             "behavior_update_s": float(np.mean(behavior_s)), "update_s": update_s,
             "updates_per_s": 1.0 / update_s, "minor_page_faults_per_update": faults / repeats,
             "kernel_cpu_s_per_update": kernel_s / repeats, "update_gflop": flops / 1e9, "achieved_gflops": achieved,
-            "matmul_peak_gflops": peak, "percent_of_matmul_peak": 100 * achieved / peak,
+            "matmul_peak_gflops": peak, "matmul_peak_gflops_samples": peaks,
+            "percent_of_matmul_peak": 100 * achieved / peak,
             "replay_sample_s": sample_s, "replay_sample_percent_of_update": 100 * sample_s / update_s,
             **analysis, **recording, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             **gpu_memory, "machine": _machine(device), **profiled}
