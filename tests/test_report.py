@@ -323,23 +323,31 @@ def test_bad_inputs_give_one_line_errors(ckpt, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "r").exists()
 
 
+RAY_KW = dict(episodes=2, seed=1, max_steps=MAX_STEPS)  # the Ray tests' report, run in-process once for both
+
+
+@pytest.fixture(scope="module")
+def local_report(ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local-report")
+    return out, run_report([str(ckpt[1])], out, progress=False, **RAY_KW)
+
+
 @pytest.mark.slow
-def test_ray_and_in_process_reports_are_identical(ckpt, tmp_path):
+def test_ray_and_in_process_reports_are_identical(ckpt, local_report, tmp_path):
     pytest.importorskip("ray")
     root, path, _ = ckpt
-    kw = dict(episodes=2, seed=1, max_steps=MAX_STEPS, progress=False)
-    a = run_report([str(path)], tmp_path / "local", **kw)
-    b = run_report([str(path)], tmp_path / "ray", ray=True, **kw)
+    local, a = local_report
+    b = run_report([str(path)], tmp_path / "ray", ray=True, progress=False, **RAY_KW)
     assert a["ray"] is False and b["ray"] is True
-    ta, tb = _read(tmp_path / "local"), _read(tmp_path / "ray")
+    ta, tb = _read(local), _read(tmp_path / "ray")
     for name in ta:
         pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True, obj=name)
-    assert (tmp_path / "local" / "summary.csv").read_bytes() == (tmp_path / "ray" / "summary.csv").read_bytes()
+    assert (local / "summary.csv").read_bytes() == (tmp_path / "ray" / "summary.csv").read_bytes()
     assert len(ta["summary.csv"]) > 0
 
 
 @pytest.mark.slow
-def test_ray_address_connects_to_an_existing_cluster(ckpt, tmp_path):
+def test_ray_address_connects_to_an_existing_cluster(ckpt, local_report, tmp_path):
     """`--ray-address` runs the jobs on a cluster started outside xdreamer (`ray start --head`), and the
     tables equal the in-process run's."""
     pytest.importorskip("ray")
@@ -364,8 +372,8 @@ def test_ray_address_connects_to_an_existing_cluster(ckpt, tmp_path):
     assert started.returncode == 0, started.stderr[-2000:]
     try:
         root, path, _ = ckpt
-        args = [str(path), "--episodes", "2", "--seed", "1", "--max-steps", str(MAX_STEPS), "--no-progress"]
-        assert main(["report", *args, "--out", str(tmp_path / "local")]) == 0
+        args = [str(path), "--episodes", str(RAY_KW["episodes"]), "--seed", str(RAY_KW["seed"]),
+                "--max-steps", str(RAY_KW["max_steps"]), "--no-progress"]
         # the CLI in a fresh process: Ray caches the driver's auth token per process
         run = subprocess.run([sys.executable, "-m", "xdreamer", "report", *args, "--out", str(tmp_path / "cluster"),
                               "--ray-address", f"127.0.0.1:{port}"], env=env, capture_output=True, text=True,
@@ -377,7 +385,7 @@ def test_ray_address_connects_to_an_existing_cluster(ckpt, tmp_path):
     # the jobs ran on that cluster, not on a fresh local one
     assert meta["ray"] is True and meta["ray_address"] == f"127.0.0.1:{port}", meta
     assert meta["ray_cluster"].endswith(f":{port}"), meta  # GCS address as the cluster names it (node IP)
-    assert json.loads((tmp_path / "local" / "report.json").read_text())["ray_cluster"] is None
-    ta, tb = _read(tmp_path / "local"), _read(tmp_path / "cluster")
+    assert json.loads((local_report[0] / "report.json").read_text())["ray_cluster"] is None
+    ta, tb = _read(local_report[0]), _read(tmp_path / "cluster")
     for name in ta:
         pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True, obj=name)
