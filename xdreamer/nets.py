@@ -26,7 +26,7 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 # Device types on which torch.compile's CUDA-graph modes replay graphs (tests/test_model.py lets the CPU stand in).
 CUDA_GRAPH_DEVICES = ("cuda",)
 # The compile modes that turn on CUDA graphs: ``triton.cudagraphs`` in ``torch._inductor.list_mode_options(mode)``
-# (torch 2.4-2.13; tests/test_model.py checks it against the installed torch).
+# (torch 2.13; tests/test_model.py checks it against the installed torch).
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
