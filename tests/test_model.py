@@ -725,16 +725,20 @@ class _CudaGraphTrees:
         self.pending_backward = False
 
 
-@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
-def test_compiled_outputs_survive_cuda_graph_generations(debug_cfg, toy_spec, mode, monkeypatch):
+@pytest.mark.parametrize("mode,discrete", [("reduce-overhead", True), ("max-autotune", False)])
+def test_compiled_outputs_survive_cuda_graph_generations(debug_cfg, toy_spec, mode, discrete, monkeypatch):
     """With CUDA graphs (``compile=reduce-overhead`` or ``max-autotune`` on CUDA) a compiled network's outputs
     are overwritten by the next call in inference, yet imagination keeps every step's state and acting keeps the
     latent between env steps. On the model of CUDA graph trees above, two updates, a what-if and three acting steps
     give exactly the eager results. Without the copies (``nets.clone_outputs``, on the networks or on the RSSM
     steps) the what-if and acting read overwritten states (NaN here); the updates do not, as the actor's forwards
-    inside imagination wait for their backward."""
+    inside imagination wait for their backward. Discrete (REINFORCE) and continuous (dynamics backprop) actors."""
     from xdreamer import nets
+    from xdreamer.envs import EnvSpec
     from xdreamer.explain.dreams import dream
+
+    if not discrete:
+        toy_spec = EnvSpec(id="x", obs_shape=(3, 64, 64), discrete=False, num_actions=4)
 
     def run(agent):
         torch.manual_seed(3)
