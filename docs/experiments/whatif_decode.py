@@ -3,6 +3,7 @@
     python docs/experiments/whatif_decode.py breakdown   # dream with and without decoding; the decoder layer by layer
     python docs/experiments/whatif_decode.py chunks      # decoding the 271 frames in chunks of 271, 136, 68, 34, 17
     python docs/experiments/whatif_decode.py gemm_fold   # the transposed convs as one GEMM + col2im (F.fold)
+    python docs/experiments/whatif_decode.py small_mm    # imagination's GRU matmul at 18 rows, caches flushed
 
 A fresh paper-size agent (``bench.bench_agent("atari")``, float32, 2 threads, ``configure_cpu()``), as
 ``xdreamer bench`` times it. Times are min and median of 7 (``breakdown``, ``chunks``) or 9 calls after one warm-up.
@@ -76,5 +77,25 @@ elif mode == "gemm_fold":
             print(f"{cin}->{cout} k{k} {hw}x{hw}: native channels-last",
                   timed(lambda: F.conv_transpose2d(xc, w, b, stride=2), 9), "| GEMM alone", timed(gemm, 9),
                   "| GEMM + fold", timed(gemm_fold, 9), f"| max diff {err:.1e}")
+elif mode == "small_mm":
+    # The GRU's [18, 1200] x [1200, 1800] of a what-if step, with a 64 MB copy before each call so that the
+    # weight comes from memory as it does between the steps of a dream (median of 30).
+    w, x = torch.randn(1800, 1200), torch.randn(ACTIONS, 1200)
+    junk = torch.randn(16_000_000)
+    sink = torch.empty_like(junk)
+
+    def cold(fn, n=30):
+        times = []
+        for _ in range(n):
+            sink.copy_(junk)
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return f"{sorted(times)[n // 2] * 1e3:.2f} ms"
+
+    packed = torch.ops.mkldnn._reorder_linear_weight(w, ACTIONS)  # oneDNN's prepacked weight (inference only)
+    print("F.linear                 ", cold(lambda: F.linear(x, w)))
+    print("oneDNN prepacked weight  ", cold(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")))
+    print("reading the weight alone ", cold(lambda: w.sum()))
 else:
-    sys.exit(f"unknown mode {mode!r}: breakdown, chunks or gemm_fold")
+    sys.exit(f"unknown mode {mode!r}: breakdown, chunks, gemm_fold or small_mm")
