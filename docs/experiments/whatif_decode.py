@@ -14,21 +14,14 @@ import time
 import torch
 import torch.nn.functional as F
 
-from xdreamer.bench import bench_agent
+from xdreamer.bench import bench_agent, min_and_median_ms
 from xdreamer.explain.dreams import dream
 
 ACTIONS, HORIZON, FRAMES = 18, 15, 271  # 1 shared first frame + 18 x 15
 
 
 def timed(fn, n=7) -> str:
-    fn()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return f"min {times[0] * 1e3:.1f} med {times[n // 2] * 1e3:.1f} ms"
+    return min_and_median_ms(fn, n)
 
 
 agent, _ = bench_agent("atari")
