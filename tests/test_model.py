@@ -614,9 +614,12 @@ def test_bfloat16_warns_on_a_cpu_without_native_bf16(toy_spec, monkeypatch):
 
 
 @pytest.mark.slow
-def test_compiled_update_matches_eager(debug_cfg, toy_spec):
+@pytest.mark.parametrize("lookup", [False, True])
+def test_compiled_update_matches_eager(debug_cfg, toy_spec, lookup, monkeypatch):
     """``compile=default`` (torch.compile of the networks, ``Agent.compile_networks``) trains like the
-    eager path: the same losses in each of three updates and the same parameters after them.
+    eager path: the same losses in each of three updates and the same parameters after them. ``lookup``: with the
+    latents' first-layer shares looked up (``nets.linear_onehot``), as at paper size; the debug preset is below
+    ``nets.ONEHOT_LOOKUP_MIN``.
 
     Sampling stays eager, so both draw the same random numbers; what differs is only the order of
     float32 operations inside fused kernels (relative error ~1e-7 per op), which after three Adam
@@ -625,12 +628,16 @@ def test_compiled_update_matches_eager(debug_cfg, toy_spec):
     """
     from torch._dynamo.utils import counters
 
+    from xdreamer import nets
+
+    monkeypatch.setattr(nets, "ONEHOT_LOOKUP_MIN", 0 if lookup else 10**12)
     runs = {}
     for mode in ("off", "default"):
         torch.manual_seed(7)
         agent = Agent(debug_cfg.replace(compile=mode), toy_spec)
         agent.init_optimizers()
         agent.compile_networks()
+        torch._dynamo.reset()  # count this run's graphs, not cache hits on an earlier test's (same code, shapes)
         counters.clear()
         metrics = []
         for i in range(3):
@@ -799,3 +806,99 @@ def test_clone_outputs_copies_every_tensor_and_keeps_gradients():
         assert torch.equal(copy_, orig) and copy_.data_ptr() != orig.data_ptr()
     (a.sum() + state.stoch.sum() + extra["y"]).backward()
     torch.testing.assert_close(x.grad, torch.full_like(x, 4.0))
+
+
+def _straight_through_latents(rows, groups, classes, seed=0):
+    """Sampled latents as the RSSM makes them: ``onehot + p - p.detach()`` (one-hot up to rounding at the ones)."""
+    from xdreamer.nets import straight_through_onehot
+
+    gen = torch.Generator().manual_seed(seed)
+    probs = torch.rand(rows, groups, classes, generator=gen).softmax(-1)
+    index = torch.randint(0, classes, (rows, groups), generator=gen)
+    return straight_through_onehot(probs, index).detach(), index
+
+
+def test_onehot_lookup_matches_the_matmul(monkeypatch):
+    """``nets.linear_onehot`` / ``MLP(..., onehot_tail)`` with ``columns``: the latents' share of the first layer as a
+    lookup gives the matmul's outputs and weight gradients up to float rounding, with the one-hot part first (the
+    RSSM's ``img_in``) or last (the heads' feature), and under bfloat16 autocast; ``lookup_columns`` finds every
+    one and declines inputs that need a gradient or are too small for the lookup to pay."""
+    from xdreamer import nets
+
+    torch.manual_seed(0)
+    rows, groups, classes, dense_dim = 96, 8, 16, 24
+    latents, index = _straight_through_latents(rows, groups, classes)
+    assert nets.lookup_columns(latents) is None  # 96 x 128 is below ONEHOT_LOOKUP_MIN: the matmul is faster
+    monkeypatch.setattr(nets, "ONEHOT_LOOKUP_MIN", 0)
+    columns = nets.lookup_columns(latents)
+    assert torch.equal(columns, index + classes * torch.arange(groups))  # g * K + class, as in flatten(-2)
+    assert nets.lookup_columns(latents.clone().requires_grad_()) is None  # the lookup passes no input gradient
+    dense = torch.randn(rows, dense_dim)
+    for first in (False, True):
+        layer = torch.nn.Linear(dense_dim + groups * classes, 32)
+        x = torch.cat([latents.flatten(-2), dense] if first else [dense, latents.flatten(-2)], -1)
+        grad = torch.randn(rows, 32)
+        ref = layer(x)
+        ref.backward(grad)
+        ref_grads = [p.grad.clone() for p in layer.parameters()]
+        layer.zero_grad()
+        got = nets.linear_onehot(layer, dense, latents.flatten(-2), columns, onehot_first=first)
+        got.backward(grad)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        for p, g in zip(layer.parameters(), ref_grads):
+            torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-5)
+    mlp = nets.MLP(dense_dim + groups * classes, 5, 2, 32, onehot_tail=(groups, classes))
+    feat = torch.cat([dense, latents.flatten(-2)], -1).reshape(4, 24, -1)  # [B, T, F] like imagined features
+    cols = mlp.lookup_columns(feat)
+    assert cols.shape == (4, 24, groups)
+    torch.testing.assert_close(mlp(feat, cols), mlp(feat), rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", torch.bfloat16):
+        fast, slow = mlp(feat, cols), mlp(feat)
+    assert fast.dtype == slow.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), slow.float(), rtol=0.02, atol=0.02)  # bf16 rounding: 2^-8 relative
+    needs_grad = feat.clone().requires_grad_()
+    torch.testing.assert_close(mlp(needs_grad, cols), mlp(feat))  # falls back to the matmul: gradients reach x
+    mlp(needs_grad, cols).sum().backward()
+    assert needs_grad.grad[..., dense_dim:].abs().sum() > 0
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_behaviour_loss_with_lookups_matches_matmuls(debug_cfg, toy_spec, discrete, monkeypatch):
+    """The behaviour loss with the latents looked up (imagination's ``img_in``, actor, critics, reward and
+    discount heads; the paper size does so, ``nets.ONEHOT_LOOKUP_MIN``) equals the all-matmul one on the same
+    random numbers: the same losses and gradients up to float rounding. With dynamics backprop (continuous) the
+    imagined states need gradients, so only the actor's (detached) input and the detached start are looked up."""
+    from xdreamer import nets
+    from xdreamer.envs import EnvSpec
+
+    spec = toy_spec if discrete else EnvSpec(id="x", obs_shape=(1, 64, 64), discrete=False, num_actions=2)
+    torch.manual_seed(0)
+    agent = Agent(debug_cfg, spec)
+    data = agent.to_torch(random_batch(spec, 4, 16, seed=1))
+    with torch.no_grad():
+        _, post, _ = agent.wm.loss(data)
+    start = post.map(lambda x: x.reshape(-1, *x.shape[2:]).detach())
+    calls = []
+    lookup = nets._OneHotLinear.apply
+    monkeypatch.setattr(nets._OneHotLinear, "apply", lambda *a: calls.append(a[0].shape) or lookup(*a))
+    results = {}
+    for minimum in (10**12, 0):  # never, always
+        monkeypatch.setattr(nets, "ONEHOT_LOOKUP_MIN", minimum)
+        calls.clear()
+        agent.ac.zero_grad()
+        agent.wm.requires_grad_(False)
+        torch.manual_seed(5)
+        actor_loss, critic_loss, _ = agent.ac.loss(agent.wm, start, None)
+        (actor_loss + critic_loss).backward()
+        grads = {k: p.grad.clone() for k, p in agent.ac.named_parameters() if p.grad is not None}
+        results[minimum] = (actor_loss.detach(), critic_loss.detach(), grads, len(calls))
+    (a0, c0, g0, n0), (a1, c1, g1, n1) = results[10**12], results[0]
+    horizon = debug_cfg.horizon
+    # matmuls only, then: the actor at every step, img_in at every step (continuous: only the first, from the
+    # detached start; later states carry the actions' gradients) and the four heads on the trajectory (discrete)
+    assert n0 == 0 and n1 == (2 * horizon + 4 if discrete else horizon + 1), (n0, n1, calls)
+    torch.testing.assert_close(a1, a0, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(c1, c0, rtol=1e-4, atol=1e-5)
+    assert g0.keys() == g1.keys() and g0
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-3, atol=1e-5, msg=k)

@@ -65,10 +65,10 @@ class Actor(nn.Module):
     """
 
     def __init__(self, feat_dim: int, action_dim: int, discrete: bool, layers: int, units: int,
-                 min_std: float) -> None:
+                 min_std: float, latents: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.discrete, self.action_dim, self.min_std = discrete, action_dim, min_std
-        self.net = MLP(feat_dim, action_dim if discrete else 2 * action_dim, layers, units)
+        self.net = MLP(feat_dim, action_dim if discrete else 2 * action_dim, layers, units, onehot_tail=latents)
 
     def forward(self, feat: torch.Tensor) -> torch.distributions.Distribution:
         return self.distribution(self.net(feat).float())  # distributions in float32 also under bf16 autocast
@@ -113,14 +113,17 @@ class ActorCritic(nn.Module):
     def __init__(self, cfg: Config, feat_dim: int, action_dim: int, discrete: bool) -> None:
         super().__init__()
         self.cfg = cfg
-        self.actor = Actor(feat_dim, action_dim, discrete, cfg.mlp_layers, cfg.mlp_units, cfg.actor_min_std)
-        self.critic = MLP(feat_dim, 1, cfg.mlp_layers, cfg.mlp_units)
+        latents = (cfg.stoch, cfg.classes)  # the feature ends in the sampled latents (RSSM.get_feat)
+        self.actor = Actor(feat_dim, action_dim, discrete, cfg.mlp_layers, cfg.mlp_units, cfg.actor_min_std,
+                           latents)
+        self.critic = MLP(feat_dim, 1, cfg.mlp_layers, cfg.mlp_units, onehot_tail=latents)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         grad = cfg.actor_grad
         self.actor_grad = ("reinforce" if discrete else "dynamics") if grad == "auto" else grad
 
-    def value(self, feat: torch.Tensor, target: bool = False) -> torch.Tensor:
-        return (self.target_critic if target else self.critic)(feat).squeeze(-1)
+    def value(self, feat: torch.Tensor, target: bool = False, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """The critic's (or slow critic's) value ``[...]``; ``columns``: ``WorldModel.latent_columns(feat)``."""
+        return (self.target_critic if target else self.critic)(feat, columns).squeeze(-1)
 
     def update_target(self) -> None:
         mix = self.cfg.slow_target_fraction
@@ -139,26 +142,30 @@ class ActorCritic(nn.Module):
 
         def policy(feat: torch.Tensor) -> torch.Tensor:
             with torch.enable_grad():  # feat arrives detached: the graph reaches only the actor
-                out = self.actor.net(feat).float()
+                out = self.actor.net(feat, self.actor.net.lookup_columns(feat)).float()
             outs.append(out)
             return self.actor.sample_from(self.actor.distribution(out))
 
-        states, actions = world_model.imagine(start, policy, self.cfg.horizon)
+        # Every state here is sampled, so the first layers that read the latents look them up (``nets.MLP``,
+        # ``RSSM.img_step``) where no gradient flows into the states (REINFORCE; with dynamics backprop they
+        # need one and run as matmuls).
+        states, actions = world_model.imagine(start, policy, self.cfg.horizon, lookup=True)
         feat = world_model.feat(states)
-        discount = world_model.discount(feat)
+        columns = world_model.latent_columns(feat)
+        discount = world_model.discount(feat, columns)
         if is_terminal is not None:
             # The first state is a real posterior state: use the true discount (dreamerv2 ``imagine``).
             discount = torch.cat([(self.cfg.discount * (1 - is_terminal.float()))[:, None], discount[:, 1:]], 1)
         weight = torch.cumprod(torch.cat([torch.ones_like(discount[:, :1]), discount[:, :-1]], 1), 1)
         with torch.enable_grad():  # the stack too, or under no_grad it would cut the graph
             actor_out = torch.stack(outs, 1)
-        return {"feat": feat, "action": actions, "reward": world_model.reward(feat), "discount": discount,
-                "weight": weight, "actor_out": actor_out}
+        return {"feat": feat, "action": actions, "reward": world_model.reward(feat, columns), "discount": discount,
+                "weight": weight, "actor_out": actor_out, "columns": columns}
 
     def target(self, seq: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(lambda-returns [N, H], slow critic's values [N, H+1])``; the values are also the actor's
         baseline (dreamerv2 ``slow_baseline: True``), so they are computed once."""
-        value = self.value(seq["feat"], target=True)
+        value = self.value(seq["feat"], target=True, columns=seq.get("columns"))
         return lambda_return(seq["reward"][:, :-1], value[:, :-1], seq["discount"][:, :-1],
                              value[:, -1], self.cfg.discount_lambda), value
 
@@ -183,7 +190,8 @@ class ActorCritic(nn.Module):
     def critic_loss(self, seq: dict[str, torch.Tensor], target: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, critic's values on states 0..H-1)``."""
-        value = self.value(seq["feat"][:, :-1].detach())
+        columns = seq.get("columns")
+        value = self.value(seq["feat"][:, :-1].detach(), columns=None if columns is None else columns[:, :-1])
         # dreamerv2 critic ``mse`` dist: -log p = (v - target)^2, weighted by cumulative discounts.
         return (seq["weight"][:, :-1].detach() * (value - target.detach()).pow(2)).mean(), value
 

@@ -25,8 +25,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from .nets import (ELU, LayerNormGRUCell, LoopWeight, autocast_dtype, clone_outputs, sample_categorical,
-                   straight_through_onehot)
+from .nets import (ELU, LayerNormGRUCell, LoopWeight, autocast_dtype, clone_outputs, linear_onehot, lookup_columns,
+                   sample_categorical, straight_through_onehot)
 
 
 class State(NamedTuple):
@@ -107,9 +107,16 @@ class RSSM(nn.Module):
         return straight_through_onehot(probs, index), logits
 
     # ---- one step -----------------------------------------------------------------------
-    def img_step(self, prev: State, prev_action: torch.Tensor, sample: bool = True) -> State:
-        """Prior step: ``h_t = GRU(h_{t-1}, [z_{t-1}, a_{t-1}])``, ``z_t ~ p(z_t | h_t)``."""
-        deter, flat_logits = self._prior_core(prev.stoch.flatten(-2), prev_action, prev.deter)
+    def img_step(self, prev: State, prev_action: torch.Tensor, sample: bool = True, lookup: bool = False) -> State:
+        """Prior step: ``h_t = GRU(h_{t-1}, [z_{t-1}, a_{t-1}])``, ``z_t ~ p(z_t | h_t)``.
+
+        ``lookup``: ``prev.stoch`` is one-hot (a sampled state): where it needs no gradient and is large enough,
+        its share of the first layer is a lookup (``nets.linear_onehot``; the same numbers up to float rounding)."""
+        columns = lookup_columns(prev.stoch) if lookup else None
+        if columns is not None:
+            deter, flat_logits = self._prior_core_lookup(columns, prev.stoch.flatten(-2), prev_action, prev.deter)
+        else:
+            deter, flat_logits = self._prior_core(prev.stoch.flatten(-2), prev_action, prev.deter)
         stoch, logits = self._stoch_from_logits(flat_logits, sample)
         return State(deter, stoch, logits)
 
@@ -121,6 +128,13 @@ class RSSM(nn.Module):
         deter = self.gru(self.img_in(torch.cat([stoch, action], -1)), deter)
         return deter, self.img_out(deter)
 
+    def _prior_core_lookup(self, columns: torch.Tensor, stoch: torch.Tensor, action: torch.Tensor,
+                           deter: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_prior_core`` for a one-hot ``stoch`` ``[B, G * K]`` with its ones at ``columns`` ``[B, G]``."""
+        hidden = self.img_in[1](linear_onehot(self.img_in[0], action, stoch, columns, onehot_first=True))
+        deter = self.gru(hidden, deter)
+        return deter, self.img_out(deter)
+
     def _post_core(self, deter: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
         """Posterior logits from ``h_t`` and the image embedding (no sampling)."""
         return self.obs_out(torch.cat([deter, embed], -1))
@@ -130,6 +144,7 @@ class RSSM(nn.Module):
         shapes). ``clone``: return copies of their outputs (``nets.clone_outputs``; needed under CUDA graphs)."""
         wrap = clone_outputs if clone else (lambda fn: fn)
         self._prior_core = wrap(torch.compile(self._prior_core, mode=mode, dynamic=False))
+        self._prior_core_lookup = wrap(torch.compile(self._prior_core_lookup, mode=mode, dynamic=False))
         self._post_core = wrap(torch.compile(self._post_core, mode=mode, dynamic=False))
         self._observe_core = wrap(torch.compile(self._observe_core, mode=mode, dynamic=False))
         self._core_compiled = True  # observe's loop_weights path stays eager: it keeps the compiled core
@@ -225,7 +240,7 @@ class RSSM(nn.Module):
 
     def imagine(self, start: State, policy: Policy | None = None, horizon: int = 15,
                 actions: torch.Tensor | None = None, intervene: Intervention | None = None,
-                sample: bool = True) -> tuple[State, torch.Tensor]:
+                sample: bool = True, lookup: bool = False) -> tuple[State, torch.Tensor]:
         """Roll the prior forward from ``start`` ``[B]`` for ``horizon`` steps.
 
         Actions come from ``policy(feat.detach())`` or, where ``actions`` ``[B, H, A]`` is given,
@@ -236,10 +251,14 @@ class RSSM(nn.Module):
         Returns ``(states, actions)``: states ``[B, H+1]`` with ``states[:, 0] = start`` and
         ``actions`` ``[B, H+1, A]`` where ``actions[:, i]`` led to ``states[:, i]``
         (``actions[:, 0]`` is zero), matching dreamerv2 ``WorldModel.imagine``.
+
+        ``lookup`` (``img_step``): ``start``'s latents, like every imagined one, are one-hot samples (a posterior
+        or prior state, not the all-zero initial state). Off with ``intervene``, which may set other values.
         """
         if actions is None and policy is None:
             raise ValueError("imagine needs a policy or an action sequence")
         fixed = 0 if actions is None else actions.shape[1]
+        lookup = lookup and intervene is None
         if fixed < horizon and policy is None:
             raise ValueError(f"{fixed} actions given for horizon {horizon} and no policy to continue")
         B = start.deter.shape[0]
@@ -251,7 +270,7 @@ class RSSM(nn.Module):
                 action = actions[:, i]
             else:
                 action = policy(self.get_feat(state).detach())
-            state = self.img_step(state, action, sample)
+            state = self.img_step(state, action, sample, lookup)
             if intervene is not None:
                 state = intervene(i + 1, state)
             states.append(state)

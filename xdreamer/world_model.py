@@ -29,8 +29,10 @@ class WorldModel(nn.Module):
                          cfg.unimix)
         feat = self.rssm.feat_dim
         self.decoder = ConvDecoder(feat, channels, cfg.cnn_depth, cfg.decoder)
-        self.reward_head = MLP(feat, 1, cfg.mlp_layers, cfg.mlp_units)
-        self.discount_head = MLP(feat, 1, cfg.mlp_layers, cfg.mlp_units) if cfg.pred_discount else None
+        latents = (cfg.stoch, cfg.classes)  # the feature ends in the sampled latents (RSSM.get_feat)
+        self.reward_head = MLP(feat, 1, cfg.mlp_layers, cfg.mlp_units, onehot_tail=latents)
+        self.discount_head = (MLP(feat, 1, cfg.mlp_layers, cfg.mlp_units, onehot_tail=latents)
+                              if cfg.pred_discount else None)
 
     # ---- the one preprocessing -----------------------------------------------------------
     def preprocess(self, data: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -74,8 +76,8 @@ class WorldModel(nn.Module):
 
     def imagine(self, start: State, policy: Policy | None = None, horizon: int = 15,
                 actions: torch.Tensor | None = None, intervene: Intervention | None = None,
-                sample: bool = True) -> tuple[State, torch.Tensor]:
-        return self.rssm.imagine(start, policy, horizon, actions, intervene, sample)
+                sample: bool = True, lookup: bool = False) -> tuple[State, torch.Tensor]:
+        return self.rssm.imagine(start, policy, horizon, actions, intervene, sample, lookup)
 
     feat = staticmethod(RSSM.get_feat)
 
@@ -83,11 +85,17 @@ class WorldModel(nn.Module):
         """Mean image in [-0.5, 0.5], ``[..., C, 64, 64]``."""
         return self.decoder(feat)
 
-    def reward(self, feat: torch.Tensor) -> torch.Tensor:
-        """Predicted (clipped) reward ``[...]``."""
-        return self.reward_head(feat).squeeze(-1)
+    def latent_columns(self, feat: torch.Tensor) -> torch.Tensor | None:
+        """``[..., stoch]``: where the ones of ``feat``'s sampled latents sit, for the heads' ``columns`` (their
+        first layers then look the latents up: ``nets.MLP``), or None where that does not apply
+        (``nets.lookup_columns``). Only for features of sampled states."""
+        return self.reward_head.lookup_columns(feat)
 
-    def discount(self, feat: torch.Tensor) -> torch.Tensor:
+    def reward(self, feat: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted (clipped) reward ``[...]``; ``columns``: :meth:`latent_columns` of ``feat`` (optional)."""
+        return self.reward_head(feat, columns).squeeze(-1)
+
+    def discount(self, feat: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted gamma * P(continue) ``[...]``; constant gamma without a discount head.
 
         The head is trained on the soft target gamma * (1 - is_terminal), so its Bernoulli
@@ -95,7 +103,7 @@ class WorldModel(nn.Module):
         """
         if self.discount_head is None:
             return torch.full(feat.shape[:-1], self.cfg.discount, device=feat.device)
-        return torch.sigmoid(self.discount_head(feat).squeeze(-1))
+        return torch.sigmoid(self.discount_head(feat, columns).squeeze(-1))
 
     # ---- training loss -------------------------------------------------------------------
     def loss(self, data: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, State, dict[str, torch.Tensor]]:
