@@ -417,10 +417,11 @@ class ConvDecoder(nn.Module):
         return x.reshape(*lead, self.channels, 64, 64)
 
 
-# Rows x one-hot width from which the lookup (``linear_onehot``) beats the matmul, overheads included (2-core AVX2
-# EPYC, float32, a layer of 128-600 units): [256 x 256] 0.25 vs 0.13 ms (the toy preset's imagination step);
-# [18 x 1024] 0.46 vs 0.34 ms (a what-if step); [288 x 1024] 1.5 vs 2.2 ms; [800 x 1024] 1.5 vs 7.0 ms
-# (paper-size imagination step); [12800 x 1024] 14 vs 75 ms (paper-size heads on imagined states).
+# Rows x one-hot width from which the lookup (``linear_onehot``, finding the classes included) beats the matmul
+# (``python docs/experiments/onehot_lookup.py op``, 2-core AVX2 EPYC, float32, layers of 128-600 units): [256 x 256]
+# 0.24 vs 0.13 ms (the toy preset's imagination step); [18 x 1024] 0.97 vs 0.42 ms (a what-if step); [4096 x 256]
+# 0.91 vs 2.18 ms; [288 x 1024] 1.22 vs 1.83 ms; [800 x 1024] 2.35 vs 6.83 ms (paper-size imagination step);
+# [12800 x 1024] 15 vs 89 ms (paper-size heads on the imagined trajectory).
 ONEHOT_LOOKUP_MIN = 1 << 17
 
 
@@ -430,9 +431,10 @@ def lookup_columns(onehot: torch.Tensor) -> torch.Tensor | None:
     gradient (the lookup passes none to it) or is smaller than ``ONEHOT_LOOKUP_MIN`` (the matmul is faster).
 
     The class is ``onehot @ [0, 1, ..., K-1]`` rounded: straight-through samples are one-hot up to rounding
-    (``1 + p - p``), and the product is exact in float32. ``argmax(-1)`` gives the same indices but ran 3-4x slower
-    over the short last axis (paper-size imagination ``[12800, 32, 32]``: 17 versus 5 ms). Every block must hold a
-    one: an all-zero block (the initial state) would read as class 0."""
+    (``1 + p - p``), and the product is exact in float32. ``argmax(-1)`` gives the same indices but is slow over the
+    short last axis: on the paper-size imagined trajectory ``[12800, 32, 32]`` it alone took 19 ms, the whole lookup
+    with this product 15 ms. Every block must hold a one: an all-zero block (the initial state) would read as
+    class 0."""
     if onehot.requires_grad or onehot.numel() < ONEHOT_LOOKUP_MIN:
         return None
     groups, classes = onehot.shape[-2:]
@@ -449,7 +451,7 @@ class _OneHotLinear(torch.autograd.Function):
     ``columns`` ``[N, G]``: the forward adds G weight columns per row (``F.embedding_bag``) instead of a matmul with
     G * K inputs, and the weight gradient is the matmul's, ``grad.t() @ onehot`` (embedding_bag's own backward ran at
     half its speed). No gradient to ``onehot``. Paper size (``[12800, 1024] -> 400``, 2-core AVX2 EPYC, float32):
-    matmul 67 ms, lookup 7-8 ms."""
+    matmul 89 ms, lookup 15 ms with finding the classes (``ONEHOT_LOOKUP_MIN``)."""
 
     @staticmethod
     def forward(ctx, columns, onehot, weight):
