@@ -113,25 +113,20 @@ class RSSM(nn.Module):
         ``lookup``: ``prev.stoch`` is one-hot (a sampled state): where it needs no gradient and is large enough,
         its share of the first layer is a lookup (``nets.linear_onehot``; the same numbers up to float rounding)."""
         columns = lookup_columns(prev.stoch) if lookup else None
-        if columns is not None:
-            deter, flat_logits = self._prior_core_lookup(columns, prev.stoch.flatten(-2), prev_action, prev.deter)
-        else:
-            deter, flat_logits = self._prior_core(prev.stoch.flatten(-2), prev_action, prev.deter)
+        deter, flat_logits = self._prior_core(prev.stoch.flatten(-2), prev_action, prev.deter, columns)
         stoch, logits = self._stoch_from_logits(flat_logits, sample)
         return State(deter, stoch, logits)
 
-    def _prior_core(self, stoch: torch.Tensor, action: torch.Tensor, deter: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The deterministic part of a prior step (no sampling): ``(h_t, prior logits)``.
+    def _prior_core(self, stoch: torch.Tensor, action: torch.Tensor, deter: torch.Tensor,
+                    columns: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The deterministic part of a prior step (no sampling): ``(h_t, prior logits)``; with ``columns``
+        (``nets.lookup_columns`` of the one-hot ``stoch``) its share of ``img_in`` is a lookup.
         ``compile_steps`` replaces it with a compiled version; sampling stays eager, so both paths
         draw the same random numbers."""
-        deter = self.gru(self.img_in(torch.cat([stoch, action], -1)), deter)
-        return deter, self.img_out(deter)
-
-    def _prior_core_lookup(self, columns: torch.Tensor, stoch: torch.Tensor, action: torch.Tensor,
-                           deter: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``_prior_core`` for a one-hot ``stoch`` ``[B, G * K]`` with its ones at ``columns`` ``[B, G]``."""
-        hidden = self.img_in[1](linear_onehot(self.img_in[0], action, stoch, columns, onehot_first=True))
+        if columns is None:
+            hidden = self.img_in(torch.cat([stoch, action], -1))
+        else:
+            hidden = self.img_in[1](linear_onehot(self.img_in[0], action, stoch, columns, onehot_first=True))
         deter = self.gru(hidden, deter)
         return deter, self.img_out(deter)
 
@@ -144,7 +139,6 @@ class RSSM(nn.Module):
         shapes). ``clone``: return copies of their outputs (``nets.clone_outputs``; needed under CUDA graphs)."""
         wrap = clone_outputs if clone else (lambda fn: fn)
         self._prior_core = wrap(torch.compile(self._prior_core, mode=mode, dynamic=False))
-        self._prior_core_lookup = wrap(torch.compile(self._prior_core_lookup, mode=mode, dynamic=False))
         self._post_core = wrap(torch.compile(self._post_core, mode=mode, dynamic=False))
         self._observe_core = wrap(torch.compile(self._observe_core, mode=mode, dynamic=False))
         self._core_compiled = True  # observe's loop_weights path stays eager: it keeps the compiled core
