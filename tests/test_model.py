@@ -520,6 +520,70 @@ def test_split_backward_conv_equals_autograd(transposed, cin, cout, kernel, size
     torch.testing.assert_close(gw, expected[1], rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("cin,cout,kernel,size,bias", [(6, 5, 5, 5, True), (8, 3, 6, 3, False), (4, 4, 4, 7, True)])
+def test_gemm_conv_transpose_equals_autograd(cin, cout, kernel, size, bias):
+    """The transposed conv as a GEMM + col2im (``impl="gemm"``) gives the native op's output and autograd's
+    gradients for input, weight and bias (float64, stride 2), with a channels-last output that is not a view (so the
+    ELU after it runs in place), and only the gradients asked for."""
+    import torch.nn.functional as F
+
+    from xdreamer.nets import PhaseConvTranspose2d
+
+    torch.manual_seed(0)
+    conv = PhaseConvTranspose2d(cin, cout, kernel, impl="gemm").double()
+    with torch.no_grad():
+        conv.bias.normal_()
+    if not bias:
+        conv.bias = None
+    x = torch.randn(3, cin, size, size, dtype=torch.float64, requires_grad=True)
+    ref = F.conv_transpose2d(x, conv.weight, conv.bias, stride=2)
+    got = conv(x)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got._is_view()
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    inputs = [x, conv.weight, *([conv.bias] if bias else [])]
+    expected = torch.autograd.grad(ref, inputs, g)
+    for a, c in zip(expected, torch.autograd.grad(got, inputs, g)):
+        torch.testing.assert_close(c, a, rtol=1e-10, atol=1e-10)
+    gw, = torch.autograd.grad(conv(x.detach()), (conv.weight,), g)
+    torch.testing.assert_close(gw, expected[1], rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="without padding"):
+        PhaseConvTranspose2d(cin, cout, kernel, padding=1, impl="gemm")(x)
+
+
+def test_decoder_picks_the_gemm_for_the_paper_size_small_input_layer(monkeypatch):
+    """``impl="auto"`` on an AVX2 CPU in float32 runs the paper-size decoder's 5x5 -> 13x13 layer (192 channels in) as
+    the GEMM and no other layer; elsewhere (other CPUs, bfloat16) none. The decoder's images and gradients equal the
+    all-native decoder's."""
+    from xdreamer import nets
+    from xdreamer.nets import ConvDecoder, PhaseConvTranspose2d
+
+    torch.manual_seed(0)
+    dec = ConvDecoder(40, 1, 48)  # paper depth: 1536 -> 192 -> 96 -> 48 -> 1 channels
+    feat = torch.randn(2, 40)
+    ran = []
+    apply = nets._GemmConvTranspose2d.apply
+    monkeypatch.setattr(nets._GemmConvTranspose2d, "apply", lambda *a: ran.append(a[0].shape) or apply(*a))
+    outs, grads = {}, {}
+    for impl in ("native", "auto"):
+        for m in dec.modules():
+            if isinstance(m, PhaseConvTranspose2d):
+                m.impl = impl
+        dec.zero_grad()
+        outs[impl] = dec(feat)
+        outs[impl].square().sum().backward()
+        grads[impl] = [p.grad.clone() for p in dec.parameters()]
+    assert ran == ([torch.Size([2, 192, 5, 5])] if nets._cpu_is_avx2() else [])
+    torch.testing.assert_close(outs["auto"], outs["native"], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads["auto"], grads["native"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    ran.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not nets.gemm_applies(torch.randn(2, 192, 5, 5), dec.net[2])
+    assert nets.gemm_applies(torch.randn(2, 192, 5, 5), dec.net[2]) == nets._cpu_is_avx2()
+    assert not nets.gemm_applies(torch.randn(2, 96, 13, 13), dec.net[4])  # the 13 -> 30 layer: slower as a GEMM
+
+
 @pytest.mark.parametrize("layout", ["dreamerv2", "dreamerv3"])
 def test_decoder_fast_path_matches_native(layout):
     """The decoder's per-layer choice of transposed-conv computation (``impl="auto"``) and forced

@@ -292,6 +292,77 @@ def conv_split_backward(x: torch.Tensor, conv: nn.Conv2d | nn.ConvTranspose2d) -
     return _SplitBackwardConv.apply(x, conv.weight, conv.bias, conv.stride[0], transposed)
 
 
+# The decoder's transposed convs from a small input with many channels (paper size: the 5x5 -> 13x13 layer, 192 -> 96
+# channels) run faster as one GEMM plus col2im than as oneDNN's deconvolution on an AVX2 CPU. Measured on the 2-core
+# AMD EPYC, float32, channels-last, min of 8 (docs/benchmarks.md, tenth session): 800 frames forward 242 -> 191 ms,
+# forward + backward 634 -> 447 ms; 271 frames (a what-if's decoding) forward 74 -> 49 ms. With 64 input channels
+# (the small preset, 512 frames) forward was even (27 ms) and forward + backward slower (50 -> 70 ms); the 13 -> 30
+# layers were slower at every size (paper size, 800 frames, forward 367 -> 648 ms): their col2im adds 36 taps into
+# a large output. Hence the rule: at least GEMM_MIN_IN_CHANNELS input channels and an input of at most
+# GEMM_MAX_INPUT pixels a side.
+GEMM_MIN_IN_CHANNELS = 128
+GEMM_MAX_INPUT = 8
+
+
+class _GemmConvTranspose2d(torch.autograd.Function):
+    """``F.conv_transpose2d(x, weight, bias, stride=stride)`` (no padding, dilation, groups or output padding) as one
+    GEMM and a col2im: ``[N*H*W, Cin] @ [Cin, k*k*Cout]`` gives each input pixel's k x k output patch, and the k*k
+    taps are added into the output at their strided offsets. The backward gathers the output gradient's patches
+    (im2col) once and takes the input and weight gradients as two GEMMs with them. The output is channels-last.
+    Same numbers as the native op up to float rounding (tests/test_model.py)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride: int):
+        n, cin, h, w = x.shape
+        cout, k = weight.shape[1], weight.shape[2]
+        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, cin)  # a view for a channels-last x
+        patches = (rows @ weight.permute(0, 2, 3, 1).reshape(cin, k * k * cout)).view(n, h, w, k, k, cout)
+        # not a view (so that the ELU after it can run in place), channels-last in memory
+        y = torch.empty(n, cout, (h - 1) * stride + k, (w - 1) * stride + k, dtype=x.dtype, device=x.device,
+                        memory_format=torch.channels_last)
+        pixels = y.permute(0, 2, 3, 1)  # [N, OH, OW, Cout]
+        if bias is None:
+            pixels.zero_()
+        else:
+            pixels.copy_(bias.expand_as(pixels))
+        for i in range(k):
+            for j in range(k):
+                pixels[:, i:i + (h - 1) * stride + 1:stride, j:j + (w - 1) * stride + 1:stride] += patches[:, :, :, i, j]
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.has_bias = stride, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        n, cin, h, w = x.shape
+        cout, k = weight.shape[1], weight.shape[2]
+        g = grad.permute(0, 2, 3, 1).contiguous()  # [N, OH, OW, Cout]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            # im2col of the output gradient: row (n, i, j) holds the k x k patch that input pixel (i, j) wrote to
+            cols = g.unfold(1, k, ctx.stride).unfold(2, k, ctx.stride).permute(0, 1, 2, 4, 5, 3)
+            cols = cols.reshape(n * h * w, k * k * cout)
+            if ctx.needs_input_grad[0]:
+                wmat = weight.permute(0, 2, 3, 1).reshape(cin, k * k * cout)
+                grad_x = (cols @ wmat.t()).view(n, h, w, cin).permute(0, 3, 1, 2)
+            if ctx.needs_input_grad[1]:
+                rows = x.permute(0, 2, 3, 1).reshape(n * h * w, cin)
+                grad_w = (rows.t() @ cols).view(cin, k, k, cout).permute(0, 3, 1, 2).contiguous()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum((0, 1, 2))
+        return grad_x, grad_w, grad_b, None
+
+
+def gemm_applies(x: torch.Tensor, conv: nn.ConvTranspose2d) -> bool:
+    """Whether ``PhaseConvTranspose2d(impl="auto")`` runs ``conv`` on ``x`` as :class:`_GemmConvTranspose2d`: a small
+    input (<= ``GEMM_MAX_INPUT`` px a side) with >= ``GEMM_MIN_IN_CHANNELS`` channels, no padding, where
+    :func:`split_backward_applies` (an AVX2 CPU, the only kind it was measured on; float32/float64, no autocast,
+    eager)."""
+    return (conv.in_channels >= GEMM_MIN_IN_CHANNELS and max(x.shape[-2:]) <= GEMM_MAX_INPUT
+            and conv.padding == (0, 0) and split_backward_applies(x))
+
+
 @functools.lru_cache(maxsize=None)
 def _cpu_feature(probe_name: str) -> bool:
     """A CPU feature as PyTorch's private ``torch.cpu`` probe ``probe_name`` reports it; a missing or failing probe
@@ -335,10 +406,12 @@ class PhaseConvTranspose2d(nn.ConvTranspose2d):
     hence float32 keeps the native op). ``impl="native"`` is the reference path, ``impl="phases"``
     and ``impl="phases_cl"`` force the phase decomposition (on a channels-last input); all agree to
     float rounding (tests/test_model.py). Where ``auto`` picks the native op on an AVX2 CPU in float32, its
-    backward is split in two calls (:func:`conv_split_backward`).
+    backward is split in two calls (:func:`conv_split_backward`). On such a CPU a small input with many channels
+    (the paper-size 5x5 -> 13x13 layer) runs as one GEMM plus col2im instead (:func:`gemm_applies`;
+    ``impl="gemm"`` forces it).
     """
 
-    IMPLS = ("auto", "phases", "phases_cl", "native")
+    IMPLS = ("auto", "phases", "phases_cl", "native", "gemm")
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, padding: int = 0, impl: str = "auto") -> None:
         super().__init__(in_ch, out_ch, kernel, stride=2, padding=padding)
@@ -356,10 +429,17 @@ class PhaseConvTranspose2d(nn.ConvTranspose2d):
                 impl = "native_cl"
             elif self.out_channels <= 4:
                 impl = "phases"
+            elif gemm_applies(x, self):
+                impl = "gemm"
             elif bf16 and x.shape[-1] <= 8:  # bf16: oneDNN's conv beats its deconv on small inputs
                 impl = "phases_cl"
             else:
                 impl = "native_cl"
+        if impl == "gemm":
+            if self.padding != (0, 0):
+                raise ValueError("impl='gemm' needs a transposed conv without padding")
+            return _GemmConvTranspose2d.apply(x.contiguous(memory_format=torch.channels_last), self.weight, self.bias,
+                                              self.stride[0])
         if impl == "phases_cl":
             x, impl = x.contiguous(memory_format=torch.channels_last), "phases"
         if impl == "phases":
