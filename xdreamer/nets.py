@@ -294,12 +294,12 @@ def conv_split_backward(x: torch.Tensor, conv: nn.Conv2d | nn.ConvTranspose2d) -
 
 # The decoder's transposed convs from a small input with many channels (paper size: the 5x5 -> 13x13 layer, 192 -> 96
 # channels) run faster as one GEMM plus col2im than as oneDNN's deconvolution on an AVX2 CPU. Measured on the 2-core
-# AMD EPYC, float32, channels-last, min of 8 (docs/benchmarks.md, tenth session): 800 frames forward 242 -> 191 ms,
-# forward + backward 634 -> 447 ms; 271 frames (a what-if's decoding) forward 74 -> 49 ms. With 64 input channels
-# (the small preset, 512 frames) forward was even (27 ms) and forward + backward slower (50 -> 70 ms); the 13 -> 30
-# layers were slower at every size (paper size, 800 frames, forward 367 -> 648 ms): their col2im adds 36 taps into
-# a large output. Hence the rule: at least GEMM_MIN_IN_CHANNELS input channels and an input of at most
-# GEMM_MAX_INPUT pixels a side.
+# AMD EPYC, float32, channels-last, min of 8 (``python docs/experiments/decoder_gemm.py layer``, docs/benchmarks.md,
+# tenth session): 800 frames forward 262 -> 182 ms, forward + ELU + backward 655 -> 496 ms; 271 frames (a what-if's
+# decoding) forward 86 -> 57 ms. With 64 input channels (the small preset, 512 frames) forward + backward was slower
+# (51 -> 60 ms) and at 32 (the toy preset) within a millisecond; the 13 -> 30 layers were slower at every size
+# (paper size, 800 frames, forward 380 -> 620 ms): their col2im adds 36 taps into a large output. Hence the rule:
+# at least GEMM_MIN_IN_CHANNELS input channels and an input of at most GEMM_MAX_INPUT pixels a side.
 GEMM_MIN_IN_CHANNELS = 128
 GEMM_MAX_INPUT = 8
 

@@ -4,13 +4,17 @@ what ``impl="auto"`` ran before it (the native op on a channels-last input, with
     python docs/experiments/decoder_gemm.py layer            # each decoder shape alone, native vs gemm
     python docs/experiments/decoder_gemm.py update ROUNDS [PRESET]   # whole updates, alternating in one process
     python docs/experiments/decoder_gemm.py whatif REPEATS   # xdreamer bench's paper-size what-if, alternating
+    python docs/experiments/decoder_gemm.py ops ROUNDS       # the layer's operators inside paper-size updates
 
 ``layer``: float32, channels-last inputs, min and median of 8 after 2 warm-ups: forward without gradients, and
 forward + ELU + backward, at the paper size (192 -> 96 channels, 5x5 -> 13x13; 800 training frames and a what-if's
 271), the small preset's (64 -> 32, 512 frames), the toy preset's (32 -> 16, 256 frames) and the paper size's
 13x13 -> 30x30 layer (96 -> 48). ``update``: ``bench.alternating_updates`` with ``nets.GEMM_MIN_IN_CHANNELS`` at
 its value (``gemm``) and out of reach (``native``). ``whatif``: ``bench.bench_analysis``'s what-if timing (18
-branches x 15 steps with decoding) under each, alternating.
+branches x 15 steps with decoding) under each, alternating. ``ops``: after 4 warm-up updates, ROUNDS rounds of one
+update per variant, each timed operator by operator (``op_efficiency.OpTimer``); prints the milliseconds of the
+layer's operators (the transposed conv and its backward, or the GEMMs, col2im adds and im2col copy) and of all
+operators, per update. Less noisy than whole updates on this VM: the layer is ~5 % of an update.
 """
 
 import statistics
@@ -97,6 +101,40 @@ def whatif(repeats: int) -> None:
         print(f"{name}: what-if mean {np.mean(s):.3f} s, median {np.median(s):.3f} s, min {min(s):.3f} s")
 
 
+def ops(rounds: int) -> None:
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from op_efficiency import OpTimer
+
+    configure_cpu()
+    agent, batch = bench.bench_agent("atari", "float32")
+    for _ in range(4):
+        agent.train_step(batch())
+
+    def layer_op(op: str, shapes: tuple) -> bool:
+        if op in ("convolution", "convolution_backward"):
+            return any(s[1:] == (192, 5, 5) for s in shapes)  # the 5x5 layer's input, in any role
+        if op == "mm":
+            return any(192 in s and (2400 in s or 20000 in s) for s in shapes)
+        return op in ("add_", "clone") and any(s[-1:] == (96,) and 5 in s for s in shapes)
+
+    totals: dict[str, list[tuple[float, float]]] = {"native": [], "gemm": []}
+    try:
+        for r in range(rounds):
+            for name in (("native", "gemm") if r % 2 == 0 else ("gemm", "native")):
+                nets.GEMM_MIN_IN_CHANNELS = 10**9 if name == "native" else GEMM_MIN
+                timer = OpTimer()
+                with timer:
+                    agent.train_step(batch())
+                mine = sum(s for (op, shapes), s in timer.seconds.items() if layer_op(op, shapes))
+                totals[name].append((mine, sum(timer.seconds.values())))
+    finally:
+        nets.GEMM_MIN_IN_CHANNELS = GEMM_MIN
+    for name, pairs in totals.items():
+        layer_s, all_s = np.array(pairs).T
+        print(f"{name}: the layer's operators {1e3 * layer_s.mean():.0f} ms (per round: "
+              f"{', '.join(f'{1e3 * s:.0f}' for s in layer_s)}), all operators {all_s.mean():.2f} s per update")
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     if args[:1] == ["layer"]:
@@ -105,5 +143,7 @@ if __name__ == "__main__":
         update(int(args[1]), *args[2:])
     elif args[:1] == ["whatif"] and len(args) == 2:
         whatif(int(args[1]))
+    elif args[:1] == ["ops"] and len(args) == 2:
+        ops(int(args[1]))
     else:
         sys.exit(__doc__)
