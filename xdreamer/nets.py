@@ -166,7 +166,7 @@ class ConvEncoder(nn.Module):
 
 def conv2d_as_matmul(x: torch.Tensor, conv: nn.Conv2d,
                      act: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """``conv(x)`` (no padding, no dilation, no groups) as an explicit im2col (strided views) and one matmul;
+    """``conv(x)`` (no padding, no dilation, no groups) as an explicit im2col (:class:`_Im2col`) and one matmul;
     ``act(conv(x))`` with ``act`` applied to the matmul's 2-D output (not a view, so :class:`ELU` runs in place).
 
     Used on CPU for the encoder's last layer, whose output is only 2x2: oneDNN's convolution runs far below the
@@ -180,21 +180,47 @@ def conv2d_as_matmul(x: torch.Tensor, conv: nn.Conv2d,
     Same parameters and numbers up to float rounding (``tests/test_model.py``).
     """
     assert conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1, conv
-    batch, _, height, width = x.shape
-    (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
-    out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
-    # im2col as strided views [B, C, out_h, out_w, kh, kw] and one copy into the matmul's row order: the same
-    # numbers as ``F.unfold`` + transpose (which copies twice), and a faster forward (2-core AVX2 EPYC, two runs of
-    # docs/experiments/im2col_views.py: grayscale first layer 37-38 -> 26-28 ms on 800 frames, 11-13 -> 6-8 ms
-    # on the toy preset's 256; with backward, as for the last layer, 94-104 -> 77-93 ms, and about even for a
-    # first layer whose image needs a gradient, which only saliency asks for).
-    patches = x.unfold(2, kh, sh).unfold(3, kw, sw)
-    # One 2-D matmul (a 3-D input would run as a batched matmul whose weight gradient is B small ones).
-    cols = patches.permute(0, 2, 3, 1, 4, 5).reshape(batch * out_h * out_w, -1)
-    y = torch.nn.functional.linear(cols, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+    batch = x.shape[0]
+    cols, out_h, out_w = _Im2col.apply(x, conv.kernel_size, conv.stride)
+    # One 2-D matmul (a 3-D input would run as a batched matmul whose weight gradient is B small ones), with the
+    # weight's columns in the im2col's (kh, kw, C) order.
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)
+    y = torch.nn.functional.linear(cols, weight, conv.bias)
     if act is not None:
         y = act(y)
     return y.reshape(batch, out_h, out_w, conv.out_channels).permute(0, 3, 1, 2)  # channels-last memory
+
+
+class _Im2col(torch.autograd.Function):
+    """``x`` ``[B, C, H, W]`` -> im2col rows ``[B * out_h * out_w, kh * kw * C]`` in (kh, kw, C) column order (no
+    padding), and ``(out_h, out_w)``. The channels run innermost, so on a channels-last ``x`` (the encoder's layers
+    after the first) the copy moves runs of C contiguous floats, and the backward (col2im) is kh * kw strided adds of
+    whole pixels. The (C, kh, kw) order of ``Tensor.unfold`` views copied in one go, with autograd's two
+    ``unfold_backward`` passes, took longer for the layer (im2col + matmul; ``python docs/experiments/im2col_views.py
+    layer``, 2-core AVX2 EPYC, min of 10): the paper-size encoder's last layer (``[800, 192, 6, 6]``, 4x4 kernel,
+    stride 2) forward 58 -> 46 ms, forward + backward 192 -> 162 ms; the toy preset's (``[256, 32, 6, 6]``) 5.0 ->
+    3.7 ms; the grayscale first layer's forward the same (47 ms at 800 frames). A one-channel input has the same
+    columns in either order."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride):
+        batch, channels, height, width = x.shape
+        (kh, kw), (sh, sw) = kernel, stride
+        out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
+        patches = x.permute(0, 2, 3, 1).unfold(1, kh, sh).unfold(2, kw, sw)  # [B, out_h, out_w, C, kh, kw]
+        cols = patches.permute(0, 1, 2, 4, 5, 3).reshape(batch * out_h * out_w, kh * kw * channels)
+        ctx.geometry = (x.shape, out_h, out_w, kh, kw, sh, sw)
+        return cols, out_h, out_w
+
+    @staticmethod
+    def backward(ctx, grad, *_):
+        (batch, channels, height, width), out_h, out_w, kh, kw, sh, sw = ctx.geometry
+        grad = grad.view(batch, out_h, out_w, kh, kw, channels)
+        grad_x = grad.new_zeros(batch, height, width, channels)
+        for i in range(kh):
+            for j in range(kw):
+                grad_x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw] += grad[:, :, :, i, j]
+        return grad_x.permute(0, 3, 1, 2), None, None  # channels-last memory
 
 
 def conv_transpose2d_phases(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
