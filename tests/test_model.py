@@ -520,6 +520,23 @@ def test_split_backward_conv_equals_autograd(transposed, cin, cout, kernel, size
     torch.testing.assert_close(gw, expected[1], rtol=1e-10, atol=1e-10)
 
 
+def _decoder_under_impls(dec, feat, impls):
+    """The decoder's images and parameter gradients (of the images' squared sum) with every transposed conv forced
+    to each ``PhaseConvTranspose2d.impl`` in turn."""
+    from xdreamer.nets import PhaseConvTranspose2d
+
+    outs, grads = {}, {}
+    for impl in impls:
+        for m in dec.modules():
+            if isinstance(m, PhaseConvTranspose2d):
+                m.impl = impl
+        dec.zero_grad()
+        outs[impl] = dec(feat)
+        outs[impl].square().sum().backward()
+        grads[impl] = [p.grad.clone() for p in dec.parameters()]
+    return outs, grads
+
+
 @pytest.mark.parametrize("cin,cout,kernel,size,bias", [(6, 5, 5, 5, True), (8, 3, 6, 3, False), (4, 4, 4, 7, True)])
 def test_gemm_conv_transpose_equals_autograd(cin, cout, kernel, size, bias):
     """The transposed conv as a GEMM + col2im (``impl="gemm"``) gives the native op's output and autograd's
@@ -556,7 +573,7 @@ def test_decoder_picks_the_gemm_for_the_paper_size_small_input_layer(monkeypatch
     the GEMM and no other layer; elsewhere (other CPUs, bfloat16) none. The decoder's images and gradients equal the
     all-native decoder's."""
     from xdreamer import nets
-    from xdreamer.nets import ConvDecoder, PhaseConvTranspose2d
+    from xdreamer.nets import ConvDecoder
 
     torch.manual_seed(0)
     dec = ConvDecoder(40, 1, 48)  # paper depth: 1536 -> 192 -> 96 -> 48 -> 1 channels
@@ -564,15 +581,7 @@ def test_decoder_picks_the_gemm_for_the_paper_size_small_input_layer(monkeypatch
     ran = []
     apply = nets._GemmConvTranspose2d.apply
     monkeypatch.setattr(nets._GemmConvTranspose2d, "apply", lambda *a: ran.append(a[0].shape) or apply(*a))
-    outs, grads = {}, {}
-    for impl in ("native", "auto"):
-        for m in dec.modules():
-            if isinstance(m, PhaseConvTranspose2d):
-                m.impl = impl
-        dec.zero_grad()
-        outs[impl] = dec(feat)
-        outs[impl].square().sum().backward()
-        grads[impl] = [p.grad.clone() for p in dec.parameters()]
+    outs, grads = _decoder_under_impls(dec, feat, ("native", "auto"))
     assert ran == ([torch.Size([2, 192, 5, 5])] if nets._cpu_is_avx2() else [])
     torch.testing.assert_close(outs["auto"], outs["native"], rtol=1e-5, atol=1e-5)
     for a, b in zip(grads["auto"], grads["native"]):
@@ -588,20 +597,12 @@ def test_decoder_picks_the_gemm_for_the_paper_size_small_input_layer(monkeypatch
 def test_decoder_fast_path_matches_native(layout):
     """The decoder's per-layer choice of transposed-conv computation (``impl="auto"``) and forced
     phases give the native op's images and gradients; both layouts produce 64x64 images."""
-    from xdreamer.nets import ConvDecoder, PhaseConvTranspose2d
+    from xdreamer.nets import ConvDecoder
 
     torch.manual_seed(0)
     dec = ConvDecoder(20, 1, 4, layout)
     feat = torch.randn(2, 5, 20)
-    outs, grads = {}, {}
-    for impl in ("native", "auto", "phases", "phases_cl"):
-        for m in dec.modules():
-            if isinstance(m, PhaseConvTranspose2d):
-                m.impl = impl
-        dec.zero_grad()
-        outs[impl] = dec(feat)
-        outs[impl].square().sum().backward()
-        grads[impl] = [p.grad.clone() for p in dec.parameters()]
+    outs, grads = _decoder_under_impls(dec, feat, ("native", "auto", "phases", "phases_cl"))
     assert outs["auto"].shape == (2, 5, 1, 64, 64)
     for impl in ("auto", "phases", "phases_cl"):
         torch.testing.assert_close(outs[impl], outs["native"], rtol=1e-5, atol=1e-5)

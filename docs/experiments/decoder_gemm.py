@@ -17,9 +17,7 @@ layer's operators (the transposed conv and its backward, or the GEMMs, col2im ad
 operators, per update. Less noisy than whole updates on this VM: the layer is ~5 % of an update.
 """
 
-import statistics
 import sys
-import time
 
 import numpy as np
 import torch
@@ -31,14 +29,9 @@ GEMM_MIN = nets.GEMM_MIN_IN_CHANNELS
 
 
 def timed(fn, repeats: int = 8) -> str:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return f"{1e3 * min(times):7.1f} / {1e3 * statistics.median(times):7.1f} ms"
+    fn()  # a second warm-up: min_and_median_s makes one more
+    low, median = bench.min_and_median_s(fn, repeats)
+    return f"{1e3 * low:7.1f} / {1e3 * median:7.1f} ms"
 
 
 def layer() -> None:

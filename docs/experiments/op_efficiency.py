@@ -22,7 +22,6 @@ no faster than oneDNN's transposed conv (docs/benchmarks.md, tenth session).
 import collections
 import json
 import resource
-import statistics
 import sys
 import time
 
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from xdreamer.bench import bench_agent, matmul_peak_gflops
+from xdreamer.bench import bench_agent, matmul_peak_gflops, min_and_median_s
 from xdreamer.training import configure_cpu
 
 CONV = ("convolution", "convolution_backward", "_convolution", "mkldnn_convolution")
@@ -123,13 +122,7 @@ def update(preset: str = "atari", warmup: int = 4, timed: int = 3, out: str | No
 
 
 def best_ms(fn, repeats: int = 6) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * min(times)
+    return 1e3 * min_and_median_s(fn, repeats)[0]
 
 
 def gemm(frames: int = 800) -> None:
