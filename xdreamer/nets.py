@@ -207,20 +207,34 @@ class _Im2col(torch.autograd.Function):
         batch, channels, height, width = x.shape
         (kh, kw), (sh, sw) = kernel, stride
         out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
-        patches = x.permute(0, 2, 3, 1).unfold(1, kh, sh).unfold(2, kw, sw)  # [B, out_h, out_w, C, kh, kw]
-        cols = patches.permute(0, 1, 2, 4, 5, 3).reshape(batch * out_h * out_w, kh * kw * channels)
         ctx.geometry = (x.shape, out_h, out_w, kh, kw, sh, sw)
-        return cols, out_h, out_w
+        return _pixel_patches(x.permute(0, 2, 3, 1), kh, kw, sh, sw), out_h, out_w
 
     @staticmethod
     def backward(ctx, grad, *_):
         (batch, channels, height, width), out_h, out_w, kh, kw, sh, sw = ctx.geometry
-        grad = grad.view(batch, out_h, out_w, kh, kw, channels)
-        grad_x = grad.new_zeros(batch, height, width, channels)
-        for i in range(kh):
-            for j in range(kw):
-                grad_x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw] += grad[:, :, :, i, j]
+        grad_x = _add_pixel_patches_(grad.new_zeros(batch, height, width, channels),
+                                     grad.view(batch, out_h, out_w, kh, kw, channels), sh, sw)
         return grad_x.permute(0, 3, 1, 2), None, None  # channels-last memory
+
+
+def _pixel_patches(pixels: torch.Tensor, kh: int, kw: int, sh: int, sw: int) -> torch.Tensor:
+    """im2col of a channels-innermost map ``[B, H, W, C]`` (no padding): rows ``[B * out_h * out_w, kh * kw * C]``
+    in (kh, kw, C) column order. The adjoint of :func:`_add_pixel_patches_`."""
+    patches = pixels.unfold(1, kh, sh).unfold(2, kw, sw)  # [B, out_h, out_w, C, kh, kw]
+    batch, out_h, out_w, channels = patches.shape[:4]
+    return patches.permute(0, 1, 2, 4, 5, 3).reshape(batch * out_h * out_w, kh * kw * channels)
+
+
+def _add_pixel_patches_(pixels: torch.Tensor, patches: torch.Tensor, sh: int, sw: int) -> torch.Tensor:
+    """col2im in place: adds each patch of ``patches`` ``[B, out_h, out_w, kh, kw, C]`` into ``pixels``
+    ``[B, H, W, C]`` at rows ``i + sh * m`` and columns ``j + sw * n``, as kh * kw strided adds of whole pixels;
+    returns ``pixels``."""
+    out_h, out_w, kh, kw = patches.shape[1:5]
+    for i in range(kh):
+        for j in range(kw):
+            pixels[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw] += patches[:, :, :, i, j]
+    return pixels
 
 
 def conv_transpose2d_phases(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -351,9 +365,7 @@ class _GemmConvTranspose2d(torch.autograd.Function):
             pixels.zero_()
         else:
             pixels.copy_(bias.expand_as(pixels))
-        for i in range(k):
-            for j in range(k):
-                pixels[:, i:i + (h - 1) * stride + 1:stride, j:j + (w - 1) * stride + 1:stride] += patches[:, :, :, i, j]
+        _add_pixel_patches_(pixels, patches, stride, stride)
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.has_bias = stride, bias is not None
         return y
@@ -367,8 +379,7 @@ class _GemmConvTranspose2d(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             # im2col of the output gradient: row (n, i, j) holds the k x k patch that input pixel (i, j) wrote to
-            cols = g.unfold(1, k, ctx.stride).unfold(2, k, ctx.stride).permute(0, 1, 2, 4, 5, 3)
-            cols = cols.reshape(n * h * w, k * k * cout)
+            cols = _pixel_patches(g, k, k, ctx.stride, ctx.stride)
             if ctx.needs_input_grad[0]:
                 wmat = weight.permute(0, 2, 3, 1).reshape(cin, k * k * cout)
                 grad_x = (cols @ wmat.t()).view(n, h, w, cin).permute(0, 3, 1, 2)
