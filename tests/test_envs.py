@@ -403,7 +403,16 @@ def test_import_modules_and_custom_gym_env(tmp_path, monkeypatch):
 
 def test_gym_module_colon_form(tmp_path, monkeypatch):
     (tmp_path / "xd_user_envs2.py").write_text(USER_MODULE.replace("XdTinyPixel-v0", "XdTinyPixel2-v0"))
+    (tmp_path / "marker_payload.py").write_text("open(__file__ + '.ran', 'w').close()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    # An env id names a module but never imports it (#28): ids come from files; only import_modules does.
+    for env_id in ("gym:xd_user_envs2:XdTinyPixel2-v0", "gym:marker_payload:CartPole-v1"):
+        with pytest.raises(ValueError, match="pass --import"):
+            make(env_id)
+    with pytest.raises(ValueError, match="bad env id"):
+        make("gym:sys:marker_payload:CartPole-v1")  # gymnasium.make would import marker_payload itself
+    assert "xd_user_envs2" not in sys.modules and not (tmp_path / "marker_payload.py.ran").exists()
+    import_modules(["xd_user_envs2"])
     env = make("gym:xd_user_envs2:XdTinyPixel2-v0")
     assert env.spec.id == "gym:XdTinyPixel2-v0"
     env.close()

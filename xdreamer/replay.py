@@ -75,6 +75,8 @@ class Replay:
         """Reload the newest episodes from disk up to capacity (for ``--resume``)."""
         if self.directory is None:
             return 0
+        for stale in self.directory.glob(".*.npz.tmp"):  # a write killed before its rename (save_episode)
+            stale.unlink(missing_ok=True)
         files = sorted(self.directory.glob("*.npz"))
         chosen, steps = [], 0
         for path in reversed(files):
@@ -146,9 +148,28 @@ def save_episode(path: pathlib.Path, episode: Mapping[str, np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
+MAX_STEP_BYTES = 1 << 20  # one stored step of one key (a 64x64 RGB frame is 12 KB)
+
+
 def load_episode(path: pathlib.Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in KEYS}
+    """Read an episode written by ``save_episode``, bounded by the length its file name states (issue #28:
+    a run folder may come from someone else; nothing is inflated past what that length implies)."""
+    from .npzfile import NpzLimitError, load_bounded
+
+    try:
+        length = int(path.stem.rsplit("-", 1)[-1])
+    except ValueError:
+        raise NpzLimitError(f"{path.name} does not end in -<length>") from None
+
+    def check(headers) -> None:
+        if set(headers) != set(KEYS):
+            raise NpzLimitError(f"members {sorted(headers)}, expected {sorted(KEYS)}")
+        for key, member in headers.items():
+            if not member.shape or member.shape[0] != length or member.nbytes > length * MAX_STEP_BYTES:
+                raise NpzLimitError(f"{key} has shape {member.shape}, expected {length} steps of at most "
+                                    f"{MAX_STEP_BYTES:,} bytes")
+
+    return load_bounded(path, check)
 
 
 class EpisodeBuilder:

@@ -47,9 +47,11 @@ def make(env_id: str, seed: int | None = None, **overrides: Any) -> Env:
 
         return make_mujoco(name, seed=seed, **overrides)
     if family == "gym":
-        if ":" in name:  # Gymnasium's "module:EnvId" form registers the env by importing the module first
+        if ":" in name:  # Gymnasium's "module:EnvId" form: the module registers the env when imported
             module, name = name.split(":", 1)
-            import_modules([module])
+            _check_imported(module, env_id)
+            if ":" in name:  # gymnasium.make would import the next "module:" part itself
+                raise ValueError(f"bad env id {env_id!r}: expected gym:<id> or gym:<module>:<id>")
         if name.startswith("ALE/"):
             from .atari import _register
 
@@ -61,9 +63,28 @@ def make(env_id: str, seed: int | None = None, **overrides: Any) -> Env:
 
 
 def import_modules(names: list[str]) -> None:
-    """Import user modules (e.g. ones that call `gymnasium.register`); failures raise ValueError."""
+    """Import user modules (e.g. ones that call `gymnasium.register`); failures raise ValueError.
+
+    This is the only place xdreamer imports a module by name, and its callers pass only names the user gave:
+    `--import` on the CLI or an explicit call from Python. An env id read from a file never gets here (#28).
+    """
     for name in names:
         try:
             importlib.import_module(name)
         except Exception as e:  # noqa: BLE001 - any failure in user code becomes one clear error
             raise ValueError(f"could not import module {name}: {type(e).__name__}: {e}") from e
+
+
+def _check_imported(module: str, env_id: str) -> None:
+    """Refuse `gym:<module>:<id>` unless ``module`` is already imported.
+
+    Env ids come from checkpoints' ``config.json`` and traces, which the manifest's hash does not cover:
+    importing the module they name ran code from a downloaded folder (``xdreamer record .`` with an
+    ``xdpayload.py`` beside the config, issue #28). A module that is already in ``sys.modules`` was imported by
+    the user (``--import``, or their own code), so resolving it executes nothing new.
+    """
+    import sys
+
+    if module not in sys.modules:
+        raise ValueError(f"env {env_id!r} needs module {module!r}, which xdreamer does not import from a file or "
+                         f"an env id: pass --import {module} (Python: xdreamer.envs.import_modules([{module!r}]))")

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .base import Env, EnvSpec, Obs, State, array_to_rng, box, make_obs, nan_box, rng_to_array
+from .base import Env, EnvSpec, Obs, State, array_to_rng, box, check_int_fields, make_obs, nan_box, rng_to_array
 
 __all__ = ["AtariEnv", "make_atari", "RAM_OBJECTS"]
 
@@ -205,7 +205,13 @@ class AtariEnv(Env):
 
     def set_state(self, state: Mapping[str, np.ndarray]) -> None:
         self._check_state_header(state, ("ale", "np_rng", "obs_buffer", "ints"))
+        ints = check_int_fields(self.spec.id, state["ints"], {"steps": (0, 10**9), "done": (0, 1),
+                                                             "lives": (0, 255), "game_over": (0, 1)})
         raw = np.asarray(state["ale"], dtype=np.uint8).tobytes()
+        if not self._started:
+            # Gymnasium's OrderEnforcing wrapper refuses step() before a reset(), whatever state the emulator was
+            # restored to: the grounded what-if from a saved trace restores into a fresh env (issue #31).
+            self.reset(seed=0)
         self._ale.restoreState(self._ale_py.ALEState(raw))
         array_to_rng(self._raw_env.unwrapped.np_random, state["np_rng"])
         buf = np.asarray(state["obs_buffer"], dtype=np.uint8)
@@ -213,9 +219,8 @@ class AtariEnv(Env):
             raise ValueError(f"state for {self.spec.id}: obs_buffer has shape {buf.shape}, expected {(2,) + self._env.obs_buffer[0].shape}")
         for i in range(2):
             self._env.obs_buffer[i][...] = buf[i]
-        steps, done, lives, game_over = (int(v) for v in np.asarray(state["ints"]))
-        self._steps, self._done = steps, bool(done)
-        self._env.lives, self._env.game_over = lives, bool(game_over)
+        self._steps, self._done = ints["steps"], bool(ints["done"])
+        self._env.lives, self._env.game_over = ints["lives"], bool(ints["game_over"])
         self._started = True
 
 

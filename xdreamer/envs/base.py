@@ -87,6 +87,11 @@ class Env:
     def step(self, action: Any) -> Obs:
         raise NotImplementedError
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "set_state" in cls.__dict__:
+            cls.set_state = _guard_set_state(cls.__dict__["set_state"])
+
     def get_state(self) -> State:
         raise NotImplementedError(f"env {self.spec.id} cannot branch (no get_state/set_state)")
 
@@ -124,6 +129,40 @@ class Env:
         missing = [k for k in ("env_id",) + keys if k not in state]
         if missing:
             raise ValueError(f"state for {self.spec.id} is missing key(s) {missing}")
+
+
+def _guard_set_state(method):
+    """Every env's ``set_state`` raises a one-line ValueError for a state it cannot restore. States come from
+    trace files: a garbled Atari state raised KeyError, RuntimeError or a nanobind SystemError (issue #28)."""
+    import functools
+
+    @functools.wraps(method)
+    def set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        if not isinstance(state, Mapping):
+            raise ValueError(f"state for {self.spec.id} must be a mapping of arrays, got {type(state).__name__}")
+        try:
+            method(self, state)
+        except (ValueError, NotImplementedError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the simulator raises on garbage becomes one line
+            line = (str(exc).strip().splitlines() or [""])[0]
+            raise ValueError(f"state for {self.spec.id} cannot be restored ({type(exc).__name__}: {line})") from None
+
+    set_state._guarded = True
+    return set_state
+
+
+def check_int_fields(env_id: str, ints: np.ndarray, bounds: Mapping[str, tuple[int, int]]) -> dict[str, int]:
+    """``ints`` (one value per field of ``bounds``, in order) as a dict, each within its inclusive bounds."""
+    ints = np.asarray(ints)
+    if ints.shape != (len(bounds),) or ints.dtype.kind not in "iu":
+        raise ValueError(f"state for {env_id}: 'ints' must be {len(bounds)} integers, got {ints.dtype} {ints.shape}")
+    out = {}
+    for (name, (low, high)), value in zip(bounds.items(), ints.tolist()):
+        if not low <= value <= high:
+            raise ValueError(f"state for {env_id}: {name}={value} is outside {low}..{high}")
+        out[name] = int(value)
+    return out
 
 
 def check_discrete_action(action: Any, n: int, env_id: str) -> int:
@@ -196,8 +235,14 @@ def rng_to_array(gen: np.random.Generator) -> np.ndarray:
 
 
 def array_to_rng(gen: np.random.Generator, a: np.ndarray) -> None:
-    """Restore a Generator's state in place from `rng_to_array` output."""
-    gen.bit_generator.state = json.loads(array_to_str(a))
+    """Restore a Generator's state in place from `rng_to_array` output (a one-line ValueError if garbled)."""
+    try:
+        state = json.loads(array_to_str(a))
+        if not isinstance(state, dict) or state.get("bit_generator") != gen.bit_generator.state["bit_generator"]:
+            raise ValueError(f"not a {gen.bit_generator.state['bit_generator']} state")
+        gen.bit_generator.state = state
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+        raise ValueError(f"bad random-generator state ({type(exc).__name__}: {exc})") from None
 
 
 def make_obs(

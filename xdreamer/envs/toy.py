@@ -36,7 +36,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .base import Env, EnvSpec, Obs, State, array_to_rng, box, make_obs, rng_to_array
+from .base import Env, EnvSpec, Obs, State, array_to_rng, box, check_int_fields, make_obs, rng_to_array
 
 __all__ = ["CatchEnv", "make_toy", "TOY_GAMES"]
 
@@ -180,11 +180,15 @@ class CatchEnv(Env):
 
     def set_state(self, state: Mapping[str, np.ndarray]) -> None:
         self._check_state_header(state, ("rng", "ints"))
-        ints = np.asarray(state["ints"])
-        if ints.shape != (len(_FIELDS),):
-            raise ValueError(f"state for {self.spec.id}: 'ints' must have shape ({len(_FIELDS)},), got {ints.shape}")
+        # Every field in the range the game can reach: a trace's state with ball_x = 2**62 would restore and
+        # then fail deep inside drawing (issue #28).
+        bounds = {"ball_x": (0, SIZE - BALL), "ball_y": (0, SIZE), "ball_dx": (-1, 1), "paddle_x": (0, SIZE - PADDLE_W),
+                  "balls_done": (0, self.balls), "steps": (0, MAX_STEPS), "need_spawn": (0, 1), "done": (0, 1),
+                  "started": (0, 1)}
+        assert tuple(bounds) == _FIELDS
+        ints = check_int_fields(self.spec.id, state["ints"], bounds)
         array_to_rng(self._rng, state["rng"])
-        self._s = {k: int(v) for k, v in zip(_FIELDS, ints)}
+        self._s = ints
 
 
 def make_toy(name: str, seed: int | None = None, **overrides: Any) -> CatchEnv:

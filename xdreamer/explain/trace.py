@@ -32,8 +32,6 @@ import json
 import os
 import pathlib
 import time
-import uuid
-import zipfile
 from typing import Any
 
 import numpy as np
@@ -326,7 +324,10 @@ def _pack_ragged(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 # ---- files ----------------------------------------------------------------------------------
 def save(trace: Trace, path: str | os.PathLike) -> pathlib.Path:
-    """Write ``trace`` to one ``.npz`` file atomically (no pickled objects)."""
+    """Write ``trace`` to one ``.npz`` file atomically (no pickled objects); a temporary left by a killed
+    earlier write of the same file is removed."""
+    from ..checkpoint import temp_path
+
     path = pathlib.Path(path)
     data: dict[str, np.ndarray] = {}
     for key, value in trace.arrays.items():
@@ -341,7 +342,8 @@ def save(trace: Trace, path: str | os.PathLike) -> pathlib.Path:
         data[f"table/{column}"] = values
     data["meta"] = np.array(json.dumps({**trace.meta, "columns": list(trace.table.columns)}))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    _remove_killed_writes(path)
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **data)
@@ -352,35 +354,157 @@ def save(trace: Trace, path: str | os.PathLike) -> pathlib.Path:
     return path
 
 
+# Per-step limits of a trace file, checked on the declared headers before any array is inflated (#28).
+MAX_TRACE_STEPS = 1_000_000  # 37 whole 27,000-step Atari episodes
+MAX_META_BYTES = 4 << 20  # the JSON meta record (a few KB in practice; unicode arrays take 4 bytes a character)
+MAX_STEP_BYTES = 1 << 20  # one step of one array (a frame is 4-12 KB, logits 4 KB, deter 2.4 KB)
+MAX_SIM_STEP_BYTES = 1 << 20  # one step of one simulator-state key (Atari's frame buffer is 67 KB)
+_INT_KINDS, _NUM_KINDS = "iu", "biuf"
+
+
+def _check_headers(path: pathlib.Path, headers: dict, meta: dict) -> int:
+    """Check the declared layout of every member against the trace's own metadata; returns the step count."""
+    from ..npzfile import NpzLimitError
+
+    def fail(text: str):
+        raise NpzLimitError(f"corrupt trace file {path}: {text}")
+
+    episode = headers.get("a/episode")
+    if episode is None or len(episode.shape) != 1 or episode.dtype.kind not in _INT_KINDS:
+        fail("a/episode must be a 1-D integer array")
+    n = episode.shape[0]
+    if not 0 < n <= MAX_TRACE_STEPS:
+        fail(f"{n} steps; a trace holds 1..{MAX_TRACE_STEPS:,}")
+    obs_shape = tuple(meta["spec"]["obs_shape"])
+    for name, member in headers.items():
+        if name == "meta":
+            continue
+        if not name.startswith(("a/", "table/")):
+            fail(f"unexpected member {name!r}")
+        if member.dtype.kind not in _NUM_KINDS and not name.startswith("table/"):
+            fail(f"{name} has dtype {member.dtype}; trace arrays are numbers")
+        if name.startswith("a/sim/"):
+            parts = name.split("/")
+            if len(parts) != 4 or parts[3] not in ("data", "offsets", "shape"):
+                fail(f"unexpected member {name!r}")
+            want = {"offsets": (n + 1,), "shape": None, "data": None}[parts[3]]
+            if want is not None and member.shape != want:
+                fail(f"{name} has shape {member.shape}, expected {want}")
+            if parts[3] == "shape" and (len(member.shape) != 2 or member.shape[0] != n or member.shape[1] > 8):
+                fail(f"{name} has shape {member.shape}, expected ({n}, <=8)")
+            if parts[3] == "data" and (len(member.shape) != 1 or member.nbytes > n * MAX_SIM_STEP_BYTES):
+                fail(f"{name} declares {member.nbytes:,} bytes, more than {MAX_SIM_STEP_BYTES:,} a step")
+            if parts[3] != "data" and member.dtype.kind not in _INT_KINDS:
+                fail(f"{name} must be integers")
+            continue
+        if not member.shape or member.shape[0] != n:
+            fail(f"{name} has shape {member.shape}; every per-step array starts with the {n} steps")
+        if member.nbytes > n * MAX_STEP_BYTES:
+            fail(f"{name} declares {member.nbytes:,} bytes, more than {MAX_STEP_BYTES:,} a step")
+        if name in ("a/frame", "a/recon", "a/recon_sqerr") and member.shape[1:] != obs_shape:
+            fail(f"{name} has shape {member.shape}, expected ({n}, {', '.join(map(str, obs_shape))}) from meta.spec")
+    return n
+
+
+def _check_values(path: pathlib.Path, arrays: dict[str, np.ndarray], meta: dict, n: int) -> None:
+    """Values the analysis indexes with: classes, actions, episodes, simulator offsets (#28: a post_class of
+    10^6 or a garbled offset table gave tracebacks deep inside the analysis)."""
+    def fail(text: str):
+        raise ValueError(f"corrupt trace file {path}: {text}")
+
+    spec = meta["spec"]
+    for key in ("post_logits", "prior_logits"):
+        if key in arrays and arrays[key].ndim != 3:
+            fail(f"{key} must be [steps, variables, classes], got shape {arrays[key].shape}")
+    stoch, classes = arrays["post_logits"].shape[1:]
+    for key in ("post_class", "prior_class"):
+        if key in arrays:
+            a = arrays[key]
+            if a.dtype.kind not in _INT_KINDS or a.shape != (n, stoch):
+                fail(f"{key} must be integers of shape ({n}, {stoch})")
+            if a.size and (a.min() < 0 or a.max() >= classes):
+                fail(f"{key} holds class {int(a.max()) if a.max() >= classes else int(a.min())}, "
+                     f"outside 0..{classes - 1}")
+    if arrays["deter"].ndim != 2:
+        fail(f"deter must be [steps, units], got shape {arrays['deter'].shape}")
+    for key in ("episode", "t"):
+        if key in arrays and (arrays[key].dtype.kind not in _INT_KINDS or (arrays[key].size and arrays[key].min() < 0)):
+            fail(f"{key} must be non-negative integers")
+    if np.any(np.diff(arrays["episode"]) < 0):
+        fail("episode indices must not decrease")
+    num_actions = int(spec["num_actions"])
+    for key, low in (("action", 0), ("prev_action", -1)):
+        if key not in arrays:
+            continue
+        a = arrays[key]
+        if spec["discrete"]:
+            if a.dtype.kind not in _INT_KINDS or a.shape != (n,) or (a.size and (a.min() < low or a.max() >= num_actions)):
+                fail(f"{key} must be integers in {low}..{num_actions - 1} of shape ({n},)")
+        elif a.shape != (n, num_actions) or not np.all(np.isfinite(a)):
+            fail(f"{key} must be finite floats of shape ({n}, {num_actions})")
+    if "frame" in arrays and arrays["frame"].dtype != np.uint8:
+        fail(f"frame must be uint8, got {arrays['frame'].dtype}")
+    for key in [k for k in arrays if k.startswith("sim/") and k.endswith("/data")]:
+        base = key[:-len("/data")]
+        if f"{base}/offsets" not in arrays or f"{base}/shape" not in arrays:
+            fail(f"{base} lacks offsets or shape")
+        data, offsets, shapes = arrays[key], arrays[f"{base}/offsets"], arrays[f"{base}/shape"]
+        if offsets[0] != 0 or offsets[-1] != len(data) or np.any(np.diff(offsets) < 0):
+            fail(f"{base}/offsets do not index {base}/data")
+        if np.any(shapes < 0) or np.any(np.prod(shapes, axis=1, dtype=np.float64) != np.diff(offsets)):
+            fail(f"{base}/shape does not match its offsets")
+
+
+def _remove_killed_writes(path: pathlib.Path) -> None:
+    """Remove ``.<name>.tmp-<pid>-<uuid8>`` files that a killed ``save`` of this same file left (#28); only this
+    exact pattern with a writer that is gone, since the folder may be any folder of the user's."""
+    import glob
+    import re
+
+    from ..checkpoint import _pid_alive
+
+    pattern = re.compile(re.escape(f".{path.name}.tmp-") + r"(?P<pid>[0-9]+)-[0-9a-f]{8}")
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        match = pattern.fullmatch(entry.name)
+        if match and entry.is_file() and not _pid_alive(int(match["pid"])):
+            entry.unlink(missing_ok=True)
+
+
 def load_trace(path: str | os.PathLike) -> Trace:
-    """Load a trace written by ``save``; never unpickles. Bad files raise a one-line ValueError."""
+    """Load a trace written by ``save``; never unpickles, never inflates past the bounds its own metadata
+    implies (``npzfile``, issue #28). Bad files raise a one-line ValueError."""
+    from .. import npzfile
+    from ..schema import validate_trace_meta
+
     path = pathlib.Path(path)
     if not path.is_file():
         raise ValueError(f"trace file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ValueError(f"corrupt trace file {path}: {type(exc).__name__}: {exc}") from None
-    if "meta" not in data:
+    headers = npzfile.read_headers(path)
+    npzfile.check_total(path, headers, npzfile.default_cap())
+    meta_member = headers.get("meta")
+    if meta_member is None:
         raise ValueError(f"{path} is not an xdreamer trace (no meta record)")
+    if meta_member.shape != () or meta_member.dtype.kind != "U" or meta_member.nbytes > MAX_META_BYTES:
+        raise ValueError(f"corrupt trace file {path}: the meta record must be one string of at most "
+                         f"{MAX_META_BYTES // 4:,} characters")
     try:
-        meta = json.loads(str(data.pop("meta")))
-    except json.JSONDecodeError as exc:
+        meta = json.loads(str(npzfile.read_arrays(path, headers, ["meta"])["meta"]))
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"corrupt trace file {path}: bad meta JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != TRACE_FORMAT:
         raise ValueError(f"{path} is not an xdreamer trace")
     if meta.get("version") != TRACE_VERSION:
         raise ValueError(f"trace {path} has format version {meta.get('version')!r}; "
                          f"this xdreamer reads version {TRACE_VERSION}")
-    columns = meta.pop("columns", None) or [k[6:] for k in data if k.startswith("table/")]
-    arrays = {k[2:]: v for k, v in data.items() if k.startswith("a/")}
-    missing = [k for k in ("frame", "deter", "post_class", "post_logits", "action", "episode") if k not in arrays]
-    missing += [f"table/{c}" for c in columns if f"table/{c}" not in data]
+    meta = validate_trace_meta(meta, path)
+    n = _check_headers(path, headers, meta)
+    columns = meta.pop("columns", None) or [k[6:] for k in headers if k.startswith("table/")]
+    missing = [k for k in ("frame", "deter", "post_class", "post_logits", "action", "episode") if f"a/{k}" not in headers]
+    missing += [f"table/{c}" for c in columns if f"table/{c}" not in headers]
     if missing:
         raise ValueError(f"corrupt trace file {path}: missing {', '.join(missing)}")
+    data = npzfile.read_arrays(path, headers, [k for k in headers if k != "meta"])
+    arrays = {k[2:]: v for k, v in data.items() if k.startswith("a/")}
+    _check_values(path, arrays, meta, n)
     table = pd.DataFrame({c: data[f"table/{c}"] for c in columns})
-    lengths = {len(v) for k, v in arrays.items() if not k.startswith("sim/")} | {len(table)}
-    if len(lengths) != 1:
-        raise ValueError(f"corrupt trace file {path}: arrays have different numbers of steps {sorted(lengths)}")
     return Trace(arrays, table, meta)

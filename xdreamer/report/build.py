@@ -201,8 +201,9 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
                traces: Sequence[str] = (), ray: bool = False, ray_address: str | None = None, progress: bool = True,
                max_steps: int | None = None, dream_steps: int = 2, horizon: int = 15, max_cases: int = 5,
                device: str = "cpu", threads: int = 1, thresholds: dict | None = None, clips: bool = True,
-               command: str | None = None) -> dict[str, Any]:
-    """Build a failure report in ``out``; returns ``report.json``'s content. See the module docstring."""
+               command: str | None = None, imports: Sequence[str] = ()) -> dict[str, Any]:
+    """Build a failure report in ``out``; returns ``report.json``'s content. See the module docstring.
+    ``imports``: modules the user named (``--import``) that register their envs; workers import them too."""
     start = time.perf_counter()
     out = pathlib.Path(out)
     _check_out(out)
@@ -213,7 +214,8 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
     if horizon < 1 or dream_steps < 0:
         raise ValueError("horizon must be >= 1 and dream_steps >= 0")
     jobs, agents = plan_jobs(list(checkpoints), list(traces), episodes, seed, device=device, thresholds=thresholds,
-                             max_steps=max_steps, dream_steps=dream_steps, horizon=horizon, threads=threads)
+                             max_steps=max_steps, dream_steps=dream_steps, horizon=horizon, threads=threads,
+                             imports=tuple(imports))
     t_jobs = time.perf_counter()
     run_info: dict[str, Any] = {}
     results = run_jobs(jobs, ray=ray, ray_address=ray_address, progress=progress, info=run_info)

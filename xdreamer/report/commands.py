@@ -16,7 +16,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                       ray=args.ray or bool(args.ray_address), ray_address=args.ray_address,
                       progress=not args.no_progress, max_steps=args.max_steps, dream_steps=args.dream_steps,
                       horizon=args.horizon, max_cases=args.max_cases, device=args.device, clips=not args.no_clips,
-                      command=_command_line())
+                      command=_command_line(), imports=args.imports)
     print(f"report over {meta['jobs']} episode(s) of {len(meta['checkpoints'])} checkpoint(s): "
           f"{meta['cases']} failure case(s), {meta['wall_s']:.1f} s")
     print(f"wrote {out}/index.html")

@@ -39,6 +39,7 @@ class Job:
     threads: int = 1
     device: str = "cpu"
     thresholds: tuple = ()  # (name, value) pairs over detectors.THRESHOLDS
+    imports: tuple = ()  # the user's --import modules, imported in the worker too (env ids never import, #28)
 
 
 def load_agent(path: str, device: str = "cpu"):
@@ -225,8 +226,10 @@ def run_job(job: Job) -> dict:
     """Record (or load) the job's episode and analyse it; see the module docstring."""
     import torch
 
+    from ..envs import import_modules
     from ..explain.trace import check_trace_matches, load_trace, record
 
+    import_modules(list(job.imports))
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(job.threads)))
     try:
