@@ -1,6 +1,6 @@
 """xdreamer explainer: a Streamlit app over ``xdreamer.explain``.
 
-    xdreamer app [CHECKPOINT_OR_TRACE] [--port N]
+    xdreamer app [CHECKPOINT_OR_TRACE] [--port N] [--host HOST] [--import MODULE]
     streamlit run apps/explainer.py -- CHECKPOINT_OR_TRACE
 
 Panels: Run (sidebar: source, manifest, recording), Timeline (always shown, with the step slider and
@@ -24,6 +24,21 @@ from xdreamer import app as ui
 from xdreamer import checkpoint, explain
 
 st.set_page_config(page_title="xdreamer explainer", layout="wide")
+E = ui.escape_md  # every string from a file or an exception goes through it before Markdown (#28)
+
+
+@st.cache_resource(show_spinner="Importing the --import modules ...")
+def import_user_modules(names: tuple[str, ...]) -> None:
+    """The modules `xdreamer app --import` named, once per server; the app imports no module a file names."""
+    from xdreamer.envs import import_modules
+
+    import_modules(list(names))
+
+
+def allowed_roots() -> list:
+    """Where paths read from files may lead (#28): the command line's paths, the bundled checkpoints/ and
+    reports/, and the paths typed in this session (the source and the report folder)."""
+    return ui.allowed_roots(typed=[st.session_state.get("source", ""), st.session_state.get("report_dir", "")])
 
 
 # ---- cached computations (all analysis through xdreamer.explain) ---------------------------------
@@ -141,8 +156,9 @@ def on_heatmap_select(key: str) -> None:
         st.session_state["latent_var"], st.session_state["latent_class"] = cell
 
 
-def show_error(exc: BaseException, prefix: str = "") -> None:
-    st.error(prefix + ui.error_text(exc))
+def show_error(exc: BaseException, prefix: str = "", where=None) -> None:
+    """One line, never a traceback; the message may quote file content, so it is escaped."""
+    (where or st).error(prefix + E(ui.error_text(exc)))
 
 
 # ---- Run (sidebar) -----------------------------------------------------------------------------
@@ -158,47 +174,49 @@ def run_panel():
     trace_from_file = None
     try:
         kind, path = ui.classify_source(source)
-    except ValueError as exc:  # CheckpointError is a ValueError
-        sb.error(ui.error_text(exc))
+    except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
+        show_error(exc, where=sb)
         kind = path = None
     if kind == "checkpoint":
         try:
             ckpt_key = ui.checkpoint_key(path)
             agent = load_agent(ckpt_key)
         except Exception as exc:  # noqa: BLE001 - any load failure becomes a message
-            sb.error("Cannot load the checkpoint: " + ui.error_text(exc))
+            show_error(exc, "Cannot load the checkpoint: ", sb)
             agent = ckpt_key = None
     elif kind == "trace":
         try:
             trace_from_file = (ui.file_key(path), load_trace_file(ui.file_key(path)))
         except Exception as exc:  # noqa: BLE001
-            sb.error("Cannot load the trace: " + ui.error_text(exc))
+            show_error(exc, "Cannot load the trace: ", sb)
     if upload is not None:
         data = upload.getvalue()
         digest = hashlib.sha256(data).hexdigest()
         try:
             trace_from_file = (("upload", digest), load_trace_upload(digest, data))
         except Exception as exc:  # noqa: BLE001
-            sb.error(f"Cannot read the uploaded file {upload.name}: " + ui.error_text(exc))
+            show_error(exc, f"Cannot read the uploaded file {E(upload.name)}: ", sb)
     if trace_from_file is not None:
         trace_key, trace = trace_from_file
         if agent is None:  # the checkpoint the trace was recorded with
-            ckpt_path = trace.meta.get("checkpoint")
             try:
-                if not ckpt_path:
-                    raise ValueError("the trace names no checkpoint")
+                # A path read from the trace: followed only inside the folders opened (#28).
+                ckpt_path = ui.data_checkpoint(trace.meta.get("checkpoint"), allowed_roots())
                 ckpt_key = ui.checkpoint_key(ckpt_path)
                 agent = load_agent(ckpt_key)
+            except ui.OutsideRoots as exc:
+                sb.warning(E(ui.error_text(exc)) + "; the panels show the recorded data only.")
+                agent = ckpt_key = None
             except Exception as exc:  # noqa: BLE001
-                sb.warning("The trace's checkpoint cannot be loaded (" + ui.error_text(exc) + "); the panels show "
-                           "the recorded data only: saliency, latent attribution and what-if need the checkpoint. "
-                           "Open the checkpoint folder and upload the trace to use them.")
+                sb.warning("The trace's checkpoint cannot be loaded (" + E(ui.error_text(exc)) + "); the panels "
+                           "show the recorded data only: saliency, latent attribution and what-if need the "
+                           "checkpoint. Open the checkpoint folder and upload the trace to use them.")
                 agent = ckpt_key = None
         if agent is not None:
             try:
                 explain.check_trace_matches(trace, agent)
-            except ValueError as exc:
-                sb.error("The trace does not belong to this checkpoint: " + ui.error_text(exc))
+            except Exception as exc:  # noqa: BLE001 - a garbled meta must give one line too
+                show_error(exc, "The trace does not belong to this checkpoint: ", sb)
                 agent = ckpt_key = None
     elif agent is not None:
         sb.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="seed")
@@ -209,16 +227,22 @@ def run_panel():
             trace = record_episode(ckpt_key, seed)
             trace_key = ("record", seed)
         except Exception as exc:  # noqa: BLE001
-            sb.error("Recording failed: " + ui.error_text(exc))
+            show_error(exc, "Recording failed: ", sb)
     if agent is not None:
         sb.subheader("Checkpoint")
-        sb.caption(str(agent.path))
-        for name, value in ui.manifest_rows(agent.manifest).items():
-            sb.markdown(f"**{name}:** {value}")
+        sb.caption(E(agent.path))
+        try:
+            for name, value in ui.manifest_rows(agent.manifest).items():
+                sb.markdown(f"**{name}:** {E(value)}")  # manifest fields are file content (#28)
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc, "Cannot show the manifest: ", sb)
     if trace is not None:
         sb.subheader("Episode")
-        for name, value in ui.trace_rows(trace).items():
-            sb.markdown(f"**{name}:** {value}")
+        try:
+            for name, value in ui.trace_rows(trace).items():
+                sb.markdown(f"**{name}:** {E(value)}")  # trace meta is file content (#28)
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc, "Cannot show the trace's summary: ", sb)
     return agent, ckpt_key, trace, trace_key
 
 
@@ -251,7 +275,7 @@ def timeline_panel(agent, ctx, trace) -> int:
         st.slider("Step", 0, n - 1, key="step")
     step = int(st.session_state["step"])
     row = trace.table.iloc[step]
-    st.caption(f"step {step}: episode {int(row['episode'])}, t={int(row['t'])}, action {row['action_name']}, "
+    st.caption(f"step {step}: episode {int(row['episode'])}, t={int(row['t'])}, action {E(row['action_name'])}, "
                f"reward {float(row['reward']):+.3f}, value {float(row['value']):+.3f}, "
                f"surprise {float(row['surprise']):.3f}")
     return step
@@ -286,7 +310,7 @@ def frame_panel(agent, ctx, trace, step: int) -> None:
                 result = pixel_saliency(ctx, agent, trace, step, method, target)
                 st.image(overlay(a["frame"][step], result.map),
                          caption=f"{method} of the {target}"
-                         + (f" ({result.score} of {trace.action_names[result.action]})"
+                         + (f" ({E(result.score)} of {E(trace.action_names[result.action])})"
                             if target == "action" and result.action is not None else ""))
             except Exception as exc:  # noqa: BLE001
                 show_error(exc, "Saliency failed: ")
@@ -295,9 +319,9 @@ def frame_panel(agent, ctx, trace, step: int) -> None:
         taken = int(a["action"][step])
         st.plotly_chart(ui.action_figure(a["action_probs"][step], trace.action_names, taken), key="actions",
                         config={"displayModeBar": False})
-        st.caption(f"taken action: {trace.action_names[taken]}; entropy {float(a['entropy'][step]):.3f}")
+        st.caption(f"taken action: {E(trace.action_names[taken])}; entropy {float(a['entropy'][step]):.3f}")
     else:
-        st.write(f"continuous action taken: {np.round(a['action'][step], 3).tolist()}")
+        st.text(f"continuous action taken: {np.round(a['action'][step], 3).tolist()}")
 
 
 # ---- Latent ------------------------------------------------------------------------------------
@@ -395,9 +419,9 @@ def whatif_panel(agent, ctx, trace, step: int) -> None:
         show_error(exc, "What-if failed: ")
         return
     st.markdown(f"**What-if at step {req_step}**, horizon {horizon}: every chosen first action, then the actor "
-                "(taken action: " + (str(names[int(dream.taken_action)]) if trace.discrete else "recorded") + ")")
+                "(taken action: " + (E(names[int(dream.taken_action)]) if trace.discrete else "recorded") + ")")
     if note:
-        st.warning("Real branches not run: " + note)
+        st.warning("Real branches not run: " + E(note))
     st.table(ui.whatif_table(dream, real).round(4).set_index("action"))
     left, right = st.columns([3, 2])
     with left:
@@ -418,7 +442,7 @@ def failures_panel(agent, ctx, trace) -> None:
     try:
         table, clips = ui.read_report(folder)
     except ui.NoReport as exc:
-        st.info(("" if not str(folder).strip() else f"{exc}. ") + ui.REPORT_HOWTO)
+        st.info(("" if not str(folder).strip() else f"{E(exc)}. ") + ui.REPORT_HOWTO)
         return
     except ValueError as exc:
         show_error(exc)
@@ -429,33 +453,54 @@ def failures_panel(agent, ctx, trace) -> None:
         return
     case = st.selectbox("case", table["case"].tolist(), key="report_case")
     row = table[table["case"] == case].iloc[0]
-    st.markdown(f"**{case}**: detector `{row['detector']}`, score {row['score']}, episode {row['episode']}, "
-                f"step {row['step']}, checkpoint `{row['checkpoint']}`")
+    # Every cell is file content: escaped, and no code spans (a backtick in a cell would close them, #28).
+    st.markdown(f"**{E(case)}**: detector {E(row['detector'])}, score {E(row['score'])}, episode "
+                f"{E(row['episode'])}, step {E(row['step'])}, checkpoint {E(row['checkpoint'])}")
     steps = {}
     if trace is not None and agent is not None:
+        roots = allowed_roots()
         for _, r in table.iterrows():
-            s = ui.case_step(trace, r, agent.path, folder)
+            s = ui.case_step(trace, r, agent.path, folder, roots=roots)
             if s is not None:
                 steps[r["case"]] = s
-    st.session_state.setdefault("_failure_bookmarks", {})[ctx] = [(s, f"failure {c}") for c, s in steps.items()]
+    # Bookmark labels become button tooltips, which render Markdown.
+    st.session_state.setdefault("_failure_bookmarks", {})[ctx] = [(s, f"failure {E(c)}") for c, s in steps.items()]
     if case in steps:
         st.button(f"Show step {steps[case]} in the timeline", key="report_jump", on_click=jump_to, args=(steps[case],))
     else:
         st.caption("This case is not in the episode shown (other checkpoint or episode): record its episode to "
                    "inspect it here.")
     if case in clips:
-        st.video(clips[case].read_bytes(), format="video/mp4")
+        try:
+            st.video(clips[case].read_bytes(), format="video/mp4")
+        except OSError as exc:
+            show_error(exc, "Cannot read the clip: ")
 
 
 # ---- page --------------------------------------------------------------------------------------
 def main() -> None:
     st.title("xdreamer explainer")
-    agent, ckpt_key, trace, trace_key = run_panel()
+    names = ui.app_imports()
+    if names:
+        try:
+            import_user_modules(tuple(names))
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc, "--import: ", st.sidebar)
+            st.sidebar.caption("The app does not search the folder it was started from (#28): install the module "
+                               "or put its folder on PYTHONPATH.")
+    try:
+        agent, ckpt_key, trace, trace_key = run_panel()
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback (#28)
+        show_error(exc, "Run panel failed: ")
+        agent = ckpt_key = trace = trace_key = None
     if trace is None:
         st.info("Open a checkpoint folder or a trace file in the sidebar (**Run**). "
                 f"No checkpoint yet? Train one with `{ui.TRAIN_HINT}` and open `runs/catch-debug`.")
         st.subheader("Failures")
-        failures_panel(None, None, None)
+        try:
+            failures_panel(None, None, None)
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc, "Failures failed: ")
         return
     ctx = (ckpt_key, trace_key)
     if st.session_state.get("_ctx") != ctx:

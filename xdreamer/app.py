@@ -9,8 +9,11 @@ streamlit (plotly is imported by the figure builders).
 
 from __future__ import annotations
 
+import errno
+import html
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -31,6 +34,22 @@ PANELS = ("Frame", "Latent", "What-if", "Failures")
 
 
 # ---- locating and launching the app -------------------------------------------------------------
+DEFAULT_HOST = "127.0.0.1"
+# #28: Streamlit's default upload cap is 200 MB, and an upload is held in memory (and decompressed by
+# explain.load_trace). A trace takes ~10 KB a step compressed (toy:catch-lanes: 93 steps in 0.96 MB; paper-size
+# Atari traces with simulator states take a few times more), so 64 MB holds thousands of steps while the server
+# refuses an upload bomb before any of our code reads it. Longer traces open by path, not by upload.
+MAX_UPLOAD_MB = 64
+IMPORTS_ENV = "XDREAMER_APP_IMPORTS"  # comma-separated modules named with `xdreamer app --import`
+ROOTS_ENV = "XDREAMER_APP_ROOTS"  # os.pathsep-separated paths given on the command line (allowed roots)
+BASE_ENV = "XDREAMER_APP_CWD"  # the folder `xdreamer app` was started in: base of relative typed paths
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+class PortInUse(ValueError):
+    """The port asked for is taken on that host (one line; the CLI prints it and exits 2)."""
+
+
 def app_script() -> pathlib.Path:
     """``apps/explainer.py`` next to the package (an editable install / a source checkout)."""
     import xdreamer
@@ -43,12 +62,123 @@ def app_script() -> pathlib.Path:
     return script
 
 
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1); anything else may be reachable
+    from other machines."""
+    import ipaddress
+
+    host = str(host).strip().strip("[]")
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_host(host: str) -> str:
+    """The host part of the URL the launcher checks and prints: the bound address (a wildcard address is
+    reached through loopback), IPv6 literals in brackets."""
+    host = str(host).strip().strip("[]")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
+def app_url(host: str, port: int) -> str:
+    return f"http://{_url_host(host)}:{int(port)}"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise ``PortInUse`` when ``host:port`` cannot be bound (another server listens there).
+
+    Without this check `xdreamer app --port 8501` with the port taken printed "ready" (the other server
+    answered the health check) and then Streamlit's own "Port 8501 is not available" (#28). SO_REUSEADDR as
+    the server sets it: a port left in TIME_WAIT counts as free, a listening socket does not."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot use host {host!r}: {exc.strerror or exc}") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(address)
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    raise PortInUse(f"port {int(port)} on {host} is in use; pass --port N") from None
+                raise ValueError(f"cannot listen on {host} port {int(port)}: {exc.strerror or exc}") from None
+
+
+def check_imports(imports: Sequence[str]) -> list[str]:
+    """The module names of ``--import``, checked to be dotted Python names (they travel comma-separated)."""
+    names = [str(n).strip() for n in imports]
+    for name in names:
+        if not _MODULE_NAME.fullmatch(name):
+            raise ValueError(f"--import {name!r} is not a Python module name (e.g. mypackage.envs)")
+    return names
+
+
+def _streamlit_has_option(name: str) -> bool:
+    """Whether the installed Streamlit knows config option ``name``, read from its config module's source
+    (importing streamlit here would cost a second; an unknown flag makes `streamlit run` exit)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("streamlit")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for folder in locations:
+        try:
+            return f'"{name}"' in (pathlib.Path(folder) / "config.py").read_text(encoding="utf-8")
+        except OSError:
+            continue
+    return False
+
+
 def streamlit_command(source: str | os.PathLike, port: int = DEFAULT_PORT,
-                      script: str | os.PathLike | None = None) -> list[str]:
+                      script: str | os.PathLike | None = None, host: str = DEFAULT_HOST) -> list[str]:
+    """The ``python -m streamlit run`` command line of the app (its process settings: ``app_process``)."""
     script = app_script() if script is None else pathlib.Path(script)
-    return [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
-            "--server.port", str(int(port)), "--browser.gatherUsageStats", "false",
-            "--client.toolbarMode", "minimal", "--", str(source)]
+    # -P (Python >= 3.11): no current folder on sys.path. `python -m` puts it first, so an `xdpayload.py` in
+    # the folder the app was started from shadowed any module the app imports (#28).
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+    command = [sys.executable, *safe_path, "-m", "streamlit", "run", str(script), "--server.headless", "true",
+               "--server.port", str(int(port)),
+               # #28: bind the given address only (Streamlit's default is every interface, with no login).
+               "--server.address", str(host),
+               "--server.maxUploadSize", str(MAX_UPLOAD_MB),
+               # Streamlit's defaults, stated so that no config file can turn them off.
+               "--server.enableCORS", "true", "--server.enableXsrfProtection", "true",
+               # An exception that escapes the page's own handlers shows a generic message, not a traceback
+               # quoting file content (the page itself shows one-line errors).
+               "--client.showErrorDetails", "none",
+               "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+    if is_loopback(host) and _streamlit_has_option("server.allowedHosts"):
+        # DNS rebinding: a web page whose name re-resolves to 127.0.0.1 would otherwise drive a loopback app.
+        for name in dict.fromkeys(("localhost", "127.0.0.1", "::1", _url_host(host).strip("[]"))):
+            command += ["--server.allowedHosts", name]
+    return command + ["--", str(source)]
+
+
+def app_process(source: str | os.PathLike, imports: Sequence[str] = (), script: str | os.PathLike | None = None,
+                environ: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``subprocess.Popen`` keyword arguments of the app's process: ``cwd`` and ``env``.
+
+    #28: the process runs in the app's own folder, not the user's: a checkpoint folder holding
+    ``xdpayload.py`` (found through ``sys.path``) or ``.streamlit/config.toml`` (read by Streamlit from the
+    current folder) is then inert. What it needs from the user's folder travels explicitly: that folder
+    (relative paths typed in the page resolve against it), the opened path (an allowed root, ``allowed_roots``),
+    the ``--import`` modules, and PYTHONPATH with relative entries made absolute against it."""
+    script = app_script() if script is None else pathlib.Path(script)
+    environ = dict(os.environ if environ is None else environ)
+    here = pathlib.Path(os.getcwd() if cwd is None else cwd).resolve()
+    env = {**environ, BASE_ENV: str(here), ROOTS_ENV: str(source), IMPORTS_ENV: ",".join(check_imports(imports)),
+           "PYTHONSAFEPATH": "1"}  # -P for Python processes the app may start
+    if environ.get("PYTHONPATH"):
+        # Empty entries mean "the current folder" to Python: dropped, that is the hole being closed.
+        entries = [e for e in environ["PYTHONPATH"].split(os.pathsep) if e]
+        env["PYTHONPATH"] = os.pathsep.join(str(here / pathlib.Path(e).expanduser()) for e in entries)
+    return {"cwd": str(script.resolve().parent), "env": env}
 
 
 def wait_for_server(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> bool:
@@ -70,20 +200,32 @@ def wait_for_server(url: str, timeout: float = 60.0, proc: subprocess.Popen | No
     return False
 
 
-def run_app(source: str | None = None, port: int = DEFAULT_PORT, headless: bool = False) -> int:
+def run_app(source: str | None = None, port: int = DEFAULT_PORT, headless: bool = False, host: str = DEFAULT_HOST,
+            imports: Sequence[str] = ()) -> int:
     """Start the explainer on ``source`` (default: the bundled checkpoint), print its URL, block until
-    it exits or Ctrl-C. Without ``headless`` a browser tab is opened once the server answers."""
+    it exits or Ctrl-C. Without ``headless`` a browser tab is opened once the server answers.
+
+    It listens on ``host`` only (loopback by default; another address prints a warning, #28) and imports the
+    ``imports`` modules (``--import``) in the app's process."""
     if not 0 < int(port) < 65536:
         raise ValueError(f"port must be in 1..65535, got {port}")
+    host = str(host).strip()
+    if not host:
+        raise ValueError("--host must not be empty (the default is 127.0.0.1)")
     source = str(pathlib.Path(source).expanduser().resolve()) if source else str(DEFAULT_SOURCE)
-    command = streamlit_command(source, port)
-    url = f"http://localhost:{int(port)}"
+    command = streamlit_command(source, port, host=host)
+    process = app_process(source, imports)
+    check_port_free(host, port)
+    url = app_url(host, port)
+    if not is_loopback(host):
+        print(f"xdreamer app: warning: {host} is not a loopback address: anyone who can reach it can use the app "
+              "(no login), open the agent's files and upload traces", file=sys.stderr, flush=True)
     if not pathlib.Path(source).exists():
         note = (" (the bundled default checkpoint is not there yet; the app explains how to train one)"
                 if source == str(DEFAULT_SOURCE) else " (not found; the app will say so)")
         print(f"xdreamer app: {source}{note}", flush=True)
     print(f"xdreamer app: starting the explainer at {url}", flush=True)
-    proc = subprocess.Popen(command)
+    proc = subprocess.Popen(command, **process)
     _stop_child_on_sigterm()
     try:
         if wait_for_server(url, timeout=120, proc=proc):
@@ -123,6 +265,121 @@ def initial_source(argv: Sequence[str] | None = None, environ: Mapping[str, str]
     return environ.get(SOURCE_ENV) or str(DEFAULT_SOURCE)
 
 
+def app_imports(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The modules `xdreamer app --import` named (``$XDREAMER_APP_IMPORTS``); the app imports these and no
+    others (#28)."""
+    environ = os.environ if environ is None else environ
+    return [name.strip() for name in environ.get(IMPORTS_ENV, "").split(",") if name.strip()]
+
+
+# ---- paths: what the user opened, and what data may point at (#28) --------------------------------
+class OutsideRoots(ValueError):
+    """A path read from a file (a trace's checkpoint, a report row) points outside every folder the user
+    opened; the app does not follow it."""
+
+
+def base_dir(environ: Mapping[str, str] | None = None) -> pathlib.Path:
+    """The folder relative paths typed in the page are relative to: where `xdreamer app` was started
+    (``$XDREAMER_APP_CWD``; the app's own process runs in ``apps/``), else the current folder."""
+    environ = os.environ if environ is None else environ
+    base = environ.get(BASE_ENV, "")
+    return pathlib.Path(base) if base and os.path.isabs(base) else pathlib.Path.cwd()
+
+
+def user_path(text: str | os.PathLike, base: str | os.PathLike | None = None) -> pathlib.Path:
+    """A path as the user typed it (``~`` expanded), relative ones joined to ``base`` (default ``base_dir()``);
+    not resolved."""
+    p = pathlib.Path(str(text).strip()).expanduser()
+    return p if p.is_absolute() else pathlib.Path(base_dir() if base is None else base) / p
+
+
+def opened_roots(path: str | os.PathLike) -> list[pathlib.Path]:
+    """The roots a path the user opened contributes: itself, resolved; for a file (a trace) also its folder,
+    where `xdreamer record` keeps the trace's checkpoint next to it."""
+    p = pathlib.Path(path).resolve()
+    return [p, p.parent] if p.is_file() else [p]
+
+
+def allowed_roots(typed: Sequence[str | os.PathLike] = (), environ: Mapping[str, str] | None = None,
+                  argv: Sequence[str] | None = None) -> list[pathlib.Path]:
+    """Folders (and files) paths read from data may point into: the bundled ``checkpoints/`` and ``reports/``,
+    the paths given on the command line (``$XDREAMER_APP_ROOTS``, ``streamlit run explainer.py -- PATH``) and
+    the paths the user typed in the page (``typed``, relative to ``base_dir()``)."""
+    environ = os.environ if environ is None else environ
+    argv = list(sys.argv if argv is None else argv)
+    given = [p for p in environ.get(ROOTS_ENV, "").split(os.pathsep) if p.strip()]
+    if len(argv) > 1 and argv[0].endswith("explainer.py") and argv[1].strip():
+        given.append(argv[1])
+    base = base_dir(environ)
+    roots = [REPO_ROOT / "checkpoints", REPO_ROOT / "reports"]
+    for text in [*given, *(str(t) for t in typed if str(t).strip())]:
+        roots += opened_roots(user_path(text, base))
+    unique: list[pathlib.Path] = []
+    for root in (r.resolve() for r in roots):
+        if root not in unique:
+            unique.append(root)
+    return unique
+
+
+def is_within(path: str | os.PathLike, roots: Sequence[str | os.PathLike]) -> bool:
+    """Whether ``path``, resolved (``..`` and symlinks followed), is one of ``roots`` or inside one (roots
+    resolved too). A relative ``path`` resolves against the current folder: join it to a base first."""
+    try:
+        p = pathlib.Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        return False
+    for root in roots:
+        try:
+            r = pathlib.Path(root).resolve()
+        except (OSError, RuntimeError, ValueError):
+            continue
+        if p == r or p.is_relative_to(r):
+            return True
+    return False
+
+
+def data_checkpoint(named: Any, roots: Sequence[str | os.PathLike], base: str | os.PathLike | None = None,
+                    what: str = "the trace") -> pathlib.Path:
+    """The checkpoint folder a path read from a file names (a trace's ``meta["checkpoint"]``), followed only
+    inside ``roots`` (#28: an uploaded trace naming ``/etc`` or ``../../x`` must not make the app probe or load
+    it). Relative paths join ``base``. Raises ``OutsideRoots`` (a ValueError) otherwise."""
+    from .checkpoint import resolve
+
+    if not named or not str(named).strip():
+        raise ValueError(f"{what} names no checkpoint")
+    p = user_path(str(named), base)
+    refusal = OutsideRoots(f"{what} names a checkpoint outside the folders opened ({named}); open that checkpoint "
+                           "folder explicitly (in the sidebar or `xdreamer app CHECKPOINT`) to use it")
+    if not is_within(p, roots):
+        raise refusal
+    ckpt = resolve(p).resolve()
+    if not is_within(ckpt, roots):  # a run folder whose checkpoints/latest points elsewhere
+        raise refusal
+    return ckpt
+
+
+def escape_md(text: Any) -> str:
+    """``text`` made inert for Streamlit's Markdown (st.markdown, captions, alerts, labels, st.table cells).
+
+    File content shown in the page went through Markdown, so a manifest field ``![x](http://...)`` made the
+    browser fetch a remote image (#28). Backslash-escaped: ``[`` and ``]`` (links, images, footnotes and
+    Streamlit's ``:color[...]``; ``(``, ``)`` and ``!`` are inert without them), emphasis and code (`` ` * _ ~``),
+    math (``$``) and the backslash itself. ``<``, ``>`` and ``&`` become entities (no raw HTML, no autolinks),
+    line breaks become spaces (no block syntax), and a leading ``#``, ``-``, ``+``, ``=`` or ``1.`` is escaped so
+    that the text is no heading or list on its own. Plain text (``toy:catch``, ``0.500 (mode policy)``) reads
+    the same before and after."""
+    s = re.sub(r"[\r\n\u0085\u2028\u2029]+", " ", str(text))
+    s = re.sub(r"([\\`*_~\[\]$])", r"\\\1", s)
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    s = re.sub(r"^(\s*)([-+=#])", r"\1\\\2", s)
+    return re.sub(r"^(\s*\d+)([.)])", r"\1\\\2", s)
+
+
+def escape_html(text: Any) -> str:
+    """``text`` for plotly labels and hover text, which understand a subset of HTML (``<a href>``, ``<b>``)."""
+    return html.escape(str(text), quote=False)
+
+
 # ---- sources, cache keys, error text ------------------------------------------------------------
 def classify_source(path: str | os.PathLike) -> tuple[str, pathlib.Path]:
     """``("checkpoint", folder)`` or ``("trace", file)``; a ValueError with a readable message otherwise."""
@@ -130,7 +387,7 @@ def classify_source(path: str | os.PathLike) -> tuple[str, pathlib.Path]:
     if not text:
         raise ValueError("no checkpoint or trace given: enter a checkpoint folder, a run folder or a trace "
                          "file (.npz made by `xdreamer record`)")
-    p = pathlib.Path(text).expanduser()
+    p = user_path(text)  # relative to where `xdreamer app` started, not the app's own folder (#28)
     if not p.exists():
         if p.resolve() == DEFAULT_SOURCE.resolve():
             raise ValueError(f"the bundled default checkpoint {p} does not exist yet. Train one with "
@@ -176,17 +433,31 @@ def error_text(exc: BaseException) -> str:
 
 # ---- run / manifest -----------------------------------------------------------------------------
 def manifest_rows(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """The manifest fields the Run panel shows, as plain strings (escape them before Markdown: they are file
+    content). A field of the wrong type shows as ``?``, never as an exception (#28)."""
+    manifest = manifest if isinstance(manifest, Mapping) else {}
     env = manifest.get("env") or {}
     env_id = env.get("id") if isinstance(env, Mapping) else env
     ev = manifest.get("eval")
-    if isinstance(ev, Mapping) and ev.get("mean") is not None:
-        eval_text = (f"{float(ev['mean']):.3f} ± {float(ev.get('std') or 0):.3f} over "
-                     f"{ev.get('episodes', len(ev.get('returns', [])))} episodes ({ev.get('policy', 'mode')} policy)")
-    else:
-        eval_text = "not evaluated"
-    return {"env": str(env_id), "steps trained": f"{int(manifest.get('steps', 0)):,}",
-            "updates": f"{int(manifest.get('updates', 0)):,}", "evaluation return": eval_text,
-            "created": str(manifest.get("created", "?"))}
+    try:
+        if isinstance(ev, Mapping) and ev.get("mean") is not None:
+            returns = ev.get("returns", [])
+            eval_text = (f"{float(ev['mean']):.3f} ± {float(ev.get('std') or 0):.3f} over "
+                         f"{ev.get('episodes', len(returns) if isinstance(returns, list) else '?')} episodes "
+                         f"({ev.get('policy', 'mode')} policy)")
+        else:
+            eval_text = "not evaluated"
+    except (TypeError, ValueError):
+        eval_text = "?"
+
+    def count(key: str) -> str:
+        try:
+            return f"{int(manifest.get(key, 0)):,}"
+        except (TypeError, ValueError, OverflowError):
+            return "?"
+
+    return {"env": str(env_id), "steps trained": count("steps"), "updates": count("updates"),
+            "evaluation return": eval_text, "created": str(manifest.get("created", "?"))}
 
 
 def trace_rows(trace) -> dict[str, str]:
@@ -302,7 +573,7 @@ def timeline_figure(trace, step: int, bookmarks: Sequence[tuple[int, str]] = ())
     n_rows, gap = len(series), 0.03
     height = (1.0 - gap * (n_rows - 1)) / n_rows
     x = np.arange(len(table))
-    hover = [f"step {i} (episode {e}, t={t})<br>action {a}" for i, e, t, a in
+    hover = [f"step {i} (episode {e}, t={t})<br>action {escape_html(a)}" for i, e, t, a in
              zip(x, table["episode"], table["t"], table["action_name"])]
     colors = ("#1f77b4", "#6baed6", "#d62728", "#ff9896", "#2ca02c", "#9467bd")
     data, annotations = [], []
@@ -342,6 +613,7 @@ def action_figure(probs: np.ndarray, names: Sequence[str], taken: int | None):
 
     probs = np.asarray(probs, float)
     colors = ["#ff7f0e" if i == taken else "#8c9db5" for i in range(len(probs))]
+    names = [escape_html(n) for n in names]  # plotly labels understand HTML; action names come from files
     labels = [f"{n} (taken)" if i == taken else n for i, n in enumerate(names)]
     fig = go.Figure(go.Bar(x=labels, y=probs, marker_color=colors, text=[f"{p:.2f}" for p in probs],
                            textposition="outside"))
@@ -383,7 +655,7 @@ def whatif_table(dream, grounded=None):
     rows = []
     for k, label in enumerate(dream.labels):
         first = dream.first_actions[k]
-        row = {"action": label,
+        row = {"action": escape_md(label),  # st.table renders cells as Markdown; labels are action names
                "taken": bool(np.ndim(first) == 0 and np.ndim(taken) == 0 and int(first) == int(taken)),
                "imagined Q (λ-return)": float(dream.q[k]), "imagined return": float(dream.dream_return[k])}
         if grounded is not None:
@@ -412,7 +684,7 @@ def fidelity_figure(grounded):
     fig = go.Figure()
     steps = np.arange(grounded.pixel_mse.shape[1])
     for k, label in enumerate(grounded.labels):
-        fig.add_trace(go.Scatter(x=steps, y=grounded.pixel_mse[k], mode="lines+markers", name=label))
+        fig.add_trace(go.Scatter(x=steps, y=grounded.pixel_mse[k], mode="lines+markers", name=escape_html(label)))
     fig.update_layout(height=260, xaxis={"title": "imagined step"}, yaxis={"title": "pixel MSE dream vs real"},
                       margin={"l": 50, "r": 10, "t": 10, "b": 40})
     return fig
@@ -431,19 +703,24 @@ REPORT_HOWTO = ("A failure report is a folder with `summary.csv` (one row per ca
 def read_report(folder: str | os.PathLike | None):
     """``(table, clips)`` of a report folder: the summary as a DataFrame and ``{case: clip path}``.
 
-    Raises ``NoReport`` when no folder is given or it has no summary.csv, ValueError when the folder or
-    the CSV is unusable."""
+    ``folder`` is typed by the user (relative to ``base_dir()``). What the folder holds is data: its
+    summary.csv and clips are read only when they resolve inside the folder (a symlink out is refused, #28),
+    and clips only as ``clips/*.mp4``. Raises ``NoReport`` when no folder is given or it has no summary.csv,
+    ValueError when the folder or the CSV is unusable."""
     import pandas as pd
 
     if folder is None or not str(folder).strip():
         raise NoReport("no report folder given")
-    p = pathlib.Path(str(folder).strip()).expanduser()
+    p = user_path(str(folder))
     if not p.exists():
         raise ValueError(f"report folder not found: {p}")
     if not p.is_dir():
         raise ValueError(f"{p} is not a folder; a report is a folder holding summary.csv")
     if not (p / "summary.csv").is_file():
         raise NoReport(f"{p} has no summary.csv")
+    inside = [p.resolve()]
+    if not is_within(p / "summary.csv", inside):
+        raise ValueError(f"{p / 'summary.csv'} points outside the report folder; not read")
     try:
         table = pd.read_csv(p / "summary.csv")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
@@ -453,7 +730,8 @@ def read_report(folder: str | os.PathLike | None):
         raise ValueError(f"{p / 'summary.csv'} lacks the column(s) {', '.join(missing)}")
     table["case"] = table["case"].astype(str)
     clips = {}
-    files = sorted((p / "clips").glob("*.mp4")) if (p / "clips").is_dir() else []
+    files = sorted(f for f in (p / "clips").glob("*.mp4") if is_within(f, inside) and f.is_file()) \
+        if (p / "clips").is_dir() else []
     for case in table["case"]:
         exact = [f for f in files if f.stem == case]
         loose = [f for f in files if case in f.stem]
@@ -463,20 +741,31 @@ def read_report(folder: str | os.PathLike | None):
 
 
 def case_step(trace, row: Mapping[str, Any], checkpoint_path: str | os.PathLike | None,
-              report_folder: str | os.PathLike | None = None) -> int | None:
-    """Global trace index of a report case when it belongs to this checkpoint and episode, else None."""
+              report_folder: str | os.PathLike | None = None,
+              roots: Sequence[str | os.PathLike] = ()) -> int | None:
+    """Global trace index of a report case when it belongs to this checkpoint and episode, else None.
+
+    The row's ``checkpoint`` is data: it is compared with the opened checkpoint, and looked into (a run
+    folder's latest checkpoint) only inside ``roots`` or the report folder (#28); relative paths join the
+    report folder or ``base_dir()``."""
     if checkpoint_path is None:
         return None
     try:
-        ckpt = pathlib.Path(str(row["checkpoint"])).expanduser()
-        candidates = [ckpt] + ([pathlib.Path(report_folder) / ckpt] if report_folder and not ckpt.is_absolute() else [])
+        named = str(row["checkpoint"]).strip()
+        if not named or named.lower() == "nan":
+            return None
         target = pathlib.Path(checkpoint_path).resolve()
+        folder = user_path(str(report_folder)) if report_folder and str(report_folder).strip() else None
+        ckpt = pathlib.Path(named).expanduser()
+        candidates = [ckpt] if ckpt.is_absolute() else \
+            [base_dir() / ckpt] + ([folder / ckpt] if folder is not None else [])
+        inside = [*roots, target, *([folder] if folder is not None else [])]
         from .checkpoint import resolve
 
-        if not any(c.exists() and resolve(c).resolve() == target for c in candidates):
+        if not any(is_within(c, inside) and c.exists() and resolve(c).resolve() == target for c in candidates):
             return None
         episode, t = int(row["episode"]), int(row["step"])
-    except (ValueError, TypeError, KeyError, OSError):
+    except (ValueError, TypeError, KeyError, OSError, RuntimeError):
         return None
     hits = np.flatnonzero((trace.arrays["episode"] == episode) & (trace.arrays["t"] == t))
     return int(hits[0]) if len(hits) else None

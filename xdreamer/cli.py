@@ -119,7 +119,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _app(args: argparse.Namespace) -> int:
     from .app import run_app
 
-    return run_app(args.path, port=args.port, headless=args.headless)
+    return run_app(args.path, port=args.port, headless=args.headless, host=args.host, imports=args.imports)
 
 
 def _bundle(args: argparse.Namespace) -> int:
@@ -212,13 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_commands(sub)
 
-    from .app import DEFAULT_PORT
+    from .app import DEFAULT_HOST, DEFAULT_PORT
 
     p = sub.add_parser("app", help="open the Streamlit explainer", description=(
         "Start the explainer app (apps/explainer.py, Streamlit) on a checkpoint folder, run folder or trace "
-        "file and print its local URL. Without PATH it opens the bundled default checkpoint checkpoints/catch-lanes."))
+        "file and print its local URL. Without PATH it opens the bundled default checkpoint checkpoints/catch-lanes. "
+        "The app has no login: it listens on 127.0.0.1 unless --host says otherwise."))
     p.add_argument("path", nargs="?", help="checkpoint folder, run folder or trace .npz (default: checkpoints/catch-lanes)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"local port (default {DEFAULT_PORT})")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address to listen on (default {DEFAULT_HOST}, this machine only); another address lets "
+                        "anyone who reaches it use the app and read the agent's files")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE in the app first (registers custom gym envs); must be importable "
+                        "without the current folder (installed or on PYTHONPATH)")
     p.add_argument("--headless", action="store_true", help="do not open a browser tab")
     p.set_defaults(func=_app)
     return parser
