@@ -172,6 +172,7 @@ class FakeProc:
 def test_run_app_warns_when_not_on_loopback(monkeypatch, capsys, tmp_path):
     FakeProc.calls = []
     monkeypatch.setattr(ui.subprocess, "Popen", FakeProc)
+    monkeypatch.setattr(ui, "_stop_child_on_sigterm", lambda: None)  # keep pytest's own SIGTERM handling
     port = free_port()
     assert ui.run_app(str(tmp_path), port=port, headless=True, host="0.0.0.0") == 0
     out, err = capsys.readouterr()
