@@ -50,18 +50,13 @@ def synchronize(device) -> None:
 
 
 def check_device(device: str) -> str:
-    """``device`` if the benchmark can run on it (``cpu``, ``cuda``, ``cuda:N`` with a GPU present), else ValueError."""
-    import torch
+    """``device`` if the benchmark can run on it (``cpu``, ``cuda``, ``cuda:N`` with a GPU present), else ValueError.
+    The name and the availability are checked by ``xdreamer.config.check_device`` (one rule for every command)."""
+    from .config import check_device as check_any_device
 
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: no CUDA GPU is available to this torch ({torch.__version__})")
-    if kind not in ("cpu", "cuda"):
+    if device in ("auto", "mps"):
         raise ValueError(f"device {device!r}: the benchmark runs on cpu or cuda")
-    return device
+    return check_any_device(device)
 
 
 def _cpu_model() -> str:

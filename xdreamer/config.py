@@ -4,14 +4,18 @@ One flat dataclass holds every knob. ``defaults`` are DreamerV2's released Atari
 configuration (danijar/dreamerv2 ``configs.yaml``, ``defaults`` + ``atari`` blocks,
 commit 07d906e); presets override it in the order given, so ``--preset atari small``
 means "the paper's Atari config, shrunk to CPU size". ``--set key=value`` overrides
-any field after the presets. Unknown keys and values that do not parse as the
-field's type are errors (``ConfigError``), never silently ignored.
+any field after the presets. Unknown keys, values that do not parse as the field's type
+and values outside the field's range (``xdreamer.schema.CONFIG_RULES``, issue #28) are
+errors (``ConfigError``, one line), never silently ignored.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
+import os
+import re
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Mapping
 
@@ -22,7 +26,7 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 class ConfigError(ValueError):
-    """A bad preset name, unknown key or unparsable value."""
+    """A bad preset name, unknown key, unparsable or out-of-range value, or a device this machine lacks."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class Config:
     env: str = "toy:catch"
     seed: int = 0
     steps: int = 50_000_000  # agent steps (atari block: steps 5e7 = 2e8 frames)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "float32"  # float32 | bfloat16 (autocast); paper used fp16, see reference §9.4
     threads: int = 0  # torch intra-op threads, 0 = torch default
     compile: str = "off"  # torch.compile mode for the networks: off | default | reduce-overhead | max-autotune
@@ -121,29 +125,20 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Config":
+        """The defaults with ``data`` (e.g. a parsed config.json) applied and validated; anything but a
+        mapping of known keys to in-range values is a one-line ConfigError."""
+        if not isinstance(data, Mapping):
+            kind = {type(None): "null", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+                    float: "a number"}.get(type(data), type(data).__name__)
+            raise ConfigError(f"a config must be a JSON object of key: value pairs, not {kind}")
         return parse_overrides(cls(), data)
 
     def validate(self) -> "Config":
-        choices = {
-            "precision": PRECISIONS,
-            "compile": COMPILE_MODES,
-            "clip_rewards": ("tanh", "identity"),
-            "actor_grad": ("auto", "reinforce", "dynamics", "both"),
-            "decoder": ("dreamerv2", "dreamerv3"),
-            "embed_norm": ("none", "batch"),
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        positive = ("steps", "batch", "length", "cnn_depth", "mlp_units", "deter", "hidden", "stoch",
-                    "classes", "horizon", "train_every", "replay_capacity", "action_repeat", "time_limit")
-        for key in positive:
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        if not 0.0 <= self.kl_balance <= 1.0:
-            raise ConfigError(f"kl_balance must be in [0, 1], got {self.kl_balance}")
-        if self.length < 2:
-            raise ConfigError("length must be at least 2")
+        """``self`` if every field is within its range (``xdreamer.schema.CONFIG_RULES``), else ConfigError
+        ``field=value must be ...``."""
+        from .schema import check_config
+
+        check_config(self.to_dict())
         return self
 
 
@@ -205,37 +200,45 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _coerce(name: str, typ: Any, value: Any) -> Any:
-    """Parse ``value`` (a string from the CLI or a JSON value) as the field's type."""
+    """Parse ``value`` (a string from the CLI or a JSON value) as the field's type; ranges are checked
+    afterwards, on the whole config (``Config.validate``)."""
     typ = {"int": int, "float": float, "str": str, "bool": bool}.get(typ, typ)
     if typ is bool:
         if isinstance(value, bool):
             return value
-        text = str(value).strip().lower()
+        text = str(value).strip().lower() if isinstance(value, (str, numbers.Integral)) else None
         if text in ("1", "true", "yes", "on"):
             return True
         if text in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"{name}={value!r} is not a boolean")
+        raise ConfigError(f"{name}={_short(value)} is not a boolean")
     if typ is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name}={value!r} is not an integer")
-        if isinstance(value, int):
-            return value
+        if isinstance(value, bool) or not isinstance(value, (str, numbers.Real)):
+            raise ConfigError(f"{name}={_short(value)} is not an integer")
+        if isinstance(value, numbers.Integral):
+            return int(value)
         try:
-            number = float(str(value).replace("_", ""))
+            number = float(value.replace("_", "")) if isinstance(value, str) else float(value)
         except ValueError:
-            raise ConfigError(f"{name}={value!r} is not an integer") from None
-        if not number.is_integer():
-            raise ConfigError(f"{name}={value!r} is not an integer")
+            raise ConfigError(f"{name}={_short(value)} is not an integer") from None
+        if not number.is_integer():  # also NaN and infinities ("1e400")
+            raise ConfigError(f"{name}={_short(value)} is not an integer")
         return int(number)
     if typ is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name}={value!r} is not a number")
-        try:
-            return float(str(value).replace("_", "")) if not isinstance(value, (int, float)) else float(value)
-        except ValueError:
-            raise ConfigError(f"{name}={value!r} is not a number") from None
-    return str(value)
+        if isinstance(value, bool) or not isinstance(value, (str, numbers.Real)):
+            raise ConfigError(f"{name}={_short(value)} is not a number")
+        try:  # NaN and infinities parse here and are refused by the range check (#28)
+            return float(value.replace("_", "")) if isinstance(value, str) else float(value)
+        except (ValueError, OverflowError):  # OverflowError: a JSON integer beyond a double
+            raise ConfigError(f"{name}={_short(value)} is not a number") from None
+    if not isinstance(value, str):  # a JSON list or object must not become its repr
+        raise ConfigError(f"{name}={_short(value)} is not a string")
+    return value
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 _FIELDS = {f.name: f for f in fields(Config)}
@@ -245,12 +248,14 @@ def parse_overrides(base: Config, changes: Mapping[str, Any]) -> Config:
     """Return ``base`` with ``changes`` applied; unknown keys and bad values raise ConfigError."""
     parsed = {}
     for key, value in changes.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config keys are strings, got {_short(key)}")
         if key not in _FIELDS:
             close = [k for k in _FIELDS if key.split(".")[-1] in k or k in key]
             hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
-            raise ConfigError(f"unknown config key {key!r}{hint}")
+            raise ConfigError(f"unknown config key {_short(key)}{hint}")
         parsed[key] = _coerce(key, _FIELDS[key].type, value)
-    return dataclasses.replace(base, **parsed)
+    return dataclasses.replace(base, **parsed).validate()
 
 
 def parse_set_args(items: Iterable[str]) -> dict[str, str]:
@@ -275,3 +280,58 @@ def build_config(presets: Iterable[str] = (), overrides: Mapping[str, Any] | Non
     if overrides:
         cfg = parse_overrides(cfg, overrides)
     return cfg.validate()
+
+
+def read_config_file(path: str | os.PathLike) -> Config:
+    """The validated Config in the JSON file ``path`` (a run's or a checkpoint's config.json). Any problem
+    (missing, not a regular file, over ``schema.MAX_CONFIG_BYTES``, not JSON, not an object, a bad field) is a
+    one-line ConfigError that starts with ``path``."""
+    from .schema import MAX_CONFIG_BYTES
+
+    try:
+        if not os.path.isfile(path):  # a folder, a FIFO (would block), a device
+            raise ConfigError("missing or not a regular file" if not os.path.exists(path) else "not a regular file")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"larger than {MAX_CONFIG_BYTES} bytes")
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
+            raise ConfigError(f"not valid JSON ({' '.join(str(exc).split())[:200]})") from None
+        return Config.from_dict(data)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")  # = schema.DEVICE_PATTERN
+
+
+def check_device(text: str) -> str:
+    """``text`` if it names a device this machine can run on: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or
+    ``mps``; else a one-line ConfigError (an unknown name, or CUDA/MPS asked for where torch has none).
+    ``auto`` always passes (it picks CUDA when there is one). Imports torch for the CUDA and MPS cases only."""
+    if not isinstance(text, str) or not _DEVICE.fullmatch(text):
+        raise ConfigError(f"unknown device {_short(text)}; use auto, cpu, cuda, cuda:N or mps")
+    if text.startswith("cuda"):
+        import torch
+
+        if torch.version.cuda is None:
+            raise ConfigError(f"--device {text}: this torch build has no CUDA (torch {torch.__version__}); "
+                              "use --device cpu")
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {text}: no CUDA GPU is visible to this torch (torch {torch.__version__}, "
+                              f"CUDA {torch.version.cuda}); use --device cpu")
+        index = int(text.split(":", 1)[1]) if ":" in text else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                              f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif text == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"--device mps: MPS is not available to this torch (torch {torch.__version__}); "
+                              "use --device cpu")
+    return text

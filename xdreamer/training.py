@@ -25,7 +25,7 @@ import torch
 
 from . import checkpoint
 from .agent import Agent
-from .config import Config
+from .config import Config, check_device, read_config_file
 from .envs import Env, make
 from .evaluation import episode_seed, evaluate, lockstep_envs, random_action
 from .logger import Logger, write_video
@@ -139,11 +139,15 @@ class Trainer:
             if bad:
                 raise ValueError(f"cannot change {', '.join(bad)} when resuming; only run-time keys "
                                  f"({', '.join(RUNTIME_KEYS)}) may change")
-            cfg = Config.from_dict(json.loads((self.logdir / "config.json").read_text()))
+            # config.json and trainer.pt may have been edited or swapped (#28): both are validated, errors are one line
+            cfg = read_config_file(self.logdir / "config.json")
             cfg = cfg.replace(**(overrides or {})).validate()
             self.agent, trainer_state = checkpoint.load(self.logdir, overrides=cfg.to_dict(), trainer=True)
             self.agent.train()
         assert cfg is not None
+        check_device(cfg.device)  # `--set device=cuda` on a CPU-only torch: one line, not a traceback
+        if self.ckpt_dir.is_dir():  # temporaries of checkpoint writes that a kill interrupted (#28)
+            checkpoint.clean_stale_temps(self.ckpt_dir)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         configure_cpu()
@@ -183,13 +187,28 @@ class Trainer:
                 "replay_rng": json.dumps(self.replay.rng.bit_generator.state)}
 
     def _restore(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (``checkpoint.read_trainer_state`` checked its structure). Optimizer and RNG
+        states that do not fit this run are a one-line CheckpointError, before any update uses them (#28)."""
         self.step, self.episodes = int(state["step"]), int(state["episodes"])
         self.agent.updates, self.pretrained = int(state["updates"]), bool(state["pretrained"])
         self.wall_s = float(state.get("wall_s", 0.0))
-        self.agent.load_optimizer_state(state["optimizers"])
-        torch.set_rng_state(state["torch_rng"])
-        self.rng.bit_generator.state = json.loads(state["numpy_rng"])
-        self.replay.rng.bit_generator.state = json.loads(state["replay_rng"])
+        try:
+            self.agent.load_optimizer_state(state["optimizers"])
+            for name, opt in self.agent.optimizers.items():  # load_state_dict checks group sizes, not shapes
+                for group in opt.param_groups:
+                    for p in group["params"]:
+                        for key, value in opt.state.get(p, {}).items():
+                            if torch.is_tensor(value) and value.dim() and value.shape != p.shape:
+                                raise ValueError(f"optimizer {name} state {key} has shape {tuple(value.shape)} "
+                                                 f"for a parameter of shape {tuple(p.shape)}")
+            torch.set_rng_state(state["torch_rng"])
+            self.rng.bit_generator.state = json.loads(state["numpy_rng"])
+            self.replay.rng.bit_generator.state = json.loads(state["replay_rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            message = " ".join(str(exc).split())[:200]
+            where = pathlib.Path(getattr(self.agent, "path", self.ckpt_dir)) / checkpoint.TRAINER
+            raise checkpoint.CheckpointError(f"refusing {where}: its state does not fit this run "
+                                             f"({type(exc).__name__}: {message})") from None
 
     def _wall(self) -> float:
         return self.wall_s + (time.time() - self._started if self._started is not None else 0.0)
@@ -201,9 +220,7 @@ class Trainer:
             extra["eval"] = eval_result.to_dict()
         path = checkpoint.save(self.ckpt_dir / name, self.agent, steps=self.step, extra=extra,
                                trainer_state=self._trainer_state())
-        tmp = self.ckpt_dir / ".latest.tmp"
-        tmp.write_text(name + "\n")
-        os.replace(tmp, self.ckpt_dir / "latest")
+        checkpoint.atomic_write_text(self.ckpt_dir / "latest", name + "\n")
         old = sorted(p for p in self.ckpt_dir.glob("step-*") if p.is_dir())
         for stale in old[:-max(self.cfg.keep_checkpoints, 1)]:
             shutil.rmtree(stale, ignore_errors=True)
