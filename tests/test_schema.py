@@ -130,7 +130,8 @@ def test_config_from_dict_refuses_a_non_object(data, message):
     ({"batch": "1e9"}, "batch=1000000000 must be in 1..4096"),
     ({"device": "banana"}, "device='banana' must be auto, cpu, cuda, cuda:N or mps"),
     ({"threads": "-3"}, "threads=-3 must be in 0..1024"),
-    ({"model_lr": "nan"}, "model_lr=nan must be a finite number"),
+    ({"model_lr": "nan"}, "model_lr=nan must be a finite number > 0"),
+    ({"actor_lr": "0"}, "actor_lr=0.0 must be a finite number > 0"),
     ({"kl_balance": "1.5"}, r"kl_balance=1.5 must be a finite number in \[0, 1\]"),
     ({"unimix": "1"}, r"unimix=1.0 must be a finite number in \[0, 1\)"),
     ({"sticky": "-0.1"}, "sticky=-0.1 must be"),
@@ -473,7 +474,7 @@ def test_stale_temporaries_are_removed_by_the_next_save(tmp_path, debug_cfg, toy
     parent.mkdir()
     dead, alive = _dead_pid(), os.getppid()  # our parent (pytest's launcher) outlives this test
     stale = [parent / f".step-000000100.tmp-{dead}-0123abcd", parent / f".step-000000100.old-{dead}-89abcdef",
-             parent / f".latest.tmp-{dead}-00ff00ff", parent / ".step-000000050.tmp-deadbeef"]  # the last: pid-less
+             parent / f".latest.tmp-{dead}", parent / ".step-000000050.tmp-deadbeef"]  # the last two: before #28
     live = [parent / f".step-000000200.tmp-{alive}-0123abcd", parent / ".step-000000300.tmp-feedf00d"]
     for p in stale[:2] + live:
         p.mkdir()
@@ -481,14 +482,21 @@ def test_stale_temporaries_are_removed_by_the_next_save(tmp_path, debug_cfg, toy
     for p in stale[2:3]:
         p.write_text("step-000000100\n")
     stale[3].mkdir()
-    old = time.time() - 2 * checkpoint.LEGACY_TEMP_AGE_S  # a pid-less temporary from an earlier version, hours old
-    os.utime(stale[3], (old, old))
+    stale.append(parent / ".latest.tmp")  # Trainer.save's before #28
+    stale[4].write_text("step-000000100\n")
+    old = time.time() - 2 * checkpoint.LEGACY_TEMP_AGE_S  # pid-less temporaries from an earlier version, hours old
+    for p in stale[3:]:
+        os.utime(p, (old, old))
     keep = parent / "step-000000001"  # real checkpoints and other files are never touched
     keep.mkdir()
+    others = [parent / ".bashrc.old", parent / ".notes.tmp", parent / f".x.tmp-{dead}-nothex!"]
+    for p in others:
+        p.write_text("mine")
+        os.utime(p, (old, old))
     checkpoint.save(parent / "step-000000400", Agent(debug_cfg, toy_spec), steps=400)
     left = {p.name for p in parent.iterdir()}
     assert not any(p.name in left for p in stale), left
-    assert all(p.name in left for p in live) and {"step-000000001", "step-000000400"} <= left, left
+    assert all(p.name in left for p in live + others) and {"step-000000001", "step-000000400"} <= left, left
 
 
 def test_temp_names_carry_the_writers_pid(tmp_path):

@@ -89,8 +89,13 @@ def _one_line(exc: BaseException, limit: int = 200) -> str:
 
 
 # ---- temporary names and their clean-up (#28: killed writes left .step-*.tmp-* folders behind forever) ----------
-# .<name>.<tmp|old>[-<pid>][-<uuid8>]; names without a pid come from earlier versions (and from other writers).
-_TEMP = re.compile(r"\.(?P<name>.+?)\.(?P<kind>tmp|old)(?:-(?P<pid>[0-9]+))?(?:-(?P<tag>[0-9a-f]{8}))?")
+# Only names this module writes, or wrote before #28, are ever removed (a user's ~/.bashrc.old is not one):
+#   .<name>.<tmp|old>-<pid>-<uuid8>  temp_path (now): removed once <pid> is gone
+#   .<name>.tmp-<pid>                atomic_write_text before #28: the same
+#   .<name>.<tmp|old>-<uuid8>        save / replace_folder before #28, no pid: removed once LEGACY_TEMP_AGE_S old
+#   .latest.tmp, .manifest.json.tmp  Trainer.save / update_manifest before #28: the same
+_TEMP_PID = re.compile(r"\.(?P<name>.+)\.(?:(?:tmp|old)-(?P<pid>[0-9]+)-[0-9a-f]{8}|tmp-(?P<pid_only>[0-9]+))")
+_TEMP_LEGACY = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-[0-9a-f]{8}|\.latest\.tmp|\.manifest\.json\.tmp")
 LEGACY_TEMP_AGE_S = 3600.0  # a pid-less temporary this old is no write in progress (a write takes seconds)
 
 
@@ -128,12 +133,12 @@ def clean_stale_temps(folder: str | os.PathLike) -> list[pathlib.Path]:
         return removed
     now = time.time()
     for entry in entries:
-        match = _TEMP.fullmatch(entry.name)
-        if match is None:
+        with_pid = _TEMP_PID.fullmatch(entry.name)
+        if with_pid is None and _TEMP_LEGACY.fullmatch(entry.name) is None:
             continue
         try:
-            if match["pid"] is not None:
-                if _pid_alive(int(match["pid"])):
+            if with_pid is not None:
+                if _pid_alive(int(with_pid["pid"] or with_pid["pid_only"])):
                     continue
             elif now - entry.stat(follow_symlinks=False).st_mtime < LEGACY_TEMP_AGE_S:
                 continue
@@ -341,7 +346,11 @@ def _read_weights(path: pathlib.Path, file: pathlib.Path, manifest: Mapping[str,
     if size > need + slack:
         raise CheckpointError(f"architecture mismatch: {file} is {size} bytes, more than the {need} bytes of "
                               f"tensors (+{slack} of header) of the architecture in {CONFIG}")
-    if sha256(file) != manifest.get("weights_sha256"):
+    try:
+        digest = sha256(file)
+    except OSError as exc:  # unreadable (permissions, I/O error)
+        raise CheckpointError(f"corrupt checkpoint {path}: cannot read {WEIGHTS} ({_one_line(exc)})") from None
+    if digest != manifest.get("weights_sha256"):
         raise CheckpointError(f"corrupt checkpoint {path}: sha256 of {WEIGHTS} does not match the manifest")
     weights = {}
     try:

@@ -136,7 +136,8 @@ Device = Text(16, 1, DEVICE_PATTERN, "auto, cpu, cuda, cuda:N or mps")
 EnvId = Text(200, 1, r"[^\x00-\x1f\x7f]+", "an env id without control characters")
 
 # ---- Config ------------------------------------------------------------------------------------------------
-Rate = Float(0.0, 1.0, lo_open=True)  # learning rates: > 0; above 1 Adam's steps diverge at once
+# learning rates: > 0 and finite, no upper cap: tests/test_training.py drives a run to divergence with 1e30
+Rate = Float(0.0, lo_open=True)
 Scale = Float(0.0, 1e4)  # loss weights and the like: >= 0, finite
 Unit = Float(0.0, 1.0)  # probabilities and mixing weights
 Discount = Float(0.0, 1.0, lo_open=True)  # (0, 1]: 0 would divide by zero in the horizon weights
