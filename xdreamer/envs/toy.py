@@ -69,6 +69,8 @@ def lane_columns(count: int) -> tuple[int, ...]:
 
 # Integer state vector layout (stored as int64 in get_state()).
 _FIELDS = ("ball_x", "ball_y", "ball_dx", "paddle_x", "balls_done", "steps", "need_spawn", "done", "started")
+# Public name of that layout: ``explain.objects`` moves and removes objects through it (issue #27).
+STATE_FIELDS = _FIELDS
 
 
 class CatchEnv(Env):

@@ -23,10 +23,12 @@ from .dreams import WhatIf, dream, intervene, start_state, whatif
 from .grounded import Grounded, ground
 from .highlights import Highlights, Moment, importance, q_values, top_k
 from .highlights import highlights  # noqa: E402  (after the module import: the name is the function)
+from .objects import ObjectAttribution, object_attribution
 from .render import highlights_image, whatif_frames, write_whatif_video
 from .trace import Trace, check_trace_matches, load_trace, record, save, weights_fingerprint
 
 __all__ = ["Trace", "record", "save", "load_trace", "check_trace_matches", "weights_fingerprint",
            "WhatIf", "whatif", "intervene", "start_state", "dream", "Grounded", "ground",
            "Highlights", "Moment", "highlights", "importance", "q_values", "top_k",
+           "ObjectAttribution", "object_attribution",
            "whatif_frames", "write_whatif_video", "highlights_image", "add_commands"]
