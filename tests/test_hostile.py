@@ -389,3 +389,18 @@ def test_cli_bad_device_is_one_line():
     for device, match in cases:
         proc = run_cli("record", str(CATCH), "--device", device, "--out", "/tmp/never.npz", "--no-progress")
         assert_one_line(proc, status=2, match=match)
+
+
+def test_report_table_is_validated(tmp_path):
+    """The app's Failures panel reads summary.csv through the schema: a bad cell is one line naming row and
+    column; the bundled reports pass."""
+    from xdreamer.app import read_report
+
+    for folder in sorted((REPO / "reports").iterdir()):
+        if (folder / "summary.csv").is_file():
+            table, _ = read_report(folder)
+            assert len(table) > 0 and table["step"].dtype == np.int64
+    (tmp_path / "summary.csv").write_text("case,checkpoint,episode,step,detector,score\n"
+                                          "a,catch,0,5,blind_spot,0.5\nb,catch,0,-3,blind_spot,0.7\n")
+    with pytest.raises(ValueError, match="row 2 .*column step"):
+        read_report(tmp_path)

@@ -40,6 +40,7 @@ DEFAULT_HOST = "127.0.0.1"
 # Atari traces with simulator states take a few times more), so 64 MB holds thousands of steps while the server
 # refuses an upload bomb before any of our code reads it. Longer traces open by path, not by upload.
 MAX_UPLOAD_MB = 64
+MAX_SUMMARY_BYTES = 64 << 20
 IMPORTS_ENV = "XDREAMER_APP_IMPORTS"  # comma-separated modules named with `xdreamer app --import`
 ROOTS_ENV = "XDREAMER_APP_ROOTS"  # os.pathsep-separated paths given on the command line (allowed roots)
 BASE_ENV = "XDREAMER_APP_CWD"  # the folder `xdreamer app` was started in: base of relative typed paths
@@ -721,14 +722,17 @@ def read_report(folder: str | os.PathLike | None):
     inside = [p.resolve()]
     if not is_within(p / "summary.csv", inside):
         raise ValueError(f"{p / 'summary.csv'} points outside the report folder; not read")
+    from .schema import validate_report_table
+
+    size = (p / "summary.csv").stat().st_size
+    if size > MAX_SUMMARY_BYTES:  # a report's summary has a few hundred rows (~50 KB); read_csv would load it all
+        raise ValueError(f"{p / 'summary.csv'} is {size / 2**20:,.0f} MiB; a report summary is at most "
+                         f"{MAX_SUMMARY_BYTES >> 20} MiB")
     try:
         table = pd.read_csv(p / "summary.csv")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise ValueError(f"cannot read {p / 'summary.csv'}: {exc}") from None
-    missing = [c for c in REPORT_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"{p / 'summary.csv'} lacks the column(s) {', '.join(missing)}")
-    table["case"] = table["case"].astype(str)
+    table = validate_report_table(table, p / "summary.csv")  # types and ranges, one line naming row and column
     clips = {}
     files = sorted(f for f in (p / "clips").glob("*.mp4") if is_within(f, inside) and f.is_file()) \
         if (p / "clips").is_dir() else []

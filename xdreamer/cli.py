@@ -2,13 +2,16 @@
 highlights, saliency) and ``app`` (the Streamlit explainer).
 
 Errors a user can cause (bad env id, preset or key, missing or corrupt checkpoint, checkpoint
-that does not fit the env) print one line ``xdreamer: error: ...`` and exit with status 2.
+that does not fit the env) print one line ``xdreamer: error: ...`` and exit with status 2; errors of the
+machine (a full or read-only disk, a file that cannot be read) and anything unexpected print one line and exit
+with status 1. ``--debug`` (anywhere on the command line) or ``XDREAMER_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import signal
 import sys
@@ -108,7 +111,7 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         check_device(args.device)
     except ValueError as e:
-        raise ConfigError(f"--device: {e}") from None
+        raise ConfigError(str(e) if str(e).startswith("--device") else f"--device: {e}") from None
     results = run_benchmark(args.presets, args.out, repeats=args.repeats, precisions=tuple(args.precision),
                             compiles=tuple(args.compile), profile=args.profile, device=args.device)
     print(summary(results))
@@ -140,7 +143,9 @@ def _bundle(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xdreamer", description="Train DreamerV2 agents and explain them.")
+    parser = argparse.ArgumentParser(
+        prog="xdreamer", description="Train DreamerV2 agents and explain them.",
+        epilog="Errors print one line; add --debug anywhere (or set XDREAMER_DEBUG=1) for the traceback.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train an agent", description=(
@@ -231,12 +236,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose value is a file the command writes; folders the command writes into.
+_OUTPUT_FILES = ("out", "json", "video", "image")
+_OUTPUT_FOLDER_COMMANDS = ("report", "bundle")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Fail before the work, not after it: an output that is a folder, or a folder we cannot write into
+    (read-only disk, no permission), is a one-line error before minutes of recording or evaluation (#28)."""
+    for name in _OUTPUT_FILES:
+        value = getattr(args, name, None)
+        if not isinstance(value, str) or not value:
+            continue
+        path = pathlib.Path(value).expanduser()
+        folder = path if args.command in _OUTPUT_FOLDER_COMMANDS and name == "out" else path.parent
+        if folder is not path and path.is_dir():
+            raise ValueError(f"--{name} {value} is a folder; give a file path")
+        _probe_writable(folder, f"--{name} {value}")
+
+
+def _probe_writable(folder: pathlib.Path, what: str) -> None:
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{what}: {existing} is not a folder")
+    probe = existing / f".xdreamer-write-check-{os.getpid()}"
+    try:
+        probe.touch()
+    except OSError as exc:
+        raise OSError(f"{what}: cannot write into {existing} ({exc.strerror or exc})") from None
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _one_line(exc: BaseException, limit: int = 1000) -> str:
+    """The error as one line: its lines joined (our messages are one line already), cut at ``limit``."""
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
+    """``--debug`` anywhere before a ``--``, or ``XDREAMER_DEBUG=1``; returns argv without the flag."""
+    head = argv[:argv.index("--")] if "--" in argv else argv
+    debug = "--debug" in head or os.environ.get("XDREAMER_DEBUG", "") not in ("", "0")
+    if "--debug" in head:
+        argv = [a for i, a in enumerate(argv) if not (a == "--debug" and i < len(head))]
+    return debug, argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    debug, argv = _debug_requested(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
     from .config import ConfigError
 
     try:
+        _check_outputs(args)
+        if isinstance(getattr(args, "device", None), str) and args.command != "bench":  # bench checks its own
+            # --device banana / cuda on a CPU build: one line before any work
+            from .config import check_device
+
+            check_device(args.device)
         if args.func is not _app:  # `xdreamer app` only starts the Streamlit server, which configures itself
             from .training import configure_cpu
 
@@ -245,18 +306,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             # 0.45 s on a 2-core AVX2 EPYC; docs/experiments/whatif_malloc.py).
             configure_cpu()
         return args.func(args)
-    except (ValueError, ConfigError, CheckpointError, FileNotFoundError, NotImplementedError) as exc:
-        print(f"xdreamer: error: {exc}", file=sys.stderr)
-        return 2
     except FloatingPointError as exc:  # training diverged (Agent.train_step); the run is saved (Trainer.run)
-        print(f"xdreamer: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(exc, 1, debug)
     except _Terminated:
         print("xdreamer: terminated (SIGTERM)", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
         print("xdreamer: interrupted", file=sys.stderr)
         return 130
+    except (ValueError, ConfigError, CheckpointError, FileNotFoundError, NotImplementedError) as exc:
+        return _fail(exc, 2, debug)
+    except OSError as exc:  # a full or read-only disk, a file that cannot be read
+        return _fail(exc, 1, debug)
+    except MemoryError:
+        return _fail(MemoryError("out of memory"), 1, debug)
+    except Exception as exc:  # noqa: BLE001 - anything else: one line, the traceback only on --debug (#28)
+        if "basic_ios" in str(exc) or "iostream" in str(exc):  # a C++ stream failed: a full or read-only disk
+            return _fail(OSError(f"a file could not be written or read ({_one_line(exc)}): is the disk full or "
+                                 "read-only?"), 1, debug)
+        return _fail(RuntimeError(f"{type(exc).__name__}: {_one_line(exc)} (an unexpected error; rerun with "
+                                  "--debug for the traceback and report it)"), 1, debug)
+
+
+def _fail(exc: BaseException, status: int, debug: bool) -> int:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    print(f"xdreamer: error: {_one_line(exc)}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -364,10 +364,8 @@ _INT_KINDS, _NUM_KINDS = "iu", "biuf"
 
 def _check_headers(path: pathlib.Path, headers: dict, meta: dict) -> int:
     """Check the declared layout of every member against the trace's own metadata; returns the step count."""
-    from ..npzfile import NpzLimitError
-
     def fail(text: str):
-        raise NpzLimitError(f"corrupt trace file {path}: {text}")
+        raise ValueError(f"corrupt trace file {path}: {text}")
 
     episode = headers.get("a/episode")
     if episode is None or len(episode.shape) != 1 or episode.dtype.kind not in _INT_KINDS:
@@ -479,8 +477,11 @@ def load_trace(path: str | os.PathLike) -> Trace:
     path = pathlib.Path(path)
     if not path.is_file():
         raise ValueError(f"trace file not found: {path}")
-    headers = npzfile.read_headers(path)
-    npzfile.check_total(path, headers, npzfile.default_cap())
+    try:
+        headers = npzfile.read_headers(path)
+        npzfile.check_total(path, headers, npzfile.default_cap())
+    except npzfile.NpzLimitError as exc:  # its message starts with the path
+        raise ValueError(f"corrupt trace file {exc}") from None
     meta_member = headers.get("meta")
     if meta_member is None:
         raise ValueError(f"{path} is not an xdreamer trace (no meta record)")
@@ -489,6 +490,8 @@ def load_trace(path: str | os.PathLike) -> Trace:
                          f"{MAX_META_BYTES // 4:,} characters")
     try:
         meta = json.loads(str(npzfile.read_arrays(path, headers, ["meta"])["meta"]))
+    except npzfile.NpzLimitError as exc:
+        raise ValueError(f"corrupt trace file {exc}") from None
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"corrupt trace file {path}: bad meta JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != TRACE_FORMAT:
@@ -503,7 +506,10 @@ def load_trace(path: str | os.PathLike) -> Trace:
     missing += [f"table/{c}" for c in columns if f"table/{c}" not in headers]
     if missing:
         raise ValueError(f"corrupt trace file {path}: missing {', '.join(missing)}")
-    data = npzfile.read_arrays(path, headers, [k for k in headers if k != "meta"])
+    try:
+        data = npzfile.read_arrays(path, headers, [k for k in headers if k != "meta"])
+    except npzfile.NpzLimitError as exc:
+        raise ValueError(f"corrupt trace file {exc}") from None
     arrays = {k[2:]: v for k, v in data.items() if k.startswith("a/")}
     _check_values(path, arrays, meta, n)
     table = pd.DataFrame({c: data[f"table/{c}"] for c in columns})
