@@ -78,6 +78,7 @@ def _eval(args: argparse.Namespace) -> int:
     from . import checkpoint
     from .envs import import_modules, make
     from .evaluation import evaluate, lockstep_envs
+    from .explain.commands import default_output
     from .training import env_kwargs
 
     import_modules(args.imports)
@@ -90,7 +91,7 @@ def _eval(args: argparse.Namespace) -> int:
     with lockstep_envs(lambda: make(env_id, **env_kwargs(cfg.replace(env=env_id))), args.episodes, lockstep) as more:
         result = evaluate(agent, env, args.episodes, seed=args.seed, policy=args.policy,
                           progress=not args.no_progress, more_envs=more)
-    out = args.out or f"eval-{agent.path.name}-{args.policy}-seed{args.seed}.json"
+    out = args.out or default_output(f"eval-{agent.path.name}-{args.policy}-seed{args.seed}.json")
     data = {"checkpoint": str(agent.path), "steps": agent.manifest.get("steps"), **result.to_dict()}
     checkpoint.atomic_write_text(out, json.dumps(data, indent=2) + "\n")
     print(f"{env_id} {args.policy} policy over {args.episodes} episodes (seed {args.seed}): "
@@ -143,6 +144,8 @@ def _bundle(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .explain.commands import default_output
+
     parser = argparse.ArgumentParser(
         prog="xdreamer", description="Train DreamerV2 agents and explain them.",
         epilog="Errors print one line; add --debug anywhere (or set XDREAMER_DEBUG=1) for the traceback.")
@@ -167,17 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
         "Run whole episodes with the actor's mode (or --policy sample/random) and report the mean "
         "and standard deviation of the return; writes JSON."))
     p.add_argument("checkpoint", help="checkpoint folder or run folder")
-    p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--policy", choices=("mode", "sample", "random"), default="mode")
+    p.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="evaluation seed: the same seed runs the same episodes for every checkpoint (default 0)")
+    p.add_argument("--policy", choices=("mode", "sample", "random"), default="mode",
+                   help="mode: the actor's most likely action (default); sample: draw from the actor; "
+                        "random: uniform random actions (the baseline)")
     p.add_argument("--lockstep", type=int, default=10, metavar="N",
                    help="run up to N mode-policy episodes in lockstep with one batched network call per step "
                         "(default 10; 1 = one at a time; random and sample always run one at a time)")
     p.add_argument("--env", help="evaluate on this env id instead of the checkpoint's own")
-    p.add_argument("--out", help="JSON output path")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", help="JSON output path (default "
+                                 f"{default_output('eval-<CHECKPOINT>-<POLICY>-seed<SEED>.json')})")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (registers custom gym envs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("bench", help="measure update and env speed; writes JSON")
@@ -195,17 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu",
                    help="where the agent runs: cpu (default), cuda or cuda:N (times wait for the GPU; env, replay "
                         "and record timings stay on the CPU)")
-    p.add_argument("--out", default="bench.json")
+    p.add_argument("--out", default=default_output("bench.json"),
+                   help=f"JSON output path (default {default_output('bench.json')})")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("bundle", help="ship a checkpoint: copy it without optimiser state, evaluate it and "
                        "a random policy on fixed seeds, record both in its manifest")
     p.add_argument("source", help="checkpoint folder or run folder")
     p.add_argument("--out", required=True, help="destination folder, e.g. checkpoints/catch")
-    p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episodes", type=int, default=10, help="evaluation episodes, agent and random (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
     p.add_argument("--command", help="training command to record (default: the run's commands.txt)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_bundle)
 
     from .explain.commands import add_commands as add_explain_commands

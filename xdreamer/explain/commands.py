@@ -11,12 +11,50 @@ import argparse
 import json
 import os
 import pathlib
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..checkpoint import atomic_write_text
 from ..config import PRECISIONS
+
+
+# Where a command writes when no output path is given (#31): a folder of its own in the current folder, so that
+# the README's commands never drop files into the repository root. The writers make it on demand.
+OUTPUT_DIR = "xdreamer-out"
+
+
+def default_output(name: str) -> str:
+    """``xdreamer-out/<name>``, the default path of an output file called ``name``."""
+    return f"{OUTPUT_DIR}/{name}"
+
+
+def resolve_actions(values: Sequence[str] | None, spec, option: str) -> list[int] | None:
+    """Action indices of ``spec`` for ``values``, each an action name (case-insensitive, as the outputs print
+    them: ``FIRE``, ``left``) or a number (#31). ``None`` stays ``None`` (the command's default).
+    An unknown name or an out-of-range number is a one-line ``ValueError`` that lists the valid names."""
+    if values is None:
+        return None
+    if not spec.discrete:
+        raise ValueError(f"{option} takes discrete actions; {spec.id} has continuous actions")
+    count = int(spec.num_actions)
+    names = [str(n) for n in spec.action_names][:count] + [str(i) for i in range(len(spec.action_names), count)]
+    index = {name.upper(): i for i, name in enumerate(names)}
+    valid = f"valid actions: {', '.join(names)} (or their numbers 0-{count - 1})"
+    resolved = []
+    for value in values:
+        text = str(value).strip()
+        if text.upper() in index:
+            resolved.append(index[text.upper()])
+            continue
+        try:
+            number = int(text)
+        except ValueError:
+            raise ValueError(f"{option}: unknown action {text!r}; {valid}") from None
+        if not 0 <= number < count:
+            raise ValueError(f"{option}: action {number} is out of range; {valid}")
+        resolved.append(number)
+    return resolved
 
 
 def _write_json(path: str | os.PathLike, data: Any) -> pathlib.Path:
@@ -92,10 +130,12 @@ def cmd_whatif(args: argparse.Namespace) -> int:
 
     agent, env = _load(args)
     try:
+        actions = resolve_actions(args.actions, agent.spec, "--actions")  # before the episode is recorded
+        alternatives = resolve_actions(args.alternatives, agent.spec, "--alternatives")
         trace = _trace(args, agent, env, max_steps=args.step + args.horizon)
         trace.check_step(args.step)
-        result = whatif(agent, trace, args.step, args.horizon, args.actions)
-        grounded = ground(agent, env, trace, args.step, args.actions, args.horizon, dream=result) \
+        result = whatif(agent, trace, args.step, args.horizon, actions)
+        grounded = ground(agent, env, trace, args.step, actions, args.horizon, dream=result) \
             if args.grounded else None
     finally:
         env.close()
@@ -114,7 +154,7 @@ def cmd_whatif(args: argparse.Namespace) -> int:
                 "dream": result.to_dict(), "grounded": grounded.to_dict() if grounded is not None else None}
         print(f"wrote {_write_json(args.json, data)}")
     if args.video:
-        print(f"wrote {write_whatif_video(args.video, trace, result, grounded, args.alternatives, fps=args.fps)}")
+        print(f"wrote {write_whatif_video(args.video, trace, result, grounded, alternatives, fps=args.fps)}")
     return 0
 
 
@@ -147,11 +187,14 @@ def add_commands(subparsers) -> None:
         "probabilities, value, rewards, latents, reconstructions, surprise, objects and simulator states "
         "into one .npz trace."))
     _common(p)
-    p.add_argument("--episodes", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--policy", choices=("mode", "sample"), default="mode")
+    p.add_argument("--episodes", type=int, default=1, help="episodes to record (default 1)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="evaluation seed: the same episodes as `xdreamer eval --seed` (default 0)")
+    p.add_argument("--policy", choices=("mode", "sample"), default="mode",
+                   help="mode: the actor's most likely action (default); sample: draw from the actor")
     p.add_argument("--max-steps", type=int, default=None, help="cut each episode after this many steps")
-    p.add_argument("--out", default="trace.npz", help="output .npz (default trace.npz)")
+    p.add_argument("--out", default=default_output("trace.npz"),
+                   help=f"output .npz (default {default_output('trace.npz')})")
     p.set_defaults(func=cmd_record)
 
     p = subparsers.add_parser("whatif", help="what-if dreams (and real branches) at one step", description=(
@@ -161,13 +204,15 @@ def add_commands(subparsers) -> None:
     p.add_argument("--trace", help="trace .npz recorded from this checkpoint (else one episode is recorded)")
     p.add_argument("--seed", type=int, default=0, help="episode seed when no --trace is given")
     p.add_argument("--step", type=int, required=True, help="trace step to branch from")
-    p.add_argument("--actions", type=int, nargs="+", default=None, help="first actions (default: all)")
-    p.add_argument("--alternatives", type=int, nargs="+", default=None,
-                   help="actions shown as alternatives in the video (default: up to 4 others)")
-    p.add_argument("--horizon", type=int, default=15)
+    p.add_argument("--actions", nargs="+", default=None, metavar="ACTION",
+                   help="first actions to dream, by name as the outputs print them (e.g. NOOP LEFT; any case) "
+                        "or number (default: all)")
+    p.add_argument("--alternatives", nargs="+", default=None, metavar="ACTION",
+                   help="actions shown as alternatives in the video, by name or number (default: up to 4 others)")
+    p.add_argument("--horizon", type=int, default=15, help="imagined steps per branch (default 15)")
     p.add_argument("--grounded", action="store_true", help="also run each branch in the real simulator")
     p.add_argument("--video", help="output .mp4 (or .gif)")
-    p.add_argument("--fps", type=int, default=4)
+    p.add_argument("--fps", type=int, default=4, help="frames per second of the video (default 4)")
     p.add_argument("--json", help="output JSON of the numbers")
     p.set_defaults(func=cmd_whatif)
 
@@ -176,10 +221,10 @@ def add_commands(subparsers) -> None:
     _common(p)
     p.add_argument("--trace", help="trace .npz recorded from this checkpoint (else one episode is recorded)")
     p.add_argument("--seed", type=int, default=0, help="episode seed when no --trace is given")
-    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--k", type=int, default=5, help="number of moments to pick (default 5)")
     p.add_argument("--context", type=int, default=5, help="context frames either side")
     p.add_argument("--min-gap", type=int, default=10, help="minimum distance between moments (steps)")
-    p.add_argument("--horizon", type=int, default=15)
+    p.add_argument("--horizon", type=int, default=15, help="dream horizon of the Q estimates (default 15)")
     p.add_argument("--json", help="output JSON")
     p.add_argument("--image", help="output .png strip of the moments with context")
     p.set_defaults(func=cmd_highlights)

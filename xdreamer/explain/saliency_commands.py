@@ -20,7 +20,7 @@ import numpy as np
 
 from ..checkpoint import atomic_write_text
 from .saliency import METHODS, TARGETS, _ALIASES
-from .commands import add_precision, precision_override
+from .commands import add_precision, default_output, precision_override, resolve_actions
 
 
 # ---- images ------------------------------------------------------------------------------------
@@ -98,6 +98,7 @@ def _saliency(args: argparse.Namespace) -> int:
     from .saliency import saliency, trace_inputs
 
     agent = checkpoint.load(args.checkpoint, device=args.device, overrides=precision_override(args))
+    chosen = None if args.action is None else resolve_actions([args.action], agent.spec, "--action")[0]
     if args.video and not args.trace:
         raise ValueError("--video needs --trace (record one with `xdreamer record`)")
     if args.trace:
@@ -116,7 +117,7 @@ def _saliency(args: argparse.Namespace) -> int:
     else:
         inputs = episode_inputs(agent, args.step, args.seed)
         source = {"seed": args.seed, "step": args.step, "policy": "mode"}
-    action = args.action if args.action is not None else (inputs["action"] if args.target == "action" else None)
+    action = chosen if chosen is not None else (inputs["action"] if args.target == "action" else None)
     if action is not None and not 0 <= action < agent.spec.num_actions:
         raise ValueError(f"action {action} out of range: the agent has {agent.spec.num_actions} actions")
     options: dict[str, Any] = {}
@@ -144,8 +145,10 @@ def _saliency(args: argparse.Namespace) -> int:
         record["randomization"] = check.to_dict()
     if args.latent:
         record["latent"] = _latent_record(agent, inputs, args.target, result.action)
-    out = args.out or f"saliency-step{args.step}-{method}-{args.target}.png"
+    out = args.out or default_output(f"saliency-step{args.step}-{method}-{args.target}.png")
     suffix = pathlib.Path(out).suffix.lower()
+    if suffix in (".png", ".npz"):
+        pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)  # xdreamer-out/ on first use
     if suffix == ".png":
         imageio.imwrite(out, overlay(inputs["frame"], result.map, scale=args.scale))
     elif suffix == ".npz":
@@ -195,9 +198,13 @@ def add_commands(subparsers) -> None:
     methods = list(METHODS) + sorted(_ALIASES)
     p.add_argument("--method", choices=methods, default="occlusion", metavar="METHOD",
                    help=f"one of {', '.join(METHODS)} (aliases: {', '.join(sorted(_ALIASES))})")
-    p.add_argument("--target", choices=TARGETS, default="action")
-    p.add_argument("--action", type=int, help="action to explain (default: the recorded / chosen one)")
-    p.add_argument("--out", help="output .png (overlay) or .npz (arrays)")
+    p.add_argument("--target", choices=TARGETS, default="action",
+                   help="what to explain: action (the explained action's score, default) or value (the critic's value)")
+    p.add_argument("--action", metavar="ACTION",
+                   help="action to explain, by name as the outputs print it (e.g. FIRE; any case) or number "
+                        "(default: the recorded / chosen one)")
+    p.add_argument("--out", help="output .png (overlay) or .npz (arrays) (default "
+                                 f"{default_output('saliency-step<STEP>-<METHOD>-<TARGET>.png')})")
     p.add_argument("--video", help="also write a saliency-overlay .mp4/.gif of the whole trace (needs --trace)")
     p.add_argument("--json", help="write the numbers as JSON here")
     p.add_argument("--window", type=int, default=4, help="occlusion window (pixels)")
@@ -209,6 +216,6 @@ def add_commands(subparsers) -> None:
     p.add_argument("--faithfulness", action="store_true", help="add deletion/insertion curves and AUCs")
     p.add_argument("--sanity", action="store_true", help="add the cascading model-randomisation check")
     p.add_argument("--latent", action="store_true", help="add the 32x32 latent-class attribution")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     add_precision(p)
     p.set_defaults(func=_saliency)

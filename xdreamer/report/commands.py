@@ -44,7 +44,8 @@ def add_commands(sub) -> None:
     p.add_argument("--horizon", type=int, default=15, help="dream horizon (default 15)")
     p.add_argument("--max-cases", type=int, default=5, help="cases kept per checkpoint and detector (default 5)")
     p.add_argument("--no-clips", action="store_true", help="do not write mp4 clips")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (registers custom gym envs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_report)
