@@ -200,9 +200,15 @@ def test_probes_on_trained_agents(name):
     assert r2[("paddle_x", "feat")] > 0.95, r2  # both see their paddle
 
 
-def _read(folder):
-    return {name: pd.read_csv(folder / name) for name in
-            ("summary.csv", "episodes.csv", "verdicts.csv", "scores.csv", "probes.csv", "objects.csv")}
+def _read(folder, resolve=False):
+    """The report's tables; with ``resolve``, summary.csv's checkpoint_path resolved (it is relative to the
+    report folder, so two reports of one checkpoint in different folders name it differently)."""
+    tables = {name: pd.read_csv(folder / name) for name in
+              ("summary.csv", "episodes.csv", "verdicts.csv", "scores.csv", "probes.csv", "objects.csv")}
+    if resolve:
+        summary = tables["summary.csv"]
+        summary["checkpoint_path"] = [str((folder / p).resolve()) for p in summary["checkpoint_path"]]
+    return tables
 
 
 class _Parser(html.parser.HTMLParser):
@@ -323,6 +329,30 @@ def test_bad_inputs_give_one_line_errors(ckpt, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "r").exists()
 
 
+def test_report_rows_name_checkpoint_path_and_record_seed(tmp_path):
+    """#31: each case names its checkpoint folder (relative to the report, or absolute) and the seed that
+    records its episode again, so the app can open it; the episodes' record_seed is the same seed."""
+    from xdreamer.evaluation import episode_seed
+    from xdreamer.report.build import report_relative
+
+    lanes = CHECKPOINTS / "catch-lanes"
+    out = tmp_path / "report"
+    # --no-clips; surprise_k 0.01 flags every step above the episode's median surprise, so the 20 steps have cases
+    run_report([str(lanes)], out, episodes=1, seed=3, max_steps=20, dream_steps=0, clips=False, progress=False,
+               thresholds={"surprise_k": 0.01})
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) > 0 and not (out / "clips" / "c001.mp4").exists()
+    assert {"checkpoint_path", "record_seed", "checkpoint", "episode", "step"} <= set(summary.columns)
+    assert all((out / p).resolve() == lanes.resolve() for p in summary["checkpoint_path"])
+    assert (summary["record_seed"] == episode_seed(3, 0)).all()
+    assert (pd.read_csv(out / "episodes.csv")["record_seed"] == episode_seed(3, 0)).all()
+    assert list(summary["checkpoint"].unique()) == ["catch-lanes"]  # the existing columns stay
+    # Relative where report and checkpoint share a folder (a repository's reports/ and checkpoints/).
+    root = CHECKPOINTS.parent
+    assert report_relative(lanes, root / "reports" / "x") == str(pathlib.Path("..", "..", "checkpoints", "catch-lanes"))
+    assert report_relative("/nowhere-a/ckpt", "/nowhere-b/report") == str(pathlib.Path("/nowhere-a/ckpt").resolve())
+
+
 RAY_KW = dict(episodes=2, seed=1, max_steps=MAX_STEPS)  # the Ray tests' report, run in-process once for both
 
 
@@ -339,10 +369,11 @@ def test_ray_and_in_process_reports_are_identical(ckpt, local_report, tmp_path):
     local, a = local_report
     b = run_report([str(path)], tmp_path / "ray", ray=True, progress=False, **RAY_KW)
     assert a["ray"] is False and b["ray"] is True
-    ta, tb = _read(local), _read(tmp_path / "ray")
+    ta, tb = _read(local, resolve=True), _read(tmp_path / "ray", resolve=True)
     for name in ta:
         pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True, obj=name)
-    assert (local / "summary.csv").read_bytes() == (tmp_path / "ray" / "summary.csv").read_bytes()
+    # (summary.csv's bytes differ in checkpoint_path only, which is relative to each report folder; _read
+    # resolves it, and check_exact compares every float bit for bit)
     assert len(ta["summary.csv"]) > 0
 
 
@@ -386,6 +417,6 @@ def test_ray_address_connects_to_an_existing_cluster(ckpt, local_report, tmp_pat
     assert meta["ray"] is True and meta["ray_address"] == f"127.0.0.1:{port}", meta
     assert meta["ray_cluster"].endswith(f":{port}"), meta  # GCS address as the cluster names it (node IP)
     assert json.loads((local_report[0] / "report.json").read_text())["ray_cluster"] is None
-    ta, tb = _read(local_report[0]), _read(tmp_path / "cluster")
+    ta, tb = _read(local_report[0], resolve=True), _read(tmp_path / "cluster", resolve=True)
     for name in ta:
         pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True, obj=name)

@@ -4,7 +4,9 @@ Output folder (written to a temporary sibling, then renamed, so an interrupted r
 half-written)::
 
     index.html        self-contained report (figures and case thumbnails embedded as base64 PNG)
-    summary.csv       one row per failure case (case, checkpoint, env, episode, step, detector, score, detail, ...)
+    summary.csv       one row per failure case (case, checkpoint, env, episode, step, detector, score, detail, ...,
+                      record_seed, checkpoint_path: the checkpoint folder relative to the report folder, or
+                      absolute when the two share no folder but the root)
     summary.parquet   the same table (pyarrow)
     summary.md        markdown summary: verdicts, score context, top cases
     episodes.csv      per checkpoint x episode statistics
@@ -48,6 +50,17 @@ def _labels(paths: Sequence[str]) -> list[str]:
         seen[name] = seen.get(name, 0) + 1
         out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
     return out
+
+
+def report_relative(path: str | os.PathLike, out: str | os.PathLike) -> str:
+    """``path`` as the report folder ``out`` names it: relative to ``out`` (a repository's reports/ and
+    checkpoints/ move together), absolute when they share no folder but the file-system root (or a drive)."""
+    p, o = pathlib.Path(path).resolve(), pathlib.Path(out).resolve()
+    try:
+        common = pathlib.Path(os.path.commonpath([p, o]))
+    except ValueError:  # different drives (Windows)
+        return str(p)
+    return str(p) if common == pathlib.Path(common.anchor) else os.path.relpath(p, o)
 
 
 def _check_out(out: pathlib.Path) -> None:
@@ -222,6 +235,7 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
     jobs_s = time.perf_counter() - t_jobs
     episodes_df = episodes_table(results)
     cases, windows = cases_table(results, max_cases)
+    cases["checkpoint_path"] = [report_relative(p, out) for p in cases["checkpoint_path"]]
     objects = objects_table(results)
     probes = probes_table(results)
     agents_by_env = {}

@@ -195,7 +195,7 @@ def write_html(path: pathlib.Path, meta: dict, cases: pd.DataFrame, episodes: pd
               "<p>Worst cases per checkpoint and detector across the batch; score = statistic / threshold "
               "(&ge; 1 when flagged). Clips: real frame | reconstruction | squared error (dream cases: real "
               "branch | dream | error).</p>"]
-    shown = cases.copy()
+    shown = cases.drop(columns=["checkpoint_path"], errors="ignore")  # for tools; `checkpoint` names it here
     parts.append(_table_html(shown, "summary"))
     parts.append("<table class='t' id='thumbnails'><tr><th>case</th><th>at the step</th><th>clip</th></tr>")
     for _, c in cases.iterrows():

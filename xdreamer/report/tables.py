@@ -12,8 +12,11 @@ from .jobs import make_env_for
 from .probes import concat_samples, probe_table
 from .scores import reference
 
+# checkpoint_path and record_seed let a reader (the explainer app's "Open this case", #31) re-record the case's
+# episode: ``explain.record(checkpoint, env, episodes=1, seed=record_seed)`` replays it (mode policy), so the
+# case is that recording's step with ``t == step``. record_seed is empty for episodes taken from a saved trace.
 SUMMARY_COLUMNS = ["case", "checkpoint", "env", "episode", "step", "detector", "score", "detail", "value", "rank",
-                   "source", "record_seed", "clip"]
+                   "source", "record_seed", "clip", "checkpoint_path"]
 
 
 def episodes_table(results: list[dict]) -> pd.DataFrame:
@@ -31,14 +34,16 @@ def episodes_table(results: list[dict]) -> pd.DataFrame:
 
 def cases_table(results: list[dict], max_cases: int = 5) -> tuple[pd.DataFrame, dict[str, dict]]:
     """The worst ``max_cases`` events per checkpoint and detector across the batch, with case ids in table
-    order (checkpoint, detector, score descending); returns the table and each case's clip window."""
+    order (checkpoint, detector, score descending); returns the table and each case's clip window.
+    ``checkpoint_path`` is the job's resolved folder; ``run_report`` rewrites it relative to the report."""
     rows, windows = [], []
     for r in results:
         for ev, w in zip(r["events"], r["windows"]):
             rows.append({"checkpoint": r["checkpoint"], "ckpt_index": r["index"][0], "env": r["env"],
                          "episode": r["episode"], "step": int(ev["t"]), "detector": ev["detector"],
                          "score": float(ev["score"]), "detail": ev["detail"], "value": float(ev["value"]),
-                         "source": r["source"], "record_seed": r["record_seed"], "w": len(windows)})
+                         "source": r["source"], "record_seed": r["record_seed"],
+                         "checkpoint_path": r["checkpoint_path"], "w": len(windows)})
             windows.append(w)
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in SUMMARY_COLUMNS}), {}
