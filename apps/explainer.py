@@ -299,6 +299,8 @@ def frame_panel(agent, ctx, trace, step: int) -> None:
     sqerr = a["recon_sqerr"][step].astype(np.float32).sum(0)
     cols[2].image(ui.heat_rgb(sqerr),
                   caption=f"reconstruction squared error (mean {float(trace.table['recon_error'].iloc[step]):.4f})")
+    cols[2].image(ui.legend_strip("jet"),
+                  caption=ui.legend_text("jet", float(sqerr.max()), "squared error, 0-1 intensity, channels summed"))
     with cols[3]:
         method = st.selectbox("saliency method", METHODS, key="saliency_method")
         targets = TARGETS if agent is None or agent.spec.discrete else ("value",)
@@ -308,10 +310,19 @@ def frame_panel(agent, ctx, trace, step: int) -> None:
         else:
             try:
                 result = pixel_saliency(ctx, agent, trace, step, method, target)
+                explained = (f"the {result.score} of {trace.action_names[result.action]}"
+                             if target == "action" and result.action is not None else f"the {target}")
                 st.image(overlay(a["frame"][step], result.map),
                          caption=f"{method} of the {target}"
                          + (f" ({E(result.score)} of {E(trace.action_names[result.action])})"
                             if target == "action" and result.action is not None else ""))
+                peak = float(np.nanmax(np.abs(result.map)))
+                if not np.any(np.nan_to_num(result.map)):
+                    st.info(E(ui.zero_map_text(method, explained)))
+                else:
+                    st.image(ui.legend_strip("jet"),
+                             caption=E(ui.legend_text("jet", peak, f"|attribution| to {explained}; weaker "
+                                                                   "is more transparent")))
             except Exception as exc:  # noqa: BLE001
                 show_error(exc, "Saliency failed: ")
     st.markdown("**Action probabilities**")
@@ -325,6 +336,27 @@ def frame_panel(agent, ctx, trace, step: int) -> None:
 
 
 # ---- Latent ------------------------------------------------------------------------------------
+AUTO = "auto"  # the class selectbox's default: the most different class of the variable (#31)
+
+
+def pick_class(agent, ctx, trace, step: int, variable: int, probs: np.ndarray) -> tuple[int, str]:
+    """The class the decoded difference shows by default, and why: the one whose decoded difference is
+    largest (the current class decodes to exactly zero, which showed a blank image, #31); without the
+    checkpoint, the second most probable class of the variable."""
+    current = int(trace.arrays["post_class"][step][variable])
+    if agent is not None:
+        try:
+            effects = class_effects(ctx, agent, trace, step, variable)
+            size = np.abs(effects.sum(1)).reshape(len(effects), -1).max(1)  # max |Δ| as the image shows it
+            size[current] = -1.0
+            if size.max() > 0:
+                return int(size.argmax()), "the class whose decoded difference is largest"
+        except Exception:  # noqa: BLE001 - the decoded-difference column shows the error
+            pass
+    order = [int(c) for c in np.argsort(-probs[variable], kind="stable") if int(c) != current]
+    return order[0], "the second most probable class of this variable"
+
+
 def latent_panel(agent, ctx, trace, step: int) -> None:
     a = trace.arrays
     logits = np.asarray(a["post_logits"][step], np.float64)
@@ -332,13 +364,18 @@ def latent_panel(agent, ctx, trace, step: int) -> None:
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     st.session_state.setdefault("latent_var", 0)
-    st.session_state.setdefault("latent_class", int(a["post_class"][step][0]))
-    if st.session_state["latent_var"] >= stoch or st.session_state["latent_class"] >= classes:
-        st.session_state["latent_var"], st.session_state["latent_class"] = 0, 0
-    mark = (int(st.session_state["latent_var"]), int(st.session_state["latent_class"]))
+    st.session_state.setdefault("latent_class", AUTO)
+    chosen = st.session_state["latent_class"]
+    if st.session_state["latent_var"] >= stoch or (chosen != AUTO and chosen >= classes):
+        st.session_state["latent_var"], st.session_state["latent_class"] = 0, AUTO
+    variable = int(st.session_state["latent_var"])
+    auto_class, why = pick_class(agent, ctx, trace, step, variable, probs)
+    auto = st.session_state["latent_class"] == AUTO
+    cls = auto_class if auto else int(st.session_state["latent_class"])
+    mark = (variable, cls)
     left, right = st.columns(2)
     left.plotly_chart(ui.heatmap_figure(probs, f"posterior at step {step} ({stoch} variables × {classes} classes)",
-                                        mark=mark),
+                                        mark=mark, colorbar="probability"),
                       key="posterior_map", on_select=lambda: on_heatmap_select("posterior_map"),
                       selection_mode="points", config={"displayModeBar": False})
     attribution = None
@@ -348,10 +385,12 @@ def latent_panel(agent, ctx, trace, step: int) -> None:
         else:
             targets = ("action", "value") if agent.spec.discrete else ("value",)
             target = st.selectbox("attributed output", targets, key="latent_target")
+            unit = ("log-probability of the action" if target == "action"
+                    else f"value ({ui.reward_scale(agent.cfg)})")
             try:
                 attribution = latent_attr(ctx, agent, trace, step, target)
                 st.plotly_chart(ui.heatmap_figure(attribution.map, f"IntegratedGradients attribution of the {target}",
-                                                  diverging=True, mark=mark),
+                                                  diverging=True, mark=mark, colorbar=f"attribution to the {unit}"),
                                 key="attribution_map", on_select=lambda: on_heatmap_select("attribution_map"),
                                 selection_mode="points", config={"displayModeBar": False})
                 st.caption(f"baseline: {attribution.baseline}; completeness delta {attribution.delta:+.2e}; "
@@ -360,9 +399,11 @@ def latent_panel(agent, ctx, trace, step: int) -> None:
                 show_error(exc, "Latent attribution failed: ")
     st.markdown("**What does a latent class mean?** Click a cell of a heat map or pick it here.")
     c1, c2 = st.columns(2)
-    variable = c1.selectbox("latent variable", list(range(stoch)), key="latent_var")
-    cls = c2.selectbox("class", list(range(classes)), key="latent_class")
+    c1.selectbox("latent variable", list(range(stoch)), key="latent_var")
+    c2.selectbox("class", [AUTO, *range(classes)], key="latent_class",
+                 format_func=lambda c: "most different" if c == AUTO else str(c))
     current = int(a["post_class"][step][variable])
+    how = f" ({why}, chosen automatically)" if auto else ""
     cols = st.columns(3)
     cols[0].image(ui.to_rgb(a["recon"][step]),
                   caption=f"reconstruction at step {step} (variable {variable} has class {current})")
@@ -372,8 +413,11 @@ def latent_panel(agent, ctx, trace, step: int) -> None:
         try:
             effect = class_effects(ctx, agent, trace, step, variable)[cls]
             image, top = ui.diverging_rgb(effect)
-            cols[1].image(image, caption=f"decoded difference: variable {variable} → class {cls} "
-                                                     f"(red brighter, blue darker; max |Δ| {top:.3f})")
+            cols[1].image(image, caption=f"decoded difference: variable {variable} → class {cls}{how} "
+                                         f"(red brighter, blue darker; max |Δ| {top:.3f})")
+            cols[1].image(ui.legend_strip("diverging"),
+                          caption=ui.legend_text("diverging", top, "decoded intensity change, 0-1 scale, "
+                                                                   "channels summed"))
         except Exception as exc:  # noqa: BLE001
             with cols[1]:
                 show_error(exc, "Decoding failed: ")
@@ -422,7 +466,12 @@ def whatif_panel(agent, ctx, trace, step: int) -> None:
                 "(taken action: " + (E(names[int(dream.taken_action)]) if trace.discrete else "recorded") + ")")
     if note:
         st.warning("Real branches not run: " + E(note))
-    st.table(ui.whatif_table(dream, real).round(4).set_index("action"))
+    scale = ui.reward_scale(agent.cfg)
+    st.table(ui.whatif_table(dream, real, scale).round(4).set_index("action"))
+    if scale != "reward":
+        st.caption(f"Imagined values and returns are on the {scale} scale the world model learns "
+                   f"({E(f'clip_rewards={agent.cfg.clip_rewards}')}); the real return (game score) is the "
+                   "game's own reward, not comparable with them.")
     left, right = st.columns([3, 2])
     with left:
         st.video(video, format="video/mp4")
@@ -437,7 +486,20 @@ def whatif_panel(agent, ctx, trace, step: int) -> None:
 
 
 # ---- Failures ----------------------------------------------------------------------------------
-def failures_panel(agent, ctx, trace) -> None:
+SEED_MAX = 2**31 - 1  # the sidebar's seed field
+
+
+def open_case(path: str, seed: int, t: int) -> None:
+    """"Open this case": the case's checkpoint as the source, its episode recorded with the report's seed
+    (``record_episode``), and the step with ``t`` selected once that recording is shown (``main``)."""
+    st.session_state["source"] = path
+    st.session_state["record_seed"] = int(seed)
+    if 0 <= seed <= SEED_MAX:
+        st.session_state["seed"] = int(seed)
+    st.session_state["_open_case"] = (path, int(seed), int(t))
+
+
+def failures_panel(agent, ctx, trace, recorded_seed: int | None = None) -> None:
     folder = st.text_input("Failure report folder (made by `xdreamer report`)", key="report_dir")
     try:
         table, clips = ui.read_report(folder)
@@ -447,26 +509,47 @@ def failures_panel(agent, ctx, trace) -> None:
     except ValueError as exc:
         show_error(exc)
         return
-    st.dataframe(table, hide_index=True, key="report_table")
+    score = st.column_config.NumberColumn("score", format="%.3g", help="statistic / threshold (≥ 1 when flagged)")
+    st.dataframe(table, hide_index=True, key="report_table", column_config={"score": score})
     if table.empty:
         st.info("The report has no cases.")
         return
+    one_click = ui.has_case_columns(table)
+    if not one_click:
+        st.caption(ui.OLD_REPORT_NOTE)
     case = st.selectbox("case", table["case"].tolist(), key="report_case")
     row = table[table["case"] == case].iloc[0]
     # Every cell is file content: escaped, and no code spans (a backtick in a cell would close them, #28).
-    st.markdown(f"**{E(case)}**: detector {E(row['detector'])}, score {E(row['score'])}, episode "
+    st.markdown(f"**{E(case)}**: detector {E(row['detector'])}, score {E(ui.score_text(row['score']))}, episode "
                 f"{E(row['episode'])}, step {E(row['step'])}, checkpoint {E(row['checkpoint'])}")
+    roots = allowed_roots()
     steps = {}
     if trace is not None and agent is not None:
-        roots = allowed_roots()
         for _, r in table.iterrows():
-            s = ui.case_step(trace, r, agent.path, folder, roots=roots)
+            s = ui.case_step(trace, r, agent.path, folder, roots=roots, recorded_seed=recorded_seed)
             if s is not None:
                 steps[r["case"]] = s
     # Bookmark labels become button tooltips, which render Markdown.
-    st.session_state.setdefault("_failure_bookmarks", {})[ctx] = [(s, f"failure {E(c)}") for c, s in steps.items()]
+    if ctx is not None:
+        st.session_state.setdefault("_failure_bookmarks", {})[ctx] = [(s, f"failure {E(c)}") for c, s in steps.items()]
+    target, refused = None, False
+    if one_click:
+        try:
+            target = ui.report_case(row, folder, roots)
+        except (ValueError, OSError) as exc:  # OutsideRoots, or no checkpoint there
+            st.warning(f"Cannot open this case: {E(ui.error_text(exc))}")
+            refused = True
     if case in steps:
         st.button(f"Show step {steps[case]} in the timeline", key="report_jump", on_click=jump_to, args=(steps[case],))
+    elif target is not None:
+        path, seed, t = target
+        st.button("Open this case", key="report_open", on_click=open_case, args=(str(path), seed, t), type="primary",
+                  help=f"record the episode of {E(path.name)} with seed {seed} and go to its step t={t}")
+    elif refused:
+        pass
+    elif one_click:
+        st.caption("This case has no record seed or checkpoint path (e.g. its episode came from a saved trace): "
+                   "open that trace in the sidebar to inspect it.")
     else:
         st.caption("This case is not in the episode shown (other checkpoint or episode): record its episode to "
                    "inspect it here.")
@@ -475,6 +558,24 @@ def failures_panel(agent, ctx, trace) -> None:
             st.video(clips[case].read_bytes(), format="video/mp4")
         except OSError as exc:
             show_error(exc, "Cannot read the clip: ")
+
+
+def opened_case_step(trace, trace_key, ckpt_key) -> int | None:
+    """After "Open this case": the step of the pending case in the recording now shown, else None (with a
+    warning when the recording shown is not the case's, e.g. an uploaded trace takes precedence)."""
+    pending = st.session_state.pop("_open_case", None)
+    if pending is None or trace is None:
+        return None
+    path, seed, t = pending
+    if ckpt_key is None or ckpt_key[0] != path or trace_key != ("record", seed):
+        st.warning("The case's episode is not the one shown (an uploaded trace takes precedence: remove it "
+                   "to open report cases).")
+        return None
+    hits = np.flatnonzero((trace.arrays["episode"] == 0) & (trace.arrays["t"] == t))
+    if not len(hits):
+        st.warning(f"The recorded episode has no step t={t} (it ended after t={int(trace.arrays['t'][-1])}).")
+        return None
+    return int(hits[0])
 
 
 # ---- page --------------------------------------------------------------------------------------
@@ -494,6 +595,7 @@ def main() -> None:
         show_error(exc, "Run panel failed: ")
         agent = ckpt_key = trace = trace_key = None
     if trace is None:
+        st.session_state.pop("_open_case", None)  # the case's checkpoint did not open: the error says why
         st.info("Open a checkpoint folder or a trace file in the sidebar (**Run**). "
                 f"No checkpoint yet? Train one with `{ui.TRAIN_HINT}` and open `runs/catch-debug`.")
         st.subheader("Failures")
@@ -508,6 +610,9 @@ def main() -> None:
             st.session_state["step"] = 0
             st.session_state.pop("whatif_request", None)
         st.session_state["_ctx"] = ctx
+    opened = opened_case_step(trace, trace_key, ckpt_key)
+    if opened is not None:
+        st.session_state["step"] = opened
     try:
         step = timeline_panel(agent, ctx, trace)
     except Exception as exc:  # noqa: BLE001
@@ -522,7 +627,8 @@ def main() -> None:
         elif panel == "What-if":
             whatif_panel(agent, ctx, trace, step)
         else:
-            failures_panel(agent, ctx, trace)
+            recorded = trace_key[1] if trace_key and trace_key[0] == "record" else None
+            failures_panel(agent, ctx, trace, recorded)
     except Exception as exc:  # noqa: BLE001
         show_error(exc, f"{panel} failed: ")
 

@@ -118,6 +118,28 @@ def test_app_opens_the_bundled_default_checkpoint():
     assert "**env:** toy:catch-lanes" in text and f"**steps trained:** {manifest['steps']:,}" in text
 
 
+def test_sidebar_shows_the_bundles_evaluation():
+    """#31: a bundled checkpoint shows the bundle's evaluation (agent and random policy, episodes, seed), saying
+    so; a checkpoint without a bundle shows training's evaluation, saying so (test_run_panel_manifest...)."""
+    from streamlit.testing.v1 import AppTest
+
+    manifest = checkpoint.read_manifest(ui.DEFAULT_SOURCE)  # checkpoints/catch-lanes has a bundle
+    mode, rand = manifest["bundle"]["eval_mode"], manifest["bundle"]["eval_random"]
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert_clean(at)
+    text = sidebar_text(at)
+    where = f"bundled evaluation, {mode['episodes']} episodes, seed {mode['seed']}"
+    agent_text = f"{mode['mean']:.3f} ± {mode['std']:.3f} over {mode['episodes']} episodes (mode policy; {where})"
+    random_text = f"{rand['mean']:.3f} ± {rand['std']:.3f} over {rand['episodes']} episodes (random policy; {where})"
+    assert f"**evaluation return:** {ui.escape_md(agent_text)}" in text, text
+    assert f"**random-policy return:** {ui.escape_md(random_text)}" in text, text
+    assert "training-time" not in text
+    # videopinball: the bundle's 16,227 ± 5,594 (checkpoints/README.md), not training's 0 ± 0 over 5 episodes.
+    rows = ui.manifest_rows(checkpoint.read_manifest(ui.REPO_ROOT / "checkpoints" / "videopinball"))
+    assert rows["evaluation return"].startswith("16,227 ± 5,594 over 10 episodes (mode policy; bundled evaluation")
+    assert rows["random-policy return"].startswith("32,672 ± 36,388 over 10 episodes")
+
+
 def test_run_panel_manifest_and_timeline(ckpt):
     at = open_app(ckpt["path"])
     assert_clean(at)
@@ -125,6 +147,7 @@ def test_run_panel_manifest_and_timeline(ckpt):
     assert "**env:** toy:catch" in text
     assert f"**steps trained:** {STEPS_TRAINED}" in text
     assert f"{ckpt['eval'].mean:.3f}" in text and "1 episodes" in text
+    assert f"(mode policy; training-time evaluation at step {STEPS_TRAINED})" in text, text
     n = len(ckpt["episode"])
     assert f"**steps:** {n}" in text and "**seed:** 0" in text
     # Timeline: five series, one point per step, with the recorded values.
@@ -187,6 +210,22 @@ def test_frame_panel(ckpt):
     assert_clean(at)
 
 
+def test_zero_saliency_map_says_so(capsys, tmp_path):
+    """#31: checkpoints/catch's gradient saliency at step 0 is zero everywhere; the app says what that means
+    instead of drawing a plain frame, and the CLI names no peak at row 0, col 0."""
+    from xdreamer.cli import main
+
+    catch = ui.REPO_ROOT / "checkpoints" / "catch"
+    at = open_app(catch, step=0)
+    assert_clean(at)
+    assert any(i.value.startswith("The saliency map is zero everywhere") for i in at.info), \
+        [i.value for i in at.info]
+    rc = main(["saliency", str(catch), "--seed", "0", "--step", "0", "--method", "saliency",
+               "--out", str(tmp_path / "s.png")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "the map is zero everywhere" in out and "peak at row" not in out, out
+
+
 # ---- Latent --------------------------------------------------------------------------------------------
 def test_latent_panel(ckpt):
     at = set_panel(open_app(ckpt["path"], step=9), "Latent")
@@ -211,6 +250,31 @@ def test_latent_panel(ckpt):
     assert_clean(at)
 
 
+def test_latent_defaults_to_the_most_different_class(ckpt):
+    """#31: the decoded difference no longer defaults to the variable's current class (a blank image, max |Δ|
+    0.000) but to the class whose decoded difference is largest, and says so; heat maps carry colour bars."""
+    from xdreamer.explain.attribution import class_effects
+
+    step = 9
+    at = set_panel(open_app(ckpt["path"], step=step), "Latent")
+    trace = ckpt["episode"]
+    current = int(trace.arrays["post_class"][step][0])
+    effects = class_effects(ckpt["agent"], trace.arrays["deter"][step], trace.arrays["post_class"][step], 0)
+    size = np.abs(effects.sum(1)).reshape(len(effects), -1).max(1)
+    size[current] = -1
+    expected = int(size.argmax())
+    assert expected != current
+    captions = [c for image in at.image for c in image.captions]
+    default = [c for c in captions if c.startswith("decoded difference: variable 0 → class")]
+    assert default == [f"decoded difference: variable 0 → class {expected} (the class whose decoded difference is "
+                       f"largest, chosen automatically) (red brighter, blue darker; max |Δ| {size.max():.3f})"], default
+    assert size.max() > 0
+    assert any(c.startswith(f"colour bar: full blue = -{size.max():.3g}") for c in captions), captions
+    for key, title in (("posterior_map", "probability"), ("attribution_map", "attribution to the log-probability")):
+        heat = chart(at, key)["data"][0]
+        assert heat["showscale"] is True and heat["colorbar"]["title"]["text"].startswith(title), heat["colorbar"]
+
+
 # ---- What-if -------------------------------------------------------------------------------------------
 def test_whatif_panel(ckpt):
     at = set_panel(open_app(ckpt["path"], step=10), "What-if")
@@ -221,8 +285,13 @@ def test_whatif_panel(ckpt):
     assert list(table["action"]) == trace.action_names  # one row per action
     assert list(table["taken"]) == [i == int(trace.arrays["action"][10]) for i in range(trace.num_actions)]
     dream = explain.whatif(ckpt["agent"], trace, 10, horizon=15)
-    assert np.allclose(table["imagined Q (λ-return)"], dream.q, atol=1e-4)
-    assert {"real return", "real return (discounted)", "pixel MSE (mean)"} <= set(table.columns)
+    # #31: imagined numbers name their reward scale (toy:catch learns tanh-clipped rewards, as Atari)
+    scale = ui.reward_scale(ckpt["agent"].cfg)
+    assert scale == "tanh-clipped reward"
+    assert np.allclose(table[f"imagined Q (λ-return, {scale})"], dream.q, atol=1e-4)
+    assert np.allclose(table[f"imagined return (discounted, {scale})"], dream.dream_return, atol=1e-4)
+    assert {"real return (game score)", f"real return (discounted, {scale})", "pixel MSE (mean)"} <= set(table.columns)
+    assert any("tanh-clipped reward scale" in c.value for c in at.caption)
     assert at.download_button(key="whatif_download").label.startswith("Download the what-if video")
     assert at.get("video")
     # Fewer actions and another horizon; the last step has no real future (a warning, not an error).
@@ -265,7 +334,70 @@ def test_failures_panel(ckpt, tmp_path):
     (report / "summary.csv").write_text("case,score\nx,1\n")
     at.text_input(key="report_dir").set_value(str(report) + " ").run()
     assert not at.exception
-    assert any("lacks the column(s) checkpoint, episode, step, detector" in e.value for e in at.error)
+    assert any("lacks the column(s) checkpoint, detector, episode, step" in e.value for e in at.error)
+
+
+def test_open_a_case_of_a_report(ckpt, tmp_path):
+    """#31: "Open this case" records the case's episode with the report's record seed and lands on its step,
+    although the report numbers that episode 1 and the app's recording numbers it 0."""
+    import pandas as pd
+
+    from xdreamer.evaluation import episode_seed
+    from xdreamer.report.build import run_report
+
+    report = tmp_path / "report"
+    # surprise_k 0.01: every step above its episode's median surprise is a case, so both episodes have some
+    run_report([str(ckpt["path"])], report, episodes=2, seed=4, max_steps=20, dream_steps=0, clips=False,
+               max_cases=100, progress=False, thresholds={"surprise_k": 0.01})
+    summary = pd.read_csv(report / "summary.csv")
+    row = summary[summary["episode"] == 1].sort_values("step").iloc[-1]  # episode 1: not the app's episode 0
+    seed = episode_seed(4, 1)
+    assert int(row["record_seed"]) == seed and int(row["step"]) > 0
+    at = set_panel(open_app(ckpt["path"]), "Failures")
+    at.text_input(key="report_dir").set_value(str(report)).run()
+    assert_clean(at)
+    assert not any(ui.OLD_REPORT_NOTE in c.value for c in at.caption)
+    at.selectbox(key="report_case").set_value(row["case"]).run()
+    assert_clean(at)
+    assert not any(b.key == "report_jump" for b in at.button)  # not in the seed-0 episode shown
+    at.button(key="report_open").click().run()
+    assert_clean(at)
+    assert "**seed:** " + str(seed) in sidebar_text(at)
+    env = make("toy:catch")
+    expected = explain.record(ckpt["agent"], env, episodes=1, seed=seed)
+    env.close()
+    assert at.slider(key="step").max == len(expected) - 1  # that episode, recorded whole
+    assert at.slider(key="step").value == int(row["step"])  # episode 0, t = the case's step
+    assert any(c.value.startswith(f"step {int(row['step'])}: episode 0, t={int(row['step'])}") for c in at.caption)
+    assert at.button(key="report_jump").label == f"Show step {int(row['step'])} in the timeline"
+    # A row naming a checkpoint outside every folder opened: refused, no button (#28).
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(ckpt["path"], outside)
+    evil = report.parent / "evil"
+    evil.mkdir()
+    summary.assign(checkpoint_path=str(outside)).to_csv(evil / "summary.csv", index=False)
+    at.text_input(key="report_dir").set_value(str(evil)).run()
+    assert not at.exception
+    assert any("outside the folders opened" in w.value for w in at.warning)
+    assert not any(b.key == "report_open" for b in at.button)
+
+
+def test_old_style_report_still_reads(ckpt):
+    """The shipped reports predate checkpoint_path: browsable as before, with a note to re-run the report;
+    scores with 3 significant digits."""
+    import pandas as pd
+
+    folder = ui.REPO_ROOT / "reports" / "catch-contrast"
+    summary = pd.read_csv(folder / "summary.csv")
+    assert "checkpoint_path" not in summary.columns
+    at = set_panel(open_app(ckpt["path"]), "Failures")
+    at.text_input(key="report_dir").set_value(str(folder)).run()
+    assert_clean(at)
+    assert list(table_of(at)["case"]) == list(summary["case"])
+    assert any(c.value == ui.OLD_REPORT_NOTE for c in at.caption)
+    first = summary.iloc[0]
+    assert any(f"score {float(first['score']):.3g}, episode" in m.value for m in at.markdown)
+    assert not any(b.key in ("report_open", "report_jump") for b in at.button)
 
 
 # ---- sources: trace files and invalid input -------------------------------------------------------------

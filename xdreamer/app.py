@@ -28,6 +28,7 @@ DEFAULT_PORT = 8501
 TRAIN_HINT = "xdreamer train --env toy:catch --preset debug --logdir runs/catch-debug"
 SOURCE_ENV = "XDREAMER_APP_SOURCE"
 REPORT_COLUMNS = ("case", "checkpoint", "episode", "step", "detector", "score")
+CASE_COLUMNS = ("checkpoint_path", "record_seed")  # what "Open this case" needs (#31)
 TIMELINE_SERIES = (("reward", "reward"), ("value", "value"), ("entropy", "action entropy"),
                    ("surprise", "surprise (KL)"), ("recon_error", "reconstruction error"))
 PANELS = ("Frame", "Latent", "What-if", "Failures")
@@ -433,23 +434,36 @@ def error_text(exc: BaseException) -> str:
 
 
 # ---- run / manifest -----------------------------------------------------------------------------
+def _amount(x: Any) -> str:
+    """A return as the page prints it: game scores with thousands separators, small ones with 3 decimals."""
+    x = float(x)
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3f}"
+
+
+def _eval_text(ev: Any, where: str) -> str:
+    """``mean ± std over N episodes (policy; where)`` of an evaluation record; ``?`` when garbled (#28)."""
+    try:
+        if not isinstance(ev, Mapping) or ev.get("mean") is None:
+            return "not evaluated"
+        returns = ev.get("returns", [])
+        n = ev.get("episodes", len(returns) if isinstance(returns, list) else "?")
+        return (f"{_amount(ev['mean'])} ± {_amount(ev.get('std') or 0)} over {n} episodes "
+                f"({ev.get('policy', 'mode')} policy; {where})")
+    except (TypeError, ValueError, OverflowError):
+        return "?"
+
+
 def manifest_rows(manifest: Mapping[str, Any]) -> dict[str, str]:
     """The manifest fields the Run panel shows, as plain strings (escape them before Markdown: they are file
-    content). A field of the wrong type shows as ``?``, never as an exception (#28)."""
+    content). A field of the wrong type shows as ``?``, never as an exception (#28).
+
+    The evaluation shown is the bundle's (``xdreamer bundle``: agent and random policy over the episodes and
+    seed it states) when the manifest has one, else the evaluation training ran when it saved the checkpoint;
+    each says which it is (#31: videopinball's training-time 0 ± 0 over 5 cut episodes stood where
+    checkpoints/README.md reports the bundle's 16,227 ± 5,594)."""
     manifest = manifest if isinstance(manifest, Mapping) else {}
     env = manifest.get("env") or {}
     env_id = env.get("id") if isinstance(env, Mapping) else env
-    ev = manifest.get("eval")
-    try:
-        if isinstance(ev, Mapping) and ev.get("mean") is not None:
-            returns = ev.get("returns", [])
-            eval_text = (f"{float(ev['mean']):.3f} ± {float(ev.get('std') or 0):.3f} over "
-                         f"{ev.get('episodes', len(returns) if isinstance(returns, list) else '?')} episodes "
-                         f"({ev.get('policy', 'mode')} policy)")
-        else:
-            eval_text = "not evaluated"
-    except (TypeError, ValueError):
-        eval_text = "?"
 
     def count(key: str) -> str:
         try:
@@ -457,8 +471,20 @@ def manifest_rows(manifest: Mapping[str, Any]) -> dict[str, str]:
         except (TypeError, ValueError, OverflowError):
             return "?"
 
-    return {"env": str(env_id), "steps trained": count("steps"), "updates": count("updates"),
-            "evaluation return": eval_text, "created": str(manifest.get("created", "?"))}
+    rows = {"env": str(env_id), "steps trained": count("steps"), "updates": count("updates")}
+    bundle = manifest.get("bundle")
+    if isinstance(bundle, Mapping) and isinstance(bundle.get("eval_mode"), Mapping):
+        ev = bundle["eval_mode"]
+        where = (f"bundled evaluation, {ev.get('episodes', bundle.get('episodes', '?'))} episodes, "
+                 f"seed {ev.get('seed', bundle.get('seed', '?'))}")
+        rows["evaluation return"] = _eval_text(ev, where)
+        if isinstance(bundle.get("eval_random"), Mapping):
+            rows["random-policy return"] = _eval_text(bundle["eval_random"], where)
+    else:
+        rows["evaluation return"] = _eval_text(manifest.get("eval"),
+                                               f"training-time evaluation at step {count('steps')}")
+    rows["created"] = str(manifest.get("created", "?"))
+    return rows
 
 
 def trace_rows(trace) -> dict[str, str]:
@@ -557,6 +583,44 @@ def diverging_rgb(values: np.ndarray, scale: int = 4) -> tuple[np.ndarray, float
     return np.ascontiguousarray(np.repeat(np.repeat(rgb, scale, 0), scale, 1)), top
 
 
+def legend_strip(kind: str = "jet", width: int = 256, height: int = 12) -> np.ndarray:
+    """A horizontal colour bar (uint8 ``[height, width, 3]``) of the image overlays: ``jet`` (``heat_rgb``,
+    saliency overlays: 0 at the left, the maximum at the right) or ``diverging`` (``diverging_rgb``: -max at
+    the left, 0 white in the middle, +max at the right)."""
+    from .explain.saliency_commands import jet
+
+    x = np.linspace(0.0, 1.0, width, dtype=np.float32)
+    if kind == "jet":
+        row = jet(x)
+    elif kind == "diverging":
+        t = 2 * x - 1
+        pos, neg = np.clip(t, 0, 1), np.clip(-t, 0, 1)
+        row = np.stack([1 - neg, 1 - pos - neg, 1 - pos], -1)
+    else:
+        raise ValueError(f"unknown colour bar {kind!r}; use jet or diverging")
+    rgb = (np.clip(row, 0, 1) * 255).round().astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(rgb[None], height, 0))
+
+
+def legend_text(kind: str, top: float, what: str) -> str:
+    """What full colour means on an overlay whose full-colour magnitude is ``top`` (``what``: quantity, unit)."""
+    if not np.isfinite(top) or top <= 0:
+        return f"colour bar: {what} is 0 everywhere (no colour)"
+    if kind == "diverging":
+        return f"colour bar: full blue = -{top:.3g}, white = 0, full red = +{top:.3g} ({what}; max |value|)"
+    return f"colour bar: dark blue = 0, red = {top:.3g} ({what}; the maximum)"
+
+
+def zero_map_text(method: str, explained: str) -> str:
+    """The notice for a saliency map that is exactly zero everywhere (#31: it drew as a plain frame, and the
+    CLI named a peak at row 0, col 0). Zero means no pixel of this frame changes ``explained`` under
+    ``method`` at this step (e.g. a saturated posterior, whose softmax has zero gradient); it is no evidence
+    about the other steps or methods."""
+    return (f"The {method} map is zero everywhere: under {method}, {explained} does not change with this "
+            "frame's pixels at this step, so no pixel is highlighted (it is not a peak at row 0, col 0). "
+            "Try another step or method.")
+
+
 def boxes_at(trace, step: int) -> dict[str, np.ndarray]:
     return {name: trace.arrays[f"objects/{name}"][step] for name in trace.object_names}
 
@@ -623,13 +687,17 @@ def action_figure(probs: np.ndarray, names: Sequence[str], taken: int | None):
     return fig
 
 
-def heatmap_figure(matrix: np.ndarray, title: str, diverging: bool = False, mark: tuple[int, int] | None = None):
-    """``[stoch, classes]`` heat map (rows = latent variables, columns = classes); clickable cells."""
+def heatmap_figure(matrix: np.ndarray, title: str, diverging: bool = False, mark: tuple[int, int] | None = None,
+                   colorbar: str = ""):
+    """``[stoch, classes]`` heat map (rows = latent variables, columns = classes); clickable cells, with a
+    colour bar titled ``colorbar`` (what the colour measures, and its unit)."""
     import plotly.graph_objects as go
 
     m = np.asarray(matrix, float)
     kwargs = {"colorscale": "RdBu", "reversescale": True, "zmid": 0.0} if diverging else {"colorscale": "Viridis"}
-    fig = go.Figure(go.Heatmap(z=m, x=np.arange(m.shape[1]), y=np.arange(m.shape[0]), **kwargs, hoverinfo="skip"))
+    bar = {"title": {"text": escape_html(colorbar), "side": "right"}, "thickness": 12}
+    fig = go.Figure(go.Heatmap(z=m, x=np.arange(m.shape[1]), y=np.arange(m.shape[0]), **kwargs, hoverinfo="skip",
+                               showscale=True, colorbar=bar))
     # Plotly heat maps emit no selection events (streamlit#8760): an invisible marker on every cell
     # carries the hover text and makes cells clickable.
     rows, cols = np.meshgrid(np.arange(m.shape[0]), np.arange(m.shape[1]), indexing="ij")
@@ -648,8 +716,16 @@ def heatmap_figure(matrix: np.ndarray, title: str, diverging: bool = False, mark
     return fig
 
 
-def whatif_table(dream, grounded=None):
-    """One row per first action: imagined Q and return, and (grounded) the real return and fidelity."""
+def reward_scale(cfg: Any) -> str:
+    """The reward scale the world model predicts and the critic learns (``cfg.clip_rewards``): imagined
+    returns and values are on it, real game scores are not (Atari: tanh(r), so a 100-point bumper is 1.0)."""
+    return "tanh-clipped reward" if getattr(cfg, "clip_rewards", "identity") == "tanh" else "reward"
+
+
+def whatif_table(dream, grounded=None, scale: str = "reward"):
+    """One row per first action: imagined Q and return, and (grounded) the real return and fidelity.
+    Columns name their reward scale: ``scale`` (``reward_scale(agent.cfg)``) for the imagined and discounted
+    ones, the game's own score for the undiscounted real return."""
     import pandas as pd
 
     taken = dream.taken_action
@@ -658,12 +734,13 @@ def whatif_table(dream, grounded=None):
         first = dream.first_actions[k]
         row = {"action": escape_md(label),  # st.table renders cells as Markdown; labels are action names
                "taken": bool(np.ndim(first) == 0 and np.ndim(taken) == 0 and int(first) == int(taken)),
-               "imagined Q (λ-return)": float(dream.q[k]), "imagined return": float(dream.dream_return[k])}
+               f"imagined Q (λ-return, {scale})": float(dream.q[k]),
+               f"imagined return (discounted, {scale})": float(dream.dream_return[k])}
         if grounded is not None:
             g = _grounded_row(grounded, first)
             if g is not None:
-                row.update({"real return (discounted)": float(grounded.real_return_disc[g]),
-                            "real return": float(grounded.real_return[g]),
+                row.update({f"real return (discounted, {scale})": float(grounded.real_return_disc[g]),
+                            "real return (game score)": float(grounded.real_return[g]),
                             "pixel MSE (mean)": float(np.nanmean(grounded.pixel_mse[g])),
                             "reward error (mean abs)": float(np.nanmean(np.abs(grounded.reward_error[g]))),
                             "action agreement": float(grounded.action_agreement[g])})
@@ -697,8 +774,59 @@ class NoReport(Exception):
 
 
 REPORT_HOWTO = ("A failure report is a folder with `summary.csv` (one row per case: columns "
-                f"{', '.join(REPORT_COLUMNS)}) and optional `clips/*.mp4`, as written by `xdreamer report` "
-                "(planned; not available yet). Enter such a folder above to browse its cases.")
+                f"{', '.join(REPORT_COLUMNS)}) and optional `clips/*.mp4`, as written by "
+                "`xdreamer report CHECKPOINT --out FOLDER`. Enter such a folder above to browse its cases; "
+                f"reports whose summary also has {' and '.join(f'`{c}`' for c in CASE_COLUMNS)} open each case "
+                "with one click "
+                "(the case's episode recorded again, at its step).")
+OLD_REPORT_NOTE = ("This report predates one-click cases (its summary.csv has no "
+                   f"{' / '.join(f'`{c}`' for c in CASE_COLUMNS)} column): re-run `xdreamer report` to open its "
+                   "cases with one click. "
+                   "Meanwhile a case is found only in the episode shown when its checkpoint and episode number match.")
+
+
+def score_text(value: Any) -> str:
+    """A failure score with 3 significant digits (the CSV holds full precision)."""
+    try:
+        return f"{float(value):.3g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def has_case_columns(table) -> bool:
+    """Whether a report's summary names each case's checkpoint folder and record seed (``xdreamer report``
+    since #31); older reports hold a bare checkpoint name and a report-local episode index."""
+    return all(c in table.columns for c in CASE_COLUMNS)
+
+
+def _seed(value: Any) -> int | None:
+    """A record seed from a CSV cell (int, ``5.0``, empty/NaN for cases from a saved trace), else None."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(x) if np.isfinite(x) and x == int(x) and 0 <= x < 2**63 else None
+
+
+def report_case(row: Mapping[str, Any], report_folder: str | os.PathLike,
+                roots: Sequence[str | os.PathLike]) -> tuple[pathlib.Path, int, int] | None:
+    """``(checkpoint folder, record seed, t)`` of a report row that can be opened with one click: recording
+    that checkpoint's episode with ``explain.record(..., episodes=1, seed=record_seed)`` replays the case's
+    episode, and the case is its step with ``t == row["step"]``. None when the row lacks either (an old
+    report, or a case from a saved trace). ``checkpoint_path`` is data (#28): relative paths join the report
+    folder, and it is followed only inside ``roots`` or the report folder (``OutsideRoots`` otherwise)."""
+    seed = _seed(row.get("record_seed"))
+    named = row.get("checkpoint_path")
+    if seed is None or named is None or (isinstance(named, float) and not np.isfinite(named)) \
+            or not str(named).strip():
+        return None
+    try:
+        t = int(row["step"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    folder = user_path(str(report_folder))
+    ckpt = data_checkpoint(str(named), [*roots, folder], base=folder, what=f"case {row.get('case', '?')}")
+    return ckpt, seed, t
 
 
 def read_report(folder: str | os.PathLike | None):
@@ -746,19 +874,33 @@ def read_report(folder: str | os.PathLike | None):
 
 def case_step(trace, row: Mapping[str, Any], checkpoint_path: str | os.PathLike | None,
               report_folder: str | os.PathLike | None = None,
-              roots: Sequence[str | os.PathLike] = ()) -> int | None:
+              roots: Sequence[str | os.PathLike] = (), recorded_seed: int | None = None) -> int | None:
     """Global trace index of a report case when it belongs to this checkpoint and episode, else None.
 
-    The row's ``checkpoint`` is data: it is compared with the opened checkpoint, and looked into (a run
+    A row with ``checkpoint_path`` and ``record_seed`` (``report_case``) is in the trace when the trace is the
+    app's recording of that checkpoint with that seed (``recorded_seed``; one episode, numbered 0) at
+    ``t == step``. Other rows (old reports, cases from saved traces) match by the ``checkpoint`` column and
+    the episode index. The row's paths are data: compared with the opened checkpoint, and looked into (a run
     folder's latest checkpoint) only inside ``roots`` or the report folder (#28); relative paths join the
     report folder or ``base_dir()``."""
     if checkpoint_path is None:
         return None
+    target = pathlib.Path(checkpoint_path).resolve()
+    if report_folder is not None and str(report_folder).strip():
+        try:
+            case = report_case(row, report_folder, [*roots, target])
+        except (ValueError, OSError, RuntimeError):  # OutsideRoots is a ValueError
+            return None
+        if case is not None:
+            ckpt, seed, t = case
+            if ckpt != target or recorded_seed is None or int(recorded_seed) != seed:
+                return None
+            hits = np.flatnonzero((trace.arrays["episode"] == 0) & (trace.arrays["t"] == t))
+            return int(hits[0]) if len(hits) else None
     try:
         named = str(row["checkpoint"]).strip()
         if not named or named.lower() == "nan":
             return None
-        target = pathlib.Path(checkpoint_path).resolve()
         folder = user_path(str(report_folder)) if report_folder and str(report_folder).strip() else None
         ckpt = pathlib.Path(named).expanduser()
         candidates = [ckpt] if ckpt.is_absolute() else \

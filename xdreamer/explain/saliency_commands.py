@@ -160,7 +160,12 @@ def _saliency(args: argparse.Namespace) -> int:
         _write_json(args.json, record)
     peak = record["peak"]
     what = f"action {record.get('action_name', result.action)}" if args.target == "action" else "value"
-    print(f"{method} saliency of the {what} at step {args.step}: peak at row {peak[0]}, col {peak[1]}"
+    # An all-zero map has no peak: argmax would name row 0, col 0 (#31). Zero means no pixel of this frame
+    # changes the explained score under this method at this step.
+    where = (f"the map is zero everywhere: the {result.score if args.target == 'action' else 'value'} does not "
+             f"change with this frame's pixels under {method} at this step (no peak)"
+             if not np.any(np.nan_to_num(np.asarray(result.map))) else f"peak at row {peak[0]}, col {peak[1]}")
+    print(f"{method} saliency of the {what} at step {args.step}: {where}"
           + (f", IG completeness delta {result.delta:.3g}" if result.delta is not None else ""))
     print(f"wrote {out}" + (f" and {args.json}" if args.json else ""))
     return 0
