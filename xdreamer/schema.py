@@ -348,27 +348,29 @@ class ManifestModel(BaseModel):
     bundle: BundleModel | None = None
 
 
+def _validated(model: type[BaseModel], value: object, where: str, what: str = "", kind: str | None = None) -> dict:
+    """``value`` as read if it is a dict that ``model`` accepts, else a one-line ``ValueError``:
+    ``"<where>: <what> must be a JSON object, not <kind>"`` or ``"<where>: <what><field>=<value> must be ..."``."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: {what}must be {kind or 'a JSON object'}, not {_json_kind(value)}")
+    try:
+        model.model_validate(value)
+    except ValidationError as exc:
+        raise ValueError(f"{where}: {what}{first_error(exc)}") from None
+    return value
+
+
 def validate_manifest(manifest: object, where: str) -> dict[str, Any]:
     """``manifest`` (parsed JSON) if it is a valid manifest, else ``ValueError("<where>: field=value must be
     ...")``. The dict is returned as read (extra fields included)."""
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{where}: must be a JSON object, not {_json_kind(manifest)}")
-    try:
-        ManifestModel.model_validate(manifest)
-    except ValidationError as exc:
-        raise ValueError(f"{where}: {first_error(exc)}") from None
-    return manifest
+    return _validated(ManifestModel, manifest, where)
 
 
 def validate_env_spec(spec: object, where: str) -> dict[str, Any]:
     """``spec`` if it is a valid ``EnvSpec.to_dict()``, else ``ValueError`` naming ``where`` and the field."""
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: env spec must be a JSON object, not {_json_kind(spec)}")
-    try:
-        EnvSpecModel.model_validate(spec)
-    except ValidationError as exc:
-        raise ValueError(f"{where}: env.{first_error(exc)}") from None
-    return spec
+    return _validated(EnvSpecModel, spec, where, "env.")
 
 
 # ---- trainer.pt ------------------------------------------------------------------------------------------------
@@ -424,11 +426,7 @@ def validate_trainer_state(state: object, where: str) -> dict[str, Any]:
     trainer restores, else ``ValueError`` naming ``where`` and the field."""
     if not isinstance(state, dict):
         raise ValueError(f"{where}: trainer state must be a dict, not {type(state).__name__}")
-    try:
-        TrainerStateModel.model_validate(state)
-    except ValidationError as exc:
-        raise ValueError(f"{where}: {first_error(exc)}") from None
-    return state
+    return _validated(TrainerStateModel, state, where)
 
 
 # ---- trace meta ----------------------------------------------------------------------------------------------
@@ -464,13 +462,7 @@ class TraceMetaModel(BaseModel):
 def validate_trace_meta(meta: object, path: Any) -> dict[str, Any]:
     """``meta`` (the parsed JSON ``meta`` record of the trace ``path``) if valid, else a one-line
     ``ValueError("corrupt trace file <path>: meta field=value must be ...")``. Returns the dict as read."""
-    if not isinstance(meta, dict):
-        raise ValueError(f"corrupt trace file {path}: meta must be a JSON object, not {_json_kind(meta)}")
-    try:
-        TraceMetaModel.model_validate(meta)
-    except ValidationError as exc:
-        raise ValueError(f"corrupt trace file {path}: meta {first_error(exc)}") from None
-    return meta
+    return _validated(TraceMetaModel, meta, f"corrupt trace file {path}", "meta ")
 
 
 # ---- report tables ------------------------------------------------------------------------------------------
