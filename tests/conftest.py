@@ -42,3 +42,14 @@ def random_batch(spec, batch: int, length: int, seed: int = 0) -> dict:
         "is_last": is_terminal.copy(),
         "is_terminal": is_terminal,
     }
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the lines tests record as the user property "time limit" (the learning test's calibrated limit,
+    tests/test_learning.py, #31), so they show in every run, not only with -s or on failure."""
+    lines = dict.fromkeys(value for reports in terminalreporter.stats.values() for report in reports
+                          for name, value in getattr(report, "user_properties", ()) if name == "time limit")
+    if lines:
+        terminalreporter.section("time limits")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -87,11 +87,13 @@ def _eval(args: argparse.Namespace) -> int:
     env_id = args.env or cfg.env
     env = make(env_id, **env_kwargs(cfg.replace(env=env_id)))
     checkpoint.check_env(agent.spec, env.spec)
+    out = args.out or default_output(f"eval-{agent.path.name}-{args.policy}-seed{args.seed}.json")
+    if not args.out:  # the default path is known only now; check it before the episodes as _check_outputs does
+        _probe_writable(pathlib.Path(out).parent, f"output {out}")
     lockstep = args.lockstep if args.policy == "mode" else min(args.lockstep, 1)  # no extra envs otherwise
     with lockstep_envs(lambda: make(env_id, **env_kwargs(cfg.replace(env=env_id))), args.episodes, lockstep) as more:
         result = evaluate(agent, env, args.episodes, seed=args.seed, policy=args.policy,
                           progress=not args.no_progress, more_envs=more)
-    out = args.out or default_output(f"eval-{agent.path.name}-{args.policy}-seed{args.seed}.json")
     data = {"checkpoint": str(agent.path), "steps": agent.manifest.get("steps"), **result.to_dict()}
     checkpoint.atomic_write_text(out, json.dumps(data, indent=2) + "\n")
     print(f"{env_id} {args.policy} policy over {args.episodes} episodes (seed {args.seed}): "
