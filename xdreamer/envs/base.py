@@ -148,7 +148,6 @@ def _guard_set_state(method):
             line = (str(exc).strip().splitlines() or [""])[0]
             raise ValueError(f"state for {self.spec.id} cannot be restored ({type(exc).__name__}: {line})") from None
 
-    set_state._guarded = True
     return set_state
 
 

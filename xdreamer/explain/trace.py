@@ -324,9 +324,9 @@ def _pack_ragged(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 # ---- files ----------------------------------------------------------------------------------
 def save(trace: Trace, path: str | os.PathLike) -> pathlib.Path:
-    """Write ``trace`` to one ``.npz`` file atomically (no pickled objects); a temporary left by a killed
-    earlier write of the same file is removed."""
-    from ..checkpoint import temp_path
+    """Write ``trace`` to one ``.npz`` file atomically (no pickled objects); temporaries that killed xdreamer
+    writes left in the folder are removed first (``checkpoint.clean_stale_temps``)."""
+    from ..checkpoint import clean_stale_temps, temp_path
 
     path = pathlib.Path(path)
     data: dict[str, np.ndarray] = {}
@@ -342,7 +342,7 @@ def save(trace: Trace, path: str | os.PathLike) -> pathlib.Path:
         data[f"table/{column}"] = values
     data["meta"] = np.array(json.dumps({**trace.meta, "columns": list(trace.table.columns)}))
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_killed_writes(path)
+    clean_stale_temps(path.parent)
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
@@ -385,9 +385,8 @@ def _check_headers(path: pathlib.Path, headers: dict, meta: dict) -> int:
             parts = name.split("/")
             if len(parts) != 4 or parts[3] not in ("data", "offsets", "shape"):
                 fail(f"unexpected member {name!r}")
-            want = {"offsets": (n + 1,), "shape": None, "data": None}[parts[3]]
-            if want is not None and member.shape != want:
-                fail(f"{name} has shape {member.shape}, expected {want}")
+            if parts[3] == "offsets" and member.shape != (n + 1,):
+                fail(f"{name} has shape {member.shape}, expected {(n + 1,)}")
             if parts[3] == "shape" and (len(member.shape) != 2 or member.shape[0] != n or member.shape[1] > 8):
                 fail(f"{name} has shape {member.shape}, expected ({n}, <=8)")
             if parts[3] == "data" and (len(member.shape) != 1 or member.nbytes > n * MAX_SIM_STEP_BYTES):
@@ -451,21 +450,6 @@ def _check_values(path: pathlib.Path, arrays: dict[str, np.ndarray], meta: dict,
             fail(f"{base}/offsets do not index {base}/data")
         if np.any(shapes < 0) or np.any(np.prod(shapes, axis=1, dtype=np.float64) != np.diff(offsets)):
             fail(f"{base}/shape does not match its offsets")
-
-
-def _remove_killed_writes(path: pathlib.Path) -> None:
-    """Remove ``.<name>.tmp-<pid>-<uuid8>`` files that a killed ``save`` of this same file left (#28); only this
-    exact pattern with a writer that is gone, since the folder may be any folder of the user's."""
-    import glob
-    import re
-
-    from ..checkpoint import _pid_alive
-
-    pattern = re.compile(re.escape(f".{path.name}.tmp-") + r"(?P<pid>[0-9]+)-[0-9a-f]{8}")
-    for entry in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-        match = pattern.fullmatch(entry.name)
-        if match and entry.is_file() and not _pid_alive(int(match["pid"])):
-            entry.unlink(missing_ok=True)
 
 
 def load_trace(path: str | os.PathLike) -> Trace:
