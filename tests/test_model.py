@@ -389,7 +389,7 @@ def test_behaviour_loss_matches_reference(debug_cfg, toy_spec, actor_grad):
         objective = objective + cfg.actor_ent * ac.actor.entropy(dist)
         ref_actor = -(seq["weight"][:, :-2].detach() * objective).mean()
         critic_value = ac.value(seq["feat"][:, :-1].detach())
-        ref_critic = (seq["weight"][:, :-1].detach() * (critic_value - target.detach()).pow(2)).mean()
+        ref_critic = 0.5 * (seq["weight"][:, :-1].detach() * (critic_value - target.detach()).pow(2)).mean()
         ref_value = ac.value(seq["feat"][:, 0].detach()).mean()
         want = (ref_actor, ref_critic, ref_value, grads(ref_actor, ac.actor), grads(ref_critic, ac.critic))
     for a, b in zip(got[:3], want[:3]):

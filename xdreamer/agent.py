@@ -140,11 +140,15 @@ class Agent(nn.Module):
                            torch.zeros(batch, self.spec.num_actions, device=self.device))
 
     @torch.no_grad()
-    def policy(self, obs: Mapping[str, Any], state: PolicyState | None = None, mode: str = "explore"
-               ) -> tuple[np.ndarray, PolicyState]:
+    def policy(self, obs: Mapping[str, Any], state: PolicyState | None = None, mode: str = "explore",
+               sample_latent: bool | None = None) -> tuple[np.ndarray, PolicyState]:
         """One acting step for a batch of observations (``image`` ``[B, C, 64, 64]`` uint8,
         ``is_first`` ``[B]``). ``mode``: ``explore`` samples the actor, ``eval`` takes its mode.
+        ``sample_latent``: sample the posterior (default: only in ``explore``; the analysis layer replays the
+        deterministic ``eval`` path; evaluation passes ``cfg.eval_latent``).
         Returns the env actions (int ``[B]`` or float ``[B, A]``) and the next policy state."""
+        if sample_latent is None:
+            sample_latent = mode == "explore"
         image = torch.as_tensor(np.asarray(obs["image"]), device=self.device)
         is_first = torch.as_tensor(np.asarray(obs["is_first"]), device=self.device).float()
         if state is None:
@@ -152,7 +156,7 @@ class Agent(nn.Module):
         with self.autocast():
             embed = self.wm.encode(image.float() / 255.0 - 0.5)
             latent, _ = self.wm.rssm.obs_step(state.latent, state.action, embed, is_first,
-                                              sample=(mode == "explore"))
+                                              sample=sample_latent)
             feat = self.wm.feat(latent)
             action = self.actor.sample(feat) if mode == "explore" else self.actor.mode(feat)
         action = action.float()
@@ -160,11 +164,11 @@ class Agent(nn.Module):
         env_action = action.argmax(-1).cpu().numpy() if self.spec.discrete else action.cpu().numpy()
         return env_action, PolicyState(latent, action)
 
-    def act(self, obs: Mapping[str, Any], state: PolicyState | None = None, mode: str = "explore"
-            ) -> tuple[Any, PolicyState]:
+    def act(self, obs: Mapping[str, Any], state: PolicyState | None = None, mode: str = "explore",
+            sample_latent: bool | None = None) -> tuple[Any, PolicyState]:
         """``policy`` for one env observation dict: returns the env action (int or float ``[A]``)."""
         actions, state = self.policy({"image": obs["image"][None], "is_first": np.array([obs["is_first"]])},
-                                     state, mode=mode)
+                                     state, mode=mode, sample_latent=sample_latent)
         return actions[0], state
 
     # ---- learning -----------------------------------------------------------------------
@@ -172,11 +176,11 @@ class Agent(nn.Module):
         cfg = self.cfg
 
         def adam(params, lr):
-            # Adam eps 1e-5 with decoupled weight decay 1e-6 (dreamerv2 Optimizer: eps, wd, clip). Fused (one kernel
-            # per parameter) where PyTorch has it: the world model's step 52 -> 15 ms at paper size (2-core AVX2
-            # EPYC, docs/benchmarks.md, fifth session), the same update up to float rounding.
-            return torch.optim.AdamW(params, lr=lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
-                                     fused=self._fused_adam() or None)
+            # Adam eps 1e-5 (dreamerv2 Optimizer: eps, wd, clip); its weight decay is not AdamW's lr * wd but a
+            # shrink by (1 - wd) per step, in ``_step``. Fused (one kernel per parameter) where PyTorch has it: the
+            # world model's step 52 -> 15 ms at paper size (2-core AVX2 EPYC, docs/benchmarks.md, fifth session),
+            # the same update up to float rounding.
+            return torch.optim.Adam(params, lr=lr, eps=cfg.adam_eps, fused=self._fused_adam() or None)
 
         model_params = self.wm.parameters()
         if cfg.repr_lr > 0:  # two parameter groups only then, so the default optimiser state is unchanged
@@ -201,6 +205,12 @@ class Agent(nn.Module):
         loss.backward()
         norm = nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         skip.copy_(torch.maximum(skip, (~(torch.isfinite(loss) & torch.isfinite(norm))).float()))
+        if self.cfg.weight_decay > 0:
+            # dreamerv2 ``Optimizer._apply_weight_decay``: var.assign((1 - wd) * var) on every variable after clipping
+            # and before the Adam step, whatever the learning rate. Not applied where the step is skipped.
+            weights = [p for group in opt.param_groups for p in group["params"]]
+            with torch.no_grad():
+                torch._foreach_mul_(weights, 1 - self.cfg.weight_decay * (1 - skip))
         if getattr(opt, "_step_supports_amp_scaling", False):
             # The fused AdamW kernels skip the update (and undo the step count) where ``found_inf`` is set; this is
             # the protocol torch.amp.GradScaler uses (torch/amp/grad_scaler.py, ``GradScaler.step``).
@@ -277,6 +287,8 @@ class Agent(nn.Module):
             opt.load_state_dict(state[name])
             for group in opt.param_groups:  # a saved state carries its run's implementation flag; use this device's
                 group["fused"] = self._fused_adam() or None
+                # States saved by AdamW (before issue #29) carry its lr-scaled decay; the decay is ``_step``'s now.
+                group["weight_decay"], group["decoupled_weight_decay"] = 0.0, False
                 for p in group["params"]:  # fused steps keep their step counts next to the parameters
                     step = opt.state.get(p, {}).get("step")
                     if torch.is_tensor(step):

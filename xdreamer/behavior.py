@@ -192,8 +192,8 @@ class ActorCritic(nn.Module):
         """``(loss, critic's values on states 0..H-1)``."""
         columns = seq.get("columns")
         value = self.value(seq["feat"][:, :-1].detach(), columns=None if columns is None else columns[:, :-1])
-        # dreamerv2 critic ``mse`` dist: -log p = (v - target)^2, weighted by cumulative discounts.
-        return (seq["weight"][:, :-1].detach() * (value - target.detach()).pow(2)).mean(), value
+        # dreamerv2 critic ``mse`` dist, Normal(v, 1): -log p = 0.5 (v - target)^2, weighted by cumulative discounts.
+        return 0.5 * (seq["weight"][:, :-1].detach() * (value - target.detach()).pow(2)).mean(), value
 
     def loss(self, world_model, start: State, is_terminal: torch.Tensor | None
              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:

@@ -45,6 +45,10 @@ class Config:
     time_limit: int = 27_000  # agent steps (atari: time_limit 27000 = 108k frames)
     sticky: float = 0.25  # atari: sticky actions, repeat_action_probability 0.25
     noops: int = 30  # atari: up to 30 no-op starts
+    # Atari action set: "minimal" is the released code's (dreamerv2 common/envs.py Atari(all_actions=False)), and
+    # every bundled Atari agent's; "full" (18 actions) is the DreamerV2 paper's evaluation protocol (issue #29), in
+    # the ``atari-paper`` preset. The action count sets the actor's output size, so a checkpoint keeps its own.
+    atari_actions: str = "minimal"
 
     # --- schedule ---------------------------------------------------------------------
     prefill: int = 50_000  # atari: prefill 50000 random agent steps
@@ -102,7 +106,9 @@ class Config:
     critic_lr: float = 1e-4  # critic_opt.lr 1e-4
     adam_eps: float = 1e-5  # *_opt.eps 1e-5
     grad_clip: float = 100.0  # *_opt.clip 100
-    weight_decay: float = 1e-6  # *_opt.wd 1e-6
+    # *_opt.wd 1e-6: dreamerv2's Optimizer multiplies every weight by (1 - wd) before each step, not scaled by the
+    # learning rate (common/other.py ``_apply_weight_decay``; AdamW's lr * wd would be 2e-10, a no-op in float32).
+    weight_decay: float = 1e-6
     horizon: int = 15  # imag_horizon 15
     discount: float = 0.999  # atari: discount 0.999
     discount_lambda: float = 0.95  # discount_lambda 0.95
@@ -112,6 +118,10 @@ class Config:
     actor_min_std: float = 0.1  # continuous actor: min_std 0.1
     slow_target_update: int = 100  # slow_target_update 100 updates
     slow_target_fraction: float = 1.0  # slow_target_fraction 1 (hard copy)
+    # Latents when evaluating: "sample" as dreamerv2's released config (eval_state_mean False: agent.py ``policy``
+    # samples the posterior in every mode), "mode" the posterior's most likely class (deterministic; what every
+    # explanation replays, and what configs written before this field evaluated with: LEGACY_DEFAULTS).
+    eval_latent: str = "sample"
 
     # ----------------------------------------------------------------------------------
     def replace(self, **changes: Any) -> "Config":
@@ -126,12 +136,14 @@ class Config:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Config":
         """The defaults with ``data`` (e.g. a parsed config.json) applied and validated; anything but a
-        mapping of known keys to in-range values is a one-line ConfigError."""
+        mapping of known keys to in-range values is a one-line ConfigError. A key that ``data`` lacks takes its
+        ``LEGACY_DEFAULTS`` value where it has one (what a run saved before the field existed did)."""
         if not isinstance(data, Mapping):
             kind = {type(None): "null", list: "a list", str: "a string", bool: "a boolean", int: "a number",
                     float: "a number"}.get(type(data), type(data).__name__)
             raise ConfigError(f"a config must be a JSON object of key: value pairs, not {kind}")
-        return parse_overrides(cls(), data)
+        legacy = {k: v for k, v in LEGACY_DEFAULTS.items() if k not in data}
+        return parse_overrides(cls(), {**legacy, **data})
 
     def validate(self) -> "Config":
         """``self`` if every field is within its range (``xdreamer.schema.CONFIG_RULES``), else ConfigError
@@ -142,13 +154,19 @@ class Config:
         return self
 
 
+# Fields added after checkpoints were shipped, with the value a config.json that lacks them ran with (issue #29: a
+# bundled agent must reproduce its manifest). ``Config()`` itself holds the paper's / released config's value.
+LEGACY_DEFAULTS: dict[str, Any] = {"eval_latent": "mode"}
+
+
 # Presets only change numbers; they are merged in the order given on the command line.
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's Atari configuration is the default; the preset exists so that commands read
     # like the paper and compose (``--preset atari small``).
     "atari": {},
     # Paper-era batch (dreamerv2 commits 0216d33..6124db4 used dataset.batch 50).
-    "atari-paper": {"batch": 50},
+    # The paper's evaluation protocol: the full 18-action set (issue #29; the released code uses the minimal set).
+    "atari-paper": {"batch": 50, "atari_actions": "full"},
     # The paper's DMC-vision block (configs.yaml ``dmc_vision``), used for MuJoCo from pixels.
     "mujoco": {
         "action_repeat": 2, "deter": 200, "hidden": 200, "kl_scale": 1.0, "kl_free": 1.0,
@@ -180,6 +198,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         # Batch-normalised image embedding (not in the paper; Config.embed_norm): without it the posterior collapses
         # to one code before it carries toy:catch's 4x4 ball (README "Learning on CPU").
         "embed_norm": "batch",
+        # Reward loss x2: the toy presets were tuned (README "Learning on CPU") when the reward head's loss was
+        # (r - mu)^2, twice dreamerv2's Normal(mu, 1) NLL 0.5 (r - mu)^2 (issue #29); this keeps their balance of
+        # reward against image and KL terms.
+        "reward_scale": 2.0,
         # Entropy 1e-2 (dreamerv2 atari 1e-3 let the 3-action policy collapse before the ball was seen).
         "actor_ent": 1e-2,
         # EMA critic target (DreamerV1 / DreamerV3 style, fraction 0.02 per update) instead of a hard copy

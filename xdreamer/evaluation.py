@@ -7,6 +7,7 @@ import contextlib
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+import torch
 
 from .envs import Env, EnvSpec
 
@@ -64,7 +65,10 @@ def evaluate(agent, env: Env, episodes: int, seed: int = 0, policy: str = "mode"
         raise ValueError(f"episodes must be at least 1, got {episodes}")
     if policy not in ("mode", "sample", "random"):
         raise ValueError(f"unknown policy {policy!r}; use mode, sample or random")
-    if more_envs and policy == "mode":
+    # ``mode`` with ``eval_latent=sample`` (dreamerv2's released evaluation) draws the posterior: one episode at a
+    # time, each from its own torch seed, so that its random stream does not depend on the batching either.
+    sample_latent = policy == "mode" and getattr(agent.cfg, "eval_latent", "mode") == "sample"
+    if more_envs and policy == "mode" and not sample_latent:
         return _evaluate_lockstep(agent, [env, *more_envs], episodes, seed, progress, max_steps)
     rng = np.random.default_rng(seed)
     result = EvalResult(env=env.spec.id, policy=policy, seed=seed)
@@ -76,18 +80,21 @@ def evaluate(agent, env: Env, episodes: int, seed: int = 0, policy: str = "mode"
     for index in iterator:
         obs = env.reset(seed=EVAL_SEED_OFFSET + episode_seed(seed, index))
         state, total, length, prefix = None, 0.0, 0, 0.0
-        while True:
-            if policy == "random":
-                action = random_action(env.spec, rng)
-            else:
-                action, state = agent.act(obs, state, mode="eval" if policy == "mode" else "explore")
-            obs = env.step(action)
-            total += float(obs["reward"])
-            length += 1
-            if length <= PREFIX_STEPS:
-                prefix = total
-            if obs["is_last"] or (max_steps is not None and length >= max_steps):
-                break
+        with torch.random.fork_rng(devices=[]):  # the caller's (training's) random stream is left as it was
+            torch.manual_seed(EVAL_SEED_OFFSET + episode_seed(seed, index))
+            while True:
+                if policy == "random":
+                    action = random_action(env.spec, rng)
+                else:
+                    action, state = agent.act(obs, state, mode="eval" if policy == "mode" else "explore",
+                                              sample_latent=True if sample_latent else None)
+                obs = env.step(action)
+                total += float(obs["reward"])
+                length += 1
+                if length <= PREFIX_STEPS:
+                    prefix = total
+                if obs["is_last"] or (max_steps is not None and length >= max_steps):
+                    break
         result.prefix_returns.append(prefix)
         result.returns.append(total)
         result.lengths.append(length)

@@ -189,6 +189,8 @@ CONFIG_RULES: dict[str, Any] = {
     "classes": Int(1, MAX_LATENT),
     "unimix": Float(0.0, 1.0, hi_open=True),  # 1 would make the latent uniform noise
     "embed_norm": Choice("none", "batch"),
+    "atari_actions": Choice("minimal", "full"),
+    "eval_latent": Choice("sample", "mode"),
     "clip_rewards": Choice("tanh", "identity"),
     "pred_discount": Bool,
     "kl_scale": Scale,

@@ -42,7 +42,8 @@ def env_kwargs(cfg: Config) -> dict[str, Any]:
     """The env-protocol fields of ``cfg`` that apply to ``cfg.env``'s family."""
     family = cfg.env.split(":", 1)[0]
     if family == "atari":
-        return {"sticky": cfg.sticky, "noops": cfg.noops, "time_limit": cfg.time_limit}
+        return {"sticky": cfg.sticky, "noops": cfg.noops, "time_limit": cfg.time_limit,
+                "full_action_space": cfg.atari_actions == "full"}
     if family == "mujoco":
         return {"action_repeat": cfg.action_repeat}
     return {}

@@ -116,8 +116,8 @@ class WorldModel(nn.Module):
         feat = self.rssm.get_feat(post)
         # Unit-variance Gaussian image likelihood: -log p = 0.5 * sum (x - mu)^2 + const (const dropped).
         image_loss = 0.5 * (self.decoder(feat) - inp["image"]).pow(2).sum((-3, -2, -1)).mean()
-        # Reward head: dreamerv2 ``mse`` dist, -log p = (r - mu)^2.
-        reward_loss = (self.reward(feat) - inp["reward"]).pow(2).mean()
+        # Reward head: dreamerv2 ``mse`` dist is Normal(mu, 1) (common/nets.py ``DistLayer``), -log p = 0.5 (r - mu)^2.
+        reward_loss = 0.5 * (self.reward(feat) - inp["reward"]).pow(2).mean()
         loss = image_loss + cfg.reward_scale * reward_loss + cfg.kl_scale * kl_loss
         metrics = {"image_loss": image_loss, "reward_loss": reward_loss, "kl_loss": kl_loss,
                    "kl": kl_value.mean(), "prior_entropy": _entropy(prior.logits).mean(),

@@ -71,7 +71,7 @@ RAM_OBJECTS: dict[str, dict[str, tuple[_ObjFn, tuple[float, float], tuple[int, i
     },
 }
 
-_DEFAULTS = dict(sticky=0.25, noops=30, time_limit=27000, size=64, grayscale=True, frame_skip=4)
+_DEFAULTS = dict(sticky=0.25, noops=30, time_limit=27000, size=64, grayscale=True, frame_skip=4, full_action_space=False)
 
 
 def _register() -> None:
@@ -95,6 +95,7 @@ class AtariEnv(Env):
         size: int = 64,
         grayscale: bool = True,
         frame_skip: int = 4,
+        full_action_space: bool = False,
     ):
         import ale_py
         import gymnasium as gym
@@ -110,7 +111,8 @@ class AtariEnv(Env):
             gid,
             frameskip=1,
             repeat_action_probability=float(sticky),
-            full_action_space=False,
+            # Config.atari_actions: the minimal set (dreamerv2's released code) or all 18 (the paper's protocol).
+            full_action_space=bool(full_action_space),
             disable_env_checker=True,
         )
         self._env = AtariPreprocessing(
@@ -225,7 +227,7 @@ class AtariEnv(Env):
 
 
 def make_atari(game: str, seed: int | None = None, **overrides: Any) -> AtariEnv:
-    """Build `atari:<game>`; overrides: sticky, noops, time_limit, size, grayscale, frame_skip."""
+    """Build `atari:<game>`; overrides: sticky, noops, time_limit, size, grayscale, frame_skip, full_action_space."""
     bad = sorted(set(overrides) - set(_DEFAULTS))
     if bad:
         raise ValueError(f"atari:{game}: unknown override(s) {bad}; allowed: {sorted(_DEFAULTS)}")
