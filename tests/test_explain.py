@@ -19,17 +19,18 @@ from xdreamer.explain.dreams import dream
 STEPS = 24  # actions per recorded toy episode (keeps tests fast on 2 shared cores)
 
 
-def _agent(env_id, spec, seed=0):
+def _agent(env_id, spec, seed=0, member=()):
     torch.manual_seed(seed)
-    agent = Agent(build_config(["debug"], {"env": env_id, "device": "cpu"}), spec)
+    agent = Agent(build_config([*member, "debug"], {"env": env_id, "device": "cpu"}), spec)
     agent.eval()
     return agent
 
 
-@pytest.fixture(scope="module")
-def toy():
+# Every analysis entry point runs on a debug agent of each member of the family (issue #29).
+@pytest.fixture(scope="module", params=[(), ("dreamerv3",)], ids=["dreamerv2", "dreamerv3"])
+def toy(request):
     env = make("toy:catch")
-    agent = _agent("toy:catch", env.spec)
+    agent = _agent("toy:catch", env.spec, member=request.param)
     trace = record(agent, env, episodes=2, seed=3, max_steps=STEPS)
     yield agent, env, trace
     env.close()

@@ -42,6 +42,18 @@ def _warn_slow_bfloat16() -> None:
                   "--set precision=float32", RuntimeWarning, stacklevel=3)
 
 
+def member(algo: str) -> tuple[type[WorldModel], type[ActorCritic]]:
+    """The world model and actor-critic classes of a member of the family (``Config.algo``). The one place that
+    reads the member's name: each member lives in its own module (house rule 15)."""
+    if algo == "dreamerv2":
+        return WorldModel, ActorCritic
+    if algo == "dreamerv3":
+        from .dreamerv3 import ActorCriticV3, WorldModelV3
+
+        return WorldModelV3, ActorCriticV3
+    raise ValueError(f"unknown algo {algo!r}; use dreamerv2 or dreamerv3")
+
+
 @dataclass
 class PolicyState:
     """Carried between env steps: the posterior latent and the last action taken ``[B, A]``."""
@@ -63,14 +75,15 @@ def frozen(module: nn.Module):
 
 
 class Agent(nn.Module):
-    """DreamerV2 agent. ``wm`` is the world model, ``ac`` the actor-critic; ``cfg`` and ``spec``
+    """Dreamer agent (DreamerV2, or the member ``cfg.algo`` names). ``wm`` is the world model, ``ac`` the actor-critic; ``cfg`` and ``spec``
     describe how it was built. Optimisers exist only after ``init_optimizers()`` (training)."""
 
     def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.cfg, self.spec = cfg, spec
-        self.wm = WorldModel(cfg, spec.obs_shape[0], spec.num_actions, spec.discrete)
-        self.ac = ActorCritic(cfg, self.wm.rssm.feat_dim, spec.num_actions, spec.discrete)
+        world_model, actor_critic = member(cfg.algo)
+        self.wm = world_model(cfg, spec.obs_shape[0], spec.num_actions, spec.discrete)
+        self.ac = actor_critic(cfg, self.wm.rssm.feat_dim, spec.num_actions, spec.discrete)
         init_weights(self)
         self.ac.target_critic.load_state_dict(self.ac.critic.state_dict())
         self.device = resolve_device(device or cfg.device) if not isinstance(device, torch.device) else device

@@ -40,6 +40,10 @@ class Config:
     threads: int = 0  # torch intra-op threads, 0 = torch default
     compile: str = "off"  # torch.compile mode for the networks: off | default | reduce-overhead | max-autotune
 
+    # Member of the family (issue #29): dreamerv2 (Hafner et al. 2021) | dreamerv3 (Hafner et al. 2023,
+    # xdreamer/dreamerv3.py); the ``dreamerv3`` preset sets it with that paper's hyperparameters.
+    algo: str = "dreamerv2"
+
     # --- env protocol (DreamerV2 atari wrapper defaults) -------------------------------
     action_repeat: int = 4  # atari: action_repeat 4; dmc_vision: 2
     time_limit: int = 27_000  # agent steps (atari: time_limit 27000 = 108k frames)
@@ -95,6 +99,11 @@ class Config:
     kl_free: float = 0.0  # kl.free 0.0 (free nats; dmc_vision 1.0)
     kl_free_avg: bool = True  # kl.free_avg True
     discount_scale: float = 5.0  # loss_scales.discount 5.0
+    # DreamerV3 only (its KL replaces kl_scale / kl_balance): dynamics and representation loss scales (§2: 0.5, 0.1).
+    dyn_scale: float = 0.5
+    rep_scale: float = 0.1
+    # DreamerV3 only: weight of the critic's regulariser towards its EMA copy's predictions (§2: 1.0).
+    critic_reg: float = 1.0
     reward_scale: float = 1.0  # loss_scales.reward 1.0
     model_lr: float = 2e-4  # model_opt.lr 2e-4
     # Not in the paper (0 = model_lr for everything): a separate rate for the representation model
@@ -175,6 +184,32 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train_every": 5, "prefill": 1000, "pretrain": 100, "time_limit": 500,
         "eval_every": 10_000, "log_every": 1000, "video_every": 10_000,
     },
+    # DreamerV3 (Hafner et al. 2023, arXiv:2301.04104v1, Table of hyperparameters; xdreamer/dreamerv3.py): one set
+    # for every domain. Sizes are separate presets (dreamerv3-xs ... dreamerv3-xl, the paper's model sizes); compose
+    # e.g. ``--preset dreamerv3 dreamerv3-s`` or, on a CPU, ``--preset dreamerv3 small toy``.
+    "dreamerv3": {
+        "algo": "dreamerv3",
+        "unimix": 0.01,  # 1 % unimix (latents and actor)
+        "kl_free": 1.0, "dyn_scale": 0.5, "rep_scale": 0.1,  # free bits 1; beta_dyn 0.5, beta_rep 0.1
+        "reward_scale": 1.0, "discount_scale": 1.0,  # beta_pred 1 for image, reward and continue
+        "clip_rewards": "identity",  # symlog two-hot instead of clipping
+        "discount": 0.997,  # horizon 333: gamma = 1 - 1/333
+        "discount_lambda": 0.95, "horizon": 15,
+        "actor_ent": 3e-4,
+        "slow_target_update": 1, "slow_target_fraction": 0.02,  # critic EMA decay 0.98
+        "critic_reg": 1.0,
+        "model_lr": 1e-4, "actor_lr": 3e-5, "critic_lr": 3e-5,
+        "adam_eps": 1e-8, "grad_clip": 1000.0,  # the world model's (actor-critic: eps 1e-5, clip 100)
+        "weight_decay": 0.0,
+        "batch": 16, "length": 64,
+        "decoder": "dreamerv3",
+    },
+    # The paper's model sizes (Table B.1: GRU units, CNN multiplier, dense units, MLP layers).
+    "dreamerv3-xs": {"deter": 256, "hidden": 256, "cnn_depth": 24, "mlp_units": 256, "mlp_layers": 1},
+    "dreamerv3-s": {"deter": 512, "hidden": 512, "cnn_depth": 32, "mlp_units": 512, "mlp_layers": 2},
+    "dreamerv3-m": {"deter": 1024, "hidden": 1024, "cnn_depth": 48, "mlp_units": 640, "mlp_layers": 3},
+    "dreamerv3-l": {"deter": 2048, "hidden": 2048, "cnn_depth": 64, "mlp_units": 768, "mlp_layers": 4},
+    "dreamerv3-xl": {"deter": 4096, "hidden": 4096, "cnn_depth": 96, "mlp_units": 1024, "mlp_layers": 5},
     # CPU-sized: same algorithm, smaller networks and cadence. Only numbers shrink.
     "small": {
         "cnn_depth": 16, "mlp_layers": 2, "mlp_units": 200, "deter": 200, "hidden": 200,

@@ -127,6 +127,10 @@ def init_weights(module: nn.Module) -> None:
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+    for m in module.modules():  # heads that start at zero (DreamerV3's reward and critic, ``MLP.zero_output``)
+        if isinstance(m, MLP) and m.zero_output:
+            nn.init.zeros_(m.net[-1].weight)
+            nn.init.zeros_(m.net[-1].bias)
 
 
 class ConvEncoder(nn.Module):
@@ -602,22 +606,25 @@ def linear_onehot(layer: nn.Linear, dense: torch.Tensor, onehot: torch.Tensor, c
 
 
 class MLP(nn.Module):
-    """``layers`` x (Linear, ELU) followed by a linear output of size ``out_dim``.
+    """``layers`` x (Linear, ELU) followed by a linear output of size ``out_dim``; with ``norm``, each hidden
+    layer is (Linear, LayerNorm, ``act``) as in DreamerV3 (LayerNorm + SiLU).
 
     ``onehot_tail``: the input's last ``G * K`` columns are ``G`` one-hot blocks of ``K`` (the RSSM feature's
     sampled latents, ``(stoch, classes)``); ``forward(x, columns)`` then computes their share of the first layer
     as a lookup where ``x`` needs no gradient (:func:`linear_onehot`)."""
 
     def __init__(self, in_dim: int, out_dim: int, layers: int, units: int,
-                 onehot_tail: tuple[int, int] | None = None) -> None:
+                 onehot_tail: tuple[int, int] | None = None, norm: bool = False,
+                 act: Callable[[], nn.Module] = ELU) -> None:
         super().__init__()
         mods: list[nn.Module] = []
         for _ in range(layers):
-            mods += [nn.Linear(in_dim, units), ELU()]
+            mods += [nn.Linear(in_dim, units), *([nn.LayerNorm(units)] if norm else []), act()]
             in_dim = units
         mods.append(nn.Linear(in_dim, out_dim))
         self.net = nn.Sequential(*mods)
         self.onehot_tail = onehot_tail
+        self.zero_output = False  # init_weights zeroes the output layer when set
 
     def lookup_columns(self, x: torch.Tensor) -> torch.Tensor | None:
         """``[..., G]``: where the ones of ``x``'s one-hot tail sit, or None where the lookup does not apply

@@ -190,6 +190,10 @@ CONFIG_RULES: dict[str, Any] = {
     "unimix": Float(0.0, 1.0, hi_open=True),  # 1 would make the latent uniform noise
     "embed_norm": Choice("none", "batch"),
     "atari_actions": Choice("minimal", "full"),
+    "algo": Choice("dreamerv2", "dreamerv3"),
+    "dyn_scale": Scale,
+    "rep_scale": Scale,
+    "critic_reg": Scale,
     "eval_latent": Choice("sample", "mode"),
     "clip_rewards": Choice("tanh", "identity"),
     "pred_discount": Bool,
