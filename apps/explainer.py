@@ -316,6 +316,9 @@ def frame_panel(agent, ctx, trace, step: int) -> None:
                          caption=f"{method} of the {target}"
                          + (f" ({E(result.score)} of {E(trace.action_names[result.action])})"
                             if target == "action" and result.action is not None else ""))
+                notice = ui.audit_notice(ui.find_audit(agent), method) if target == "action" else None  # #27
+                if notice is not None:
+                    getattr(st, notice[0])(E(notice[1]))
                 peak = float(np.nanmax(np.abs(result.map)))
                 if not np.any(np.nan_to_num(result.map)):
                     st.info(E(ui.zero_map_text(method, explained)))

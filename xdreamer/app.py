@@ -425,6 +425,51 @@ def checkpoint_key(path: str | os.PathLike) -> tuple:
     return tuple(parts)
 
 
+AUDIT_MAX_BYTES = 16 << 20
+
+
+def find_audit(agent, base: str | os.PathLike | None = None) -> dict | None:
+    """The ``xdreamer audit`` result of this agent's weights, if one was written (#27): ``audit.json`` in the
+    checkpoint folder or the command's default ``xdreamer-out/audit-<name>/`` of the app's folder. Only a result
+    whose ``weights_sha256`` is the agent's counts; anything unreadable is ignored (the map is then shown as
+    before)."""
+    import json
+
+    sha = (getattr(agent, "manifest", None) or {}).get("weights_sha256")
+    path = pathlib.Path(str(getattr(agent, "path", "") or ""))
+    if not sha or not str(path):
+        return None
+    folder = pathlib.Path(base) if base is not None else base_dir()
+    for f in (path / "audit.json", folder / "xdreamer-out" / f"audit-{path.name}" / "audit.json"):
+        try:
+            if f.is_file() and f.stat().st_size <= AUDIT_MAX_BYTES:
+                data = json.loads(f.read_text(encoding="utf-8"))
+                if isinstance(data, dict) and data.get("weights_sha256") == sha and isinstance(data.get("methods"), dict):
+                    return {**data, "_path": str(f)}
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def audit_notice(audit: Mapping[str, Any] | None, method: str) -> tuple[str, str] | None:
+    """``(level, text)`` for a map of ``method`` under an audit result: ``warning`` when it failed its checks on
+    this agent, ``success`` when it passed, ``info`` when inconclusive; None without a result for it."""
+    entry = (audit or {}).get("methods", {}).get(method)
+    if not isinstance(entry, Mapping) or "verdict" not in entry:
+        return None
+    checks = entry.get("checks") if isinstance(entry.get("checks"), Mapping) else {}
+    failed = [k for k, c in checks.items() if isinstance(c, Mapping) and c.get("verdict") == "fail"]
+    states = len(audit.get("states") or [])
+    where = f"`xdreamer audit` over {states} states ({audit.get('_path', 'audit.json')})"
+    verdict = str(entry["verdict"])
+    if verdict == "fail":
+        return "warning", (f"{method} FAILS its sanity checks on this agent ({', '.join(failed)}; {where}): "
+                           "this map is not evidence of what the agent uses.")
+    if verdict == "pass":
+        return "success", f"{method} passes its sanity checks on this agent ({where})."
+    return "info", f"{method}: sanity checks inconclusive on this agent ({where})."
+
+
 def error_text(exc: BaseException) -> str:
     """One readable line for the page (never a traceback)."""
     message = str(exc).strip() or type(exc).__name__

@@ -220,10 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_bundle)
 
     from .explain.commands import add_commands as add_explain_commands
+    from .explain.audit_commands import add_commands as add_audit_commands
     from .explain.saliency_commands import add_commands as add_saliency_commands
 
     add_explain_commands(sub)
     add_saliency_commands(sub)
+    add_audit_commands(sub)
     from .report.commands import add_commands as add_report_commands
 
     add_report_commands(sub)
@@ -249,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Options whose value is a file the command writes; folders the command writes into.
 _OUTPUT_FILES = ("out", "json", "video", "image")
-_OUTPUT_FOLDER_COMMANDS = ("report", "bundle")
+_OUTPUT_FOLDER_COMMANDS = ("report", "bundle", "audit")
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
