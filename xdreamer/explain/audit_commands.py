@@ -74,7 +74,8 @@ def audit_html(data: dict) -> str:
                             "<table><tr><th>randomised up to</th><th>Spearman |map|</th><th>Spearman signed</th>"
                             f"<th>SSIM</th></tr>{stages}</table>")
             elif "method_minus_null" in c:
-                nulls = "".join(f"<tr><td>{e(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in c["method_minus_null"].items())
+                nulls = "".join(f"<tr><td>{e(k)}</td><td>{_fmt(v)}</td></tr>"
+                                for k, v in c["method_minus_null"].items())
                 extra = c.get("auc") or c.get("hit_rate")
                 body.append(f"<h4>{e(check)}: {e(c.get('verdict', c.get('indicative', '')))} (margin {c['margin']})"
                             f"</h4><table><tr><th>method minus null</th><th>mean [95% CI]</th></tr>{nulls}</table>"
@@ -186,9 +187,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--fill", choices=FILLS, default="background",
                    help="what deleted pixels become: background (the frame's most common value per channel, "
                         "default) or blur (Gaussian, sigma 5)")
-    p.add_argument("--curve-steps", type=int, default=16, help="points of the pixel deletion/insertion curves "
-                                                               f"(default 16; latent methods ({', '.join(LATENT_METHODS)}) "
-                                                               "delete one variable at a time)")
+    p.add_argument("--curve-steps", type=int, default=16,
+                   help=f"points of the pixel deletion/insertion curves (default 16; the latent methods "
+                        f"({', '.join(LATENT_METHODS)}) delete one variable at a time)")
     p.add_argument("--margin", type=int, default=2, help="pixels around each object box in the pointing game "
                                                           "(default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the re-initialisations and null maps (default 0)")
