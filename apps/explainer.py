@@ -17,11 +17,15 @@ import hashlib
 import pathlib
 import tempfile
 
-import numpy as np
-import streamlit as st
+from xdreamer.threads import share_cpu
 
-from xdreamer import app as ui
-from xdreamer import checkpoint, explain
+share_cpu()  # before torch loads (#31): also for `streamlit run apps/explainer.py`, which skips `xdreamer app`
+
+import numpy as np  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from xdreamer import app as ui  # noqa: E402
+from xdreamer import checkpoint, explain  # noqa: E402
 
 st.set_page_config(page_title="xdreamer explainer", layout="wide")
 E = ui.escape_md  # every string from a file or an exception goes through it before Markdown (#28)

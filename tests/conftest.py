@@ -1,8 +1,12 @@
 import os
 
-import numpy as np
-import pytest
-import torch
+from xdreamer.threads import share_cpu
+
+share_cpu()  # passive OpenMP waiting before torch loads, here and in the CLI/app processes tests start (#31)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

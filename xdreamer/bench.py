@@ -37,7 +37,8 @@ def _machine(device: str = "cpu") -> dict[str, Any]:
 
     gpu = {"gpu": torch.cuda.get_device_name(torch.device(device))} if device.startswith("cuda") else {}
     return {"machine": platform.machine(), "cpu": _cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "python": platform.python_version(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": cpu_has_native_bf16(),
             "device": device, **gpu}
 

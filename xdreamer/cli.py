@@ -299,6 +299,12 @@ def _debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .threads import share_cpu
+
+    # Before anything imports torch (build_parser does): OpenMP reads its wait policy once, when torch loads it;
+    # with OpenMP's default spinning a busy machine slowed inference tens of times (#31, xdreamer/threads.py). Children
+    # (the app's server, bench's subprocesses, a local Ray cluster) inherit it.
+    share_cpu()
     debug, argv = _debug_requested(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
