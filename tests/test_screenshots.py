@@ -39,8 +39,9 @@ ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 
 
 @contextlib.contextmanager
-def app_server(source, log_path: pathlib.Path):
-    """`xdreamer app SOURCE --headless` on a free port; yields its URL once /_stcore/health answers."""
+def app_server(source, log_path: pathlib.Path, while_starting=lambda: None):
+    """`xdreamer app SOURCE --headless` on a free port; yields its URL once /_stcore/health answers. Calls
+    `while_starting()` first, while the server imports."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # single-step inference: one thread on shared cores
     log = open(log_path, "w")
@@ -48,6 +49,7 @@ def app_server(source, log_path: pathlib.Path):
                                "--headless"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://localhost:{port}"
     try:
+        while_starting()
         deadline = time.monotonic() + 120
         while True:
             assert server.poll() is None, log_path.read_text()
@@ -153,22 +155,25 @@ def test_screenshots_of_every_panel(tmp_path):
     from xdreamer import checkpoint, explain
     from xdreamer.training import make_env
 
+    assert ui.PANELS == ("Frame", "Latent", "What-if", "Failures"), "a new panel: capture it in capture_agent"
     folder = pathlib.Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:  # pong from a short saved trace: opening the checkpoint would record a whole game first
+    traces = {}
+
+    def record_pong():  # a short saved trace: opening the checkpoint would record a whole game first
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         agent = checkpoint.load(ui.REPO_ROOT / "checkpoints" / "pong")
         env = make_env(agent.cfg)
         try:
-            pong = explain.save(explain.record(agent, env, episodes=1, seed=0, max_steps=PONG_STEPS),
-                                tmp_path / "pong.npz")
+            trace = explain.record(agent, env, episodes=1, seed=0, max_steps=PONG_STEPS)
+            traces["pong"] = explain.save(trace, tmp_path / "pong.npz")
         finally:
             env.close()
-    finally:
-        torch.set_num_threads(threads)
+            torch.set_num_threads(threads)
+
     shots = []
-    with app_server(ui.REPO_ROOT / "checkpoints" / "catch-lanes", tmp_path / "server.log") as url:
+    with app_server(ui.REPO_ROOT / "checkpoints" / "catch-lanes", tmp_path / "server.log", record_pong) as url:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             try:
@@ -177,7 +182,7 @@ def test_screenshots_of_every_panel(tmp_path):
                 shots += capture_agent(page, folder, "catch-lanes", "toy:catch-lanes")
                 choose_panel(page, "Frame")
                 source = page.get_by_label("Checkpoint folder, run folder or trace file (.npz)")
-                source.fill(str(pong))
+                source.fill(str(traces["pong"]))
                 source.press("Enter")
                 settle(page, "atari:Pong")
                 shots += capture_agent(page, folder, "pong", "atari:Pong")
