@@ -304,14 +304,27 @@ def test_mujoco_branch(envs):
         assert np.abs(oa["image"].astype(int) - ob["image"].astype(int)).max() <= 1
 
 
-def test_gym_cannot_branch(envs):
+def test_gym_branches_by_deterministic_replay(envs):
+    """A gym env's state is its episode seed + the actions since the reset (#30): restoring replays them, and a
+    replay that does not reproduce the recorded frame is refused rather than silently wrong."""
     env = get_env(envs, "gym:CartPole-v1")
-    assert env.spec.can_branch is False
-    env.reset()
-    with pytest.raises(NotImplementedError, match="gym:CartPole-v1 cannot branch"):
-        env.get_state()
-    with pytest.raises(NotImplementedError, match="cannot branch"):
-        env.set_state({})
+    assert env.spec.can_branch is True
+    a, b = branch_twice(env, 6, seed=2, warmup=4)
+    for oa, ob in zip(a, b):
+        assert oa["reward"] == ob["reward"] and np.array_equal(oa["image"], ob["image"])
+    env.reset()  # an unseeded reset still draws a known seed, so the episode replays
+    for _ in range(3):
+        env.step(1)
+    state = env.get_state()
+    assert state["actions"].tolist() == [1, 1, 1] and state["ints"].tolist() == [3, 0]
+    frame = env.step(0)["image"]
+    env.set_state(state)
+    assert np.array_equal(env.step(0)["image"], frame)
+    bad = dict(state, frame_sha256=np.zeros(32, np.uint8))
+    with pytest.raises(ValueError, match="not deterministic under replay"):
+        env.set_state(bad)
+    with pytest.raises(ValueError, match="2 actions for 3 steps"):
+        env.set_state(dict(state, actions=state["actions"][:2]))
 
 
 # ----------------------------------------------------------------------------- Atari RAM annotations
@@ -395,8 +408,7 @@ def test_import_modules_and_custom_gym_env(tmp_path, monkeypatch):
         obs = env.step(np.zeros(2))
         steps += 1
     assert steps == 5 and not obs["is_terminal"]  # TimeLimit truncation is not terminal
-    with pytest.raises(NotImplementedError):
-        env.get_state()
+    assert env.get_state()["ints"].tolist() == [5, 1]  # branchable by replay (#30)
     env.close()
     sys.modules.pop("xd_user_envs", None)
 

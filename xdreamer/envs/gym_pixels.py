@@ -9,8 +9,15 @@ the bounds (infinite bounds are passed through unscaled). Other spaces are rejec
 repeats an action and sums rewards. The episode limit is the env's registered `max_episode_steps` (TimeLimit
 truncation, is_last only) / action_repeat, or `time_limit` agent steps (default 10,000 when the env has none).
 
-Generic envs cannot restore their simulator state, so `can_branch=False` and get_state/set_state raise
-`NotImplementedError`. Register your own envs first with `import_modules(["mypkg.envs"])` (`--import` on the CLI).
+Branching by deterministic replay (issue #30): a generic env cannot restore its simulator's internals, so its state is
+the episode's seed and the actions taken since the reset. Every episode gets an explicit seed (drawn from a generator
+seeded by `make`'s seed where `reset` is given none), and `set_state` resets with that seed and replays the actions.
+That holds for every seeded deterministic Gymnasium env (classic control, Box2D's CarRacing, ...); `set_state` checks
+the replayed frame against a digest of the recorded one and refuses an env that does not replay exactly. Replaying
+costs the steps since the reset. A trace stores only the seed and step count per step (`REPLAY_KEY`) and rebuilds the
+actions from its own recorded actions (`Trace.sim_state`), so states stay O(1) per step.
+
+Register your own envs first with `import_modules(["mypkg.envs"])` (`--import` on the CLI).
 """
 
 from __future__ import annotations
@@ -19,9 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from .base import Env, EnvSpec, Obs, make_obs, repeat_step, rescale_action
+import hashlib
 
-__all__ = ["GymPixelEnv", "make_gym"]
+from .base import (Env, EnvSpec, Obs, State, array_to_rng, check_int_fields, make_obs, repeat_step, rescale_action,
+                   rng_to_array)
+
+__all__ = ["GymPixelEnv", "make_gym", "REPLAY_KEY"]
+
+# A state with this key is a replay state: seed + actions since the reset (``GymPixelEnv.get_state``).
+REPLAY_KEY = "replay"
+MAX_SEED = 2**31 - 1
 
 _DEFAULTS = dict(action_repeat=1, size=64, time_limit=None)
 DEFAULT_TIME_LIMIT = 10_000
@@ -92,6 +106,9 @@ class GymPixelEnv(Env):
         else:
             channels = int(env.observation_space.shape[2])
         self._seed = seed
+        self._seeds = np.random.default_rng(seed)  # episode seeds where reset() is given none
+        self._episode_seed = 0
+        self._actions: list[Any] = []  # this episode's actions, as given to step()
         self._started = False
         self._done = True
         self._steps = 0
@@ -102,7 +119,7 @@ class GymPixelEnv(Env):
             num_actions=n,
             action_names=names,
             object_names=(),
-            can_branch=False,
+            can_branch=True,  # by deterministic replay
             max_steps=self._limit,
         )
 
@@ -129,11 +146,16 @@ class GymPixelEnv(Env):
     def reset(self, seed: int | None = None) -> Obs:
         if seed is None and not self._started:
             seed = self._seed
-        obs, _ = self._env.reset(seed=seed)
+        if seed is None:  # every episode has a known seed, so that it can be replayed
+            seed = int(self._seeds.integers(0, MAX_SEED))
+        self._episode_seed = int(seed)
+        obs, _ = self._env.reset(seed=self._episode_seed)
         self._started = True
         self._done = False
         self._steps = 0
-        return make_obs(self._image(obs), 0.0, is_first=True)
+        self._actions = []
+        self._last_image = self._image(obs)
+        return make_obs(self._last_image, 0.0, is_first=True)
 
     def step(self, action: Any) -> Obs:
         a = self._check_action(action)
@@ -145,10 +167,55 @@ class GymPixelEnv(Env):
             scaled = np.where(self._finite, rescale_action(a, np.nan_to_num(self._low), np.nan_to_num(self._high)), a)
             env_action = scaled.astype(self._act_dtype)
         obs, reward, terminated, truncated = repeat_step(self._env, env_action, self._repeat)
+        self._actions.append(a)
         self._steps += 1
         truncated = truncated or self._steps >= self._limit
         self._done = terminated or truncated
-        return make_obs(self._image(obs), reward, is_last=self._done, is_terminal=terminated)
+        self._last_image = self._image(obs)
+        return make_obs(self._last_image, reward, is_last=self._done, is_terminal=terminated)
+
+    # ------------------------------------------------------------------ branching by replay
+    def get_state(self) -> State:
+        """The episode's seed, the actions since its reset, the step count and a digest of the current frame."""
+        if not self._started:
+            raise RuntimeError(f"env {self.spec.id}: call reset() before get_state()")
+        state = self._state_header()
+        state[REPLAY_KEY] = np.ones(1, np.int8)
+        state["seed"] = np.array([self._episode_seed], np.int64)
+        state["ints"] = np.array([self._steps, int(self._done)], np.int64)
+        state["actions"] = self.actions_array(self._actions)
+        state["seeds_rng"] = rng_to_array(self._seeds)  # the next unseeded reset draws the same seed after a restore
+        state["frame_sha256"] = np.frombuffer(hashlib.sha256(self._last_image.tobytes()).digest(), np.uint8).copy()
+        return state
+
+    def actions_array(self, actions: list[Any]) -> np.ndarray:
+        """Actions as stored in a state: int64 ``[t]`` (discrete) or float32 ``[t, A]``."""
+        if self._discrete:
+            return np.asarray(actions, np.int64).reshape(-1)
+        return np.asarray(actions, np.float32).reshape(-1, self.spec.num_actions)
+
+    def set_state(self, state) -> None:
+        """Reset with the state's seed and replay its actions; a frame that differs from the recorded one is a
+        one-line ValueError (the env is not deterministic under replay)."""
+        self._check_state_header(state, (REPLAY_KEY, "seed", "ints", "actions", "frame_sha256"))
+        ints = check_int_fields(self.spec.id, state["ints"], {"steps": (0, self._limit), "done": (0, 1)})
+        seed = check_int_fields(self.spec.id, state["seed"], {"seed": (0, 2**63 - 1)})["seed"]
+        actions = np.asarray(state["actions"])
+        if len(actions) != ints["steps"]:
+            raise ValueError(f"state for {self.spec.id}: {len(actions)} actions for {ints['steps']} steps")
+        want = np.asarray(state["frame_sha256"], np.uint8).tobytes()
+        self.reset(seed=seed)
+        for action in actions:
+            if self._done:
+                raise ValueError(f"state for {self.spec.id}: the episode ended before its {len(actions)} "
+                                 "actions were replayed (the env is not deterministic under replay)")
+            self.step(action if not self._discrete else int(action))
+        if hashlib.sha256(self._last_image.tobytes()).digest() != want:
+            raise ValueError(f"env {self.spec.id} is not deterministic under replay: the frame after replaying "
+                             f"{len(actions)} actions from seed {seed} differs from the recorded one")
+        self._done = bool(ints["done"])
+        if "seeds_rng" in state:
+            array_to_rng(self._seeds, state["seeds_rng"])
 
     def close(self) -> None:
         self._env.close()

@@ -64,7 +64,7 @@ class Grounded:
 def check_branchable(env, trace: Trace) -> None:
     if not env.spec.can_branch:
         raise ValueError(f"env {env.spec.id} cannot branch (no simulator state); grounded counterfactuals need "
-                         "an env with get_state/set_state: atari:, mujoco: or toy:")
+                         "an env with get_state/set_state: atari:, mujoco:, toy: or gym: (by replay)")
     if env.spec.id != trace.meta.get("env"):
         raise ValueError(f"trace was recorded on {trace.meta.get('env')}, not on {env.spec.id}")
     if not trace.has_sim_states:

@@ -38,6 +38,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..envs.gym_pixels import REPLAY_KEY
+
 TRACE_FORMAT = "xdreamer-trace"
 TRACE_VERSION = 1
 HEADS_CHUNK = 64
@@ -103,6 +105,11 @@ class Trace:
             offsets = self.arrays[f"sim/{key}/offsets"]
             shape = tuple(int(v) for v in self.arrays[f"sim/{key}/shape"][step])
             out[key] = data[offsets[step]:offsets[step + 1]].reshape(shape).copy()
+        if REPLAY_KEY in out:  # a replay state: the actions since the episode's reset, from this trace
+            start = int(self.episode_steps(step)[0])
+            actions = self.arrays["action"][start:step]
+            out["actions"] = (actions.astype(np.int64).reshape(-1) if actions.ndim == 1
+                              else actions.astype(np.float32))
         return out
 
 
@@ -190,7 +197,10 @@ def record(agent, env, episodes: int = 1, seed: int = 0, policy: str = "mode", m
                 t = 0
                 while True:
                     if spec.can_branch:
-                        sims.append(env.get_state())
+                        sim = env.get_state()
+                        if REPLAY_KEY in sim:  # seed + actions: the actions are the trace's own (``sim_state``)
+                            del sim["actions"]
+                        sims.append(sim)
                     image = torch.as_tensor(obs["image"][None], device=agent.device)
                     is_first = torch.tensor([float(obs["is_first"])], device=agent.device)
                     # Exactly Agent.policy's acting step, keeping the prior as well.
