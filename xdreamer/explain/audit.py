@@ -22,7 +22,8 @@ object attribution of ``objects.py`` -- this module runs, over several states (s
 * **Pointing game** (Zhang et al. 2016) on the env's ground-truth boxes (toy games, Atari RAM objects): the peak of
   |map| inside an object box grown by ``margin`` px, against the same nulls (the random map's hit rate is the
   boxes' area fraction). Passes when the method beats every null by ``pointing_margin`` (issue #27: trained minus
-  randomised agent >= 30 points).
+  randomised agent >= 30 points); ``uninformative`` (counted neither way) when a null hits more than
+  ``1 - pointing_margin`` of the time, so that no map could beat it.
 * Object attribution (simulator interventions) is the reference the pixel maps are scored against; its own check
   is the cascade: the per-step effects of the randomised copy must not rank like the trained agent's.
 

@@ -15,6 +15,7 @@ from .saliency import gaussian_blur
 PIXEL_NULLS = ("random", "centre", "edge", "random_agent")
 LATENT_NULLS = ("random", "surprise", "random_agent")
 FILLS = ("background", "blur")
+UNINFORMATIVE = "uninformative"
 
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
@@ -64,7 +65,9 @@ def verdict(low: float, high: float, threshold: float, above: bool) -> str:
 
 
 def combine(verdicts: Sequence[str]) -> str:
-    """A method's verdict: fail if any check fails, pass if all pass, else inconclusive."""
+    """A method's verdict: fail if any check fails, pass if all pass, else inconclusive. ``uninformative`` checks
+    (a null already at the ceiling: no map could beat it) count neither way."""
+    verdicts = [v for v in verdicts if v != UNINFORMATIVE]
     if not verdicts:
         return "inconclusive"
     return "fail" if "fail" in verdicts else "pass" if all(v == "pass" for v in verdicts) else "inconclusive"
@@ -235,5 +238,10 @@ def _pointing_check(rows, nulls, target: str, th: Thresholds) -> dict[str, Any] 
     rates = {n: {t: float(np.mean([r["pointing"][n][t] for r in rows if t in r["pointing"][n]])) for t in targets}
              for n in names}
     vs, v = _beats_nulls(rows, "pointing", nulls, th.pointing_margin, th, lambda r, n: r["pointing"][n][target])
+    ceiling = [n for n in nulls if rates[n][target] > 1 - th.pointing_margin]
+    if ceiling:
+        # A null hits so often that even a perfect map cannot beat it by the margin (catch's black background:
+        # the edge map's peak is always on an object). The game cannot tell here; that is not the method's fault.
+        v = UNINFORMATIVE
     return {"target": target, "hit_rate": rates, "method_minus_null": vs, "margin": th.pointing_margin,
-            "states": len(rows), "verdict": v}
+            "states": len(rows), "nulls_at_ceiling": ceiling, "verdict": v}

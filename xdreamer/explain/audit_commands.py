@@ -41,6 +41,11 @@ def verdict_lines(data: dict) -> list[str]:
                 ci = next(s["spearman_abs"] for s in c["stages"] if s["block"] == c["decisive_stage"])
                 parts.append(f"randomisation {c['verdict']} (median Spearman after '{c['decisive_stage']}' "
                              f"{_fmt(ci)}, needs <= {c['threshold']})")
+            elif c["verdict"] == "uninformative":
+                at = ", ".join(f"{n} {c['hit_rate'][n][c['target']]:.0%}" for n in c["nulls_at_ceiling"])
+                own = c["hit_rate"]["method"][c["target"]]
+                parts.append(f"{check} uninformative (method hits {own:.0%}, null {at}: no map can beat that null "
+                             f"by {c['margin']})")
             else:
                 worst = min(c["method_minus_null"].items(), key=lambda kv: kv[1][0] if kv[1][0] is not None else 0)
                 parts.append(f"{check.replace('_', '/')} {c['verdict']} (method - {worst[0]} {_fmt(worst[1])}, "
