@@ -67,16 +67,39 @@ def load_trace_upload(digest: str, _data: bytes):
         return explain.load_trace(path)
 
 
-@st.cache_data(show_spinner="Recording an episode ...", max_entries=8)
-def record_episode(ckpt_key: tuple, seed: int):
+RECORD_CACHE = 8  # recorded episodes kept per browser session
+DEFAULT_MAX_STEPS = 1000  # the sidebar's default cut: a breakout policy that stalls runs to the 27,000-step limit
+
+
+def record_episode(ckpt_key: tuple, seed: int, max_steps: int):
+    """The episode of ``seed`` (cut after ``max_steps`` actions; 0: the whole episode), recorded once per session,
+    with a live step count: an Atari episode runs for thousands of steps (issue #31). Kept in the session rather
+    than ``st.cache_data``, whose cached functions must not draw elements."""
     from xdreamer.training import make_env
 
+    cache = st.session_state.setdefault("_recorded", {})
+    key = (ckpt_key, int(seed), int(max_steps))
+    if key in cache:
+        return cache[key]
     agent = load_agent(ckpt_key)
+    limit = int(max_steps) or agent.spec.max_steps
+    bar = st.sidebar.progress(0.0, text=f"Recording seed {seed}: 0 steps")
+
+    def count(n: int) -> None:
+        if n % 25 == 0:
+            bar.progress(min(1.0, n / max(limit, 1)), text=f"Recording seed {seed}: {n:,} of at most {limit:,} steps")
+
     env = make_env(agent.cfg)
     try:
-        return explain.record(agent, env, episodes=1, seed=int(seed))
+        trace = explain.record(agent, env, episodes=1, seed=int(seed), max_steps=int(max_steps) or None,
+                               on_step=count)
     finally:
         env.close()
+        bar.empty()
+    while len(cache) >= RECORD_CACHE:
+        cache.pop(next(iter(cache)))
+    cache[key] = trace
+    return trace
 
 
 @st.cache_data(show_spinner="Finding HIGHLIGHTS moments ...", max_entries=16)
@@ -224,12 +247,18 @@ def run_panel():
                 agent = ckpt_key = None
     elif agent is not None:
         sb.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="seed")
+        st.session_state.setdefault("max_steps", DEFAULT_MAX_STEPS)
+        sb.number_input("Max steps", min_value=0, max_value=10**6, step=100, key="max_steps",
+                        help="cut the recorded episode after this many steps (0: the whole episode; an Atari "
+                             "episode can run to 27,000)")
         if sb.button("Record new episode", key="record"):
             st.session_state["record_seed"] = int(st.session_state["seed"])
+            st.session_state["record_max_steps"] = int(st.session_state["max_steps"])
         seed = int(st.session_state.get("record_seed", 0))
+        max_steps = int(st.session_state.get("record_max_steps", DEFAULT_MAX_STEPS))
         try:
-            trace = record_episode(ckpt_key, seed)
-            trace_key = ("record", seed)
+            trace = record_episode(ckpt_key, seed, max_steps)
+            trace_key = ("record", seed, max_steps)
         except Exception as exc:  # noqa: BLE001
             show_error(exc, "Recording failed: ", sb)
     if agent is not None:
@@ -501,6 +530,8 @@ def open_case(path: str, seed: int, t: int) -> None:
     (``record_episode``), and the step with ``t`` selected once that recording is shown (``main``)."""
     st.session_state["source"] = path
     st.session_state["record_seed"] = int(seed)
+    # The case's step must be in the recording: the whole episode (the report's own cut is its max_steps).
+    st.session_state["record_max_steps"] = 0
     if 0 <= seed <= SEED_MAX:
         st.session_state["seed"] = int(seed)
     st.session_state["_open_case"] = (path, int(seed), int(t))
@@ -574,7 +605,7 @@ def opened_case_step(trace, trace_key, ckpt_key) -> int | None:
     if pending is None or trace is None:
         return None
     path, seed, t = pending
-    if ckpt_key is None or ckpt_key[0] != path or trace_key != ("record", seed):
+    if ckpt_key is None or ckpt_key[0] != path or tuple(trace_key or ())[:2] != ("record", seed):
         st.warning("The case's episode is not the one shown (an uploaded trace takes precedence: remove it "
                    "to open report cases).")
         return None

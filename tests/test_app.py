@@ -185,6 +185,12 @@ def test_record_new_episode_with_seed(ckpt):
     env.close()
     assert f"**steps:** {len(expected)}" in text
     assert at.slider(key="step").max == len(expected) - 1
+    # "Max steps" cuts the recording (#31: Atari episodes run for thousands of steps); 0 records it whole.
+    assert at.number_input(key="max_steps").value == 1000
+    at.number_input(key="max_steps").set_value(9).run()
+    at.button(key="record").click().run()
+    assert_clean(at)
+    assert "**steps:** 10" in sidebar_text(at) and at.slider(key="step").max == 9
 
 
 # ---- Frame ---------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import json
 import os
 import pathlib
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -150,13 +150,14 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def record(agent, env, episodes: int = 1, seed: int = 0, policy: str = "mode", max_steps: int | None = None,
-           progress: bool = False) -> Trace:
+           progress: bool = False, on_step: Callable[[int], None] | None = None) -> Trace:
     """Run ``episodes`` episodes of ``agent`` in ``env`` and record a ``Trace``.
 
     Episodes use the evaluation seeds of ``xdreamer.evaluation.evaluate`` (so a ``mode`` trace replays
     the same episodes as ``xdreamer eval --seed``). ``policy``: ``mode`` (deterministic: posterior mode
     and actor mode, as evaluation) or ``sample`` (as exploration; torch RNG seeded from ``seed``).
     ``max_steps`` cuts each episode after that many actions (the cut is not marked ``is_last``).
+    ``on_step(n)`` is called after each recorded step with the number recorded so far (the app's progress count).
     """
     from ..evaluation import EVAL_SEED_OFFSET, episode_seed
 
@@ -241,6 +242,8 @@ def record(agent, env, episodes: int = 1, seed: int = 0, policy: str = "mode", m
                         feats.clear()
                     if bar is not None:
                         bar.update(1)
+                    if on_step is not None:
+                        on_step(len(rows["frame"]))
                     if obs["is_last"] or (max_steps is not None and t >= max_steps):
                         break
                     obs = env.step(env_action)
