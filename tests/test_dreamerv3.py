@@ -158,7 +158,7 @@ def test_checkpoint_round_trip(tmp_path, v3_cfg, toy_spec):
 
 
 def test_cli_analysis_commands_on_a_dreamerv3_agent(tmp_path, v3_cfg, toy_spec):
-    """record, whatif (dream + grounded), saliency with latent attribution, and highlights through the real CLI."""
+    """record, whatif (dream + grounded), saliency with latent attribution, highlights and report through the CLI."""
     from xdreamer.cli import main
 
     agent = Agent(v3_cfg, toy_spec)
@@ -170,10 +170,13 @@ def test_cli_analysis_commands_on_a_dreamerv3_agent(tmp_path, v3_cfg, toy_spec):
             ["saliency", str(ckpt), "--trace", str(trace), "--step", "4", "--method", "saliency", "--latent",
              "--out", str(tmp_path / "s.png"), "--json", str(tmp_path / "s.json")],
             ["highlights", str(ckpt), "--trace", str(trace), "--k", "2", "--horizon", "3", "--min-gap", "2",
-             "--json", str(tmp_path / "h.json"), "--no-progress"]]
+             "--json", str(tmp_path / "h.json"), "--no-progress"],
+            ["report", str(ckpt), "--episodes", "1", "--max-steps", "20", "--no-clips", "--out",
+             str(tmp_path / "report"), "--no-progress"]]
     for argv in runs:
         assert main(argv) == 0, argv
     data = json.loads((tmp_path / "w.json").read_text())
     assert len(data["dream"]["q"]) == toy_spec.num_actions and len(data["grounded"]["real_return"]) == 3
     assert (tmp_path / "s.png").stat().st_size > 1000 and "latent" in json.loads((tmp_path / "s.json").read_text())
     assert len(json.loads((tmp_path / "h.json").read_text())["moments"]) == 2
+    assert (tmp_path / "report" / "index.html").stat().st_size > 1000
