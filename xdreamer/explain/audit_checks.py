@@ -201,9 +201,13 @@ def _randomisation(rows, blocks, decisive: int, th: Thresholds) -> dict[str, Any
             entry[key] = _interval(vals, np.median, th) if vals else None
         stages.append(entry)
     est, lo, hi = stages[decisive]["spearman_abs"]
+    _, slo, shi = stages[decisive]["spearman_signed"]
+    # The verdict reads |map|, what the app and the saliency PNGs draw; the signed map's verdict is reported beside
+    # it (Adebayo et al. show both: a signed map can lose its sign pattern while its magnitude follows the input).
     return {"stages": stages, "decisive_stage": blocks[decisive][0], "threshold": th.max_spearman,
             "statistic": "median Spearman(|trained map|, |randomised map|)",
-            "verdict": verdict(lo, hi, th.max_spearman, above=False)}
+            "verdict": verdict(lo, hi, th.max_spearman, above=False),
+            "signed_verdict": verdict(slo, shi, th.max_spearman, above=False)}
 
 
 def _beats_nulls(rows, key: str, nulls: Sequence[str], margin: float, th: Thresholds,

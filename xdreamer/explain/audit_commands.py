@@ -39,8 +39,10 @@ def verdict_lines(data: dict) -> list[str]:
                 continue
             if check == "randomisation":
                 ci = next(s["spearman_abs"] for s in c["stages"] if s["block"] == c["decisive_stage"])
-                parts.append(f"randomisation {c['verdict']} (median Spearman after '{c['decisive_stage']}' "
-                             f"{_fmt(ci)}, needs <= {c['threshold']})")
+                signed = next(s["spearman_signed"] for s in c["stages"] if s["block"] == c["decisive_stage"])
+                parts.append(f"randomisation {c['verdict']} (median |map| Spearman after '{c['decisive_stage']}' "
+                             f"{_fmt(ci)}, needs <= {c['threshold']}; signed map {_fmt(signed)}: "
+                             f"{c.get('signed_verdict', 'n/a')})")
             elif c["verdict"] == "uninformative":
                 at = ", ".join(f"{n} {c['hit_rate'][n][c['target']]:.0%}" for n in c["nulls_at_ceiling"])
                 own = c["hit_rate"]["method"][c["target"]]
