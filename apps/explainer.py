@@ -264,6 +264,14 @@ def run_panel():
     if agent is not None:
         sb.subheader("Checkpoint")
         sb.caption(E(agent.path))
+        videos = ui.run_videos(agent.path)
+        if videos:  # a run folder's open-loop predictions (training videos, #31)
+            with sb.expander(f"Training videos ({len(videos)})"):
+                pick = st.selectbox("open-loop prediction at step", videos, key="openloop_video",
+                                    format_func=lambda p: f"{int(p.stem.split('-')[-1]):,}")
+                st.video(str(pick))
+                st.caption("5 observed context frames, then the model imagines under the recorded actions; rows: "
+                           "truth, model, error (grey = no error). Six replay samples side by side.")
         try:
             for name, value in ui.manifest_rows(agent.manifest).items():
                 sb.markdown(f"**{name}:** {E(value)}")  # manifest fields are file content (#28)

@@ -193,6 +193,24 @@ def test_record_new_episode_with_seed(ckpt):
     assert "**steps:** 10" in sidebar_text(at) and at.slider(key="step").max == 9
 
 
+def test_training_videos_of_a_run_folder(ckpt, tmp_path):
+    """A checkpoint inside a run folder offers the run's open-loop videos in the sidebar (#31); a bundled one none."""
+    import shutil
+
+    from xdreamer.logger import write_video
+
+    assert ui.run_videos(ckpt["path"]) == []
+    step = tmp_path / "run" / "checkpoints" / "step-000000010"
+    shutil.copytree(ckpt["path"], step)
+    (tmp_path / "run" / "videos").mkdir()
+    for n in (5, 10):
+        write_video(tmp_path / "run" / "videos" / f"openloop-{n:09d}.mp4", np.zeros((2, 64, 64, 3), np.uint8))
+    assert [p.name for p in ui.run_videos(step)] == ["openloop-000000010.mp4", "openloop-000000005.mp4"]
+    at = open_app(step)
+    assert_clean(at)
+    assert any(e.label.startswith("Training videos (2)") for e in at.sidebar.expander)
+
+
 # ---- Frame ---------------------------------------------------------------------------------------------
 def test_frame_panel(ckpt):
     from xdreamer.explain.saliency import METHODS

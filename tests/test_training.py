@@ -257,7 +257,12 @@ def test_train_debug_writes_everything(tmp_path):
     run = tmp_path / "run"
     assert result.steps == 600 and result.updates > 0
     assert (run / "checkpoints" / "latest").exists() and (result.checkpoint / "manifest.json").exists()
-    assert list((run / "videos").glob("openloop-*.mp4"))
+    videos = list((run / "videos").glob("openloop-*.mp4"))
+    assert videos
+    import imageio.v3 as iio
+
+    # Labelled (#31): a 32-px header and an 80-px margin of row names around 3 rows x 6 samples of 2x-enlarged frames.
+    assert iio.imread(videos[0], index=0).shape[:2] == (32 + 3 * 128, 80 + 6 * 128)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("train/model_loss" in r for r in rows) and any("perf/updates_per_s" in r for r in rows)
     assert list((run / "tb").glob("events.*"))

@@ -406,6 +406,18 @@ def classify_source(path: str | os.PathLike) -> tuple[str, pathlib.Path]:
     return "checkpoint", resolve(p).resolve()
 
 
+def run_videos(checkpoint_path: str | os.PathLike, limit: int = 50) -> list[pathlib.Path]:
+    """The open-loop prediction videos of the training run a checkpoint belongs to (``<run>/videos/openloop-*.mp4``,
+    newest first; the checkpoint is ``<run>/checkpoints/step-N``), or none for a bundled checkpoint."""
+    ckpt = pathlib.Path(checkpoint_path)
+    if ckpt.parent.name != "checkpoints":
+        return []
+    videos = ckpt.parent.parent / "videos"
+    if not videos.is_dir():
+        return []
+    return sorted((p for p in videos.glob("openloop-*.mp4") if p.is_file()), reverse=True)[:limit]
+
+
 def file_key(path: str | os.PathLike) -> tuple:
     """Hash-free cache key of a file: resolved path, mtime and size."""
     p = pathlib.Path(path).resolve()

@@ -47,6 +47,12 @@ class Logger:
             self._tb.flush()
         return row
 
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """An RGB image ``[H, W, 3]`` uint8 to TensorBoard's image tab (a no-op without TensorBoard)."""
+        if self._tb is not None:
+            self._tb.add_image(tag, image, step, dataformats="HWC")
+            self._tb.flush()
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()

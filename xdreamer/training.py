@@ -29,7 +29,7 @@ from .config import Config, check_device, read_config_file
 from .envs import Env, make
 from .evaluation import episode_seed, evaluate, lockstep_envs, random_action
 from .logger import Logger, write_video
-from .openloop import grid_frames, open_loop
+from .openloop import filmstrip, grid_frames, open_loop
 from .replay import EpisodeBuilder, Replay
 
 
@@ -343,14 +343,18 @@ class Trainer:
         return TrainResult(self.logdir, path, self.step, self.agent.updates,
                            final_eval.mean if final_eval else None)
 
-    def write_openloop(self, samples: int = 6, length: int = 50) -> pathlib.Path:
-        """Write ``videos/openloop-<step>.mp4``: 5 context frames then 45 imagined."""
+    def write_openloop(self, samples: int = 6, length: int = 50, context: int = 5) -> pathlib.Path:
+        """Write ``videos/openloop-<step>.mp4``: 5 context frames then 45 imagined, rows truth / model / error,
+        labelled; and a filmstrip of it to TensorBoard (``openloop``)."""
         batch = self.replay.sample(samples, length)
         self.agent.eval()
-        pred = open_loop(self.agent.wm, self.agent.to_torch(batch), context=5)
+        pred = open_loop(self.agent.wm, self.agent.to_torch(batch), context=context)
         self.agent.train()
+        frames = grid_frames({k: v[:3] for k, v in pred.items()}, context=context, scale=2)
+        self.logger.image("openloop", filmstrip(frames[context - 1:], every=11), self.step)
         (self.logdir / "videos").mkdir(exist_ok=True)
-        return write_video(self.logdir / "videos" / f"openloop-{self.step:09d}.mp4", grid_frames(pred))
+        return write_video(self.logdir / "videos" / f"openloop-{self.step:09d}.mp4",
+                           grid_frames(pred, context=context, scale=2))
 
 
 def train(cfg: Config | None, logdir: str | os.PathLike, resume: bool = False, progress: bool = True,
