@@ -14,6 +14,7 @@ keys (paths + modification times, seeds, steps), so scrubbing back to a step is 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import pathlib
 import tempfile
 
@@ -43,6 +44,11 @@ def allowed_roots() -> list:
     """Where paths read from files may lead (#28): the command line's paths, the bundled checkpoints/ and
     reports/, and the paths typed in this session (the source and the report folder)."""
     return ui.allowed_roots(typed=[st.session_state.get("source", ""), st.session_state.get("report_dir", "")])
+
+
+# Full-width images: ``width="stretch"`` where this Streamlit has it, ``use_container_width`` before (1.40-1.4x).
+_FULL_WIDTH = ({"width": "stretch"} if "Width" in str(inspect.signature(st.image).parameters["width"].annotation)
+               else {"use_container_width": True})
 
 
 # ---- cached computations (all analysis through xdreamer.explain) ---------------------------------
@@ -160,10 +166,13 @@ def run_whatif(ctx: tuple, _agent, _trace, step: int, actions: tuple | None, hor
             note = ui.error_text(exc)
         finally:
             env.close()
+    from xdreamer.explain.render import whatif_frames
+    from xdreamer.logger import write_video
+
+    frames = whatif_frames(_trace, dream, real)  # the labelled grid the video is made of, scrubbed in the panel
     with tempfile.TemporaryDirectory() as tmp:
-        path = explain.write_whatif_video(pathlib.Path(tmp) / "whatif.mp4", _trace, dream, real)
-        video = path.read_bytes()
-    return dream, real, note, video
+        video = write_video(pathlib.Path(tmp) / "whatif.mp4", frames, fps=4).read_bytes()
+    return dream, real, note, video, frames
 
 
 # ---- callbacks ---------------------------------------------------------------------------------
@@ -502,7 +511,7 @@ def whatif_panel(agent, ctx, trace, step: int) -> None:
         st.error("Choose at least one first action.")
         return
     try:
-        dream, real, note, video = run_whatif(ctx, agent, trace, req_step, actions, horizon, grounded)
+        dream, real, note, video, frames = run_whatif(ctx, agent, trace, req_step, actions, horizon, grounded)
     except Exception as exc:  # noqa: BLE001
         show_error(exc, "What-if failed: ")
         return
@@ -516,11 +525,14 @@ def whatif_panel(agent, ctx, trace, step: int) -> None:
         st.caption(f"Imagined values and returns are on the {scale} scale the world model learns "
                    f"({E(f'clip_rewards={agent.cfg.clip_rewards}')}); the real return (game score) is the "
                    "game's own reward, not comparable with them.")
+    # The labelled grid at full width, one imagined step at a time (#31: the video alone was a thin strip).
+    k = st.slider("imagined step (0 = step t itself)", 0, len(frames) - 1, 0, key="whatif_frame")
+    st.image(frames[k], **_FULL_WIDTH,
+             caption=f"step t+{k}: the real future of the trace, the dream of the taken action, then dreams of "
+                     "alternatives" + (", each followed by its real branch" if real is not None else ""))
     left, right = st.columns([3, 2])
     with left:
         st.video(video, format="video/mp4")
-        st.caption("columns: real future of the trace, the dream of the taken action, then dreams of alternatives"
-                   + (" each followed by its real branch" if real is not None else ""))
         st.download_button("Download the what-if video (mp4)", video, file_name=f"whatif-step{req_step}.mp4",
                            mime="video/mp4", key="whatif_download")
     with right:

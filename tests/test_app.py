@@ -318,6 +318,11 @@ def test_whatif_panel(ckpt):
     assert any("tanh-clipped reward scale" in c.value for c in at.caption)
     assert at.download_button(key="whatif_download").label.startswith("Download the what-if video")
     assert at.get("video")
+    # The labelled grid, scrubbed one imagined step at a time (#31).
+    assert at.slider(key="whatif_frame").max == 15
+    at.slider(key="whatif_frame").set_value(6).run()
+    assert_clean(at)
+    assert any(c.startswith("step t+6: the real future") for image in at.image for c in image.captions)
     # Fewer actions and another horizon; the last step has no real future (a warning, not an error).
     at.multiselect(key="whatif_actions").set_value(["LEFT"])
     at.slider(key="whatif_horizon").set_value(4)
