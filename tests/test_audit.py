@@ -210,3 +210,28 @@ def test_audit_command_one_line_errors(argv, message, capsys):
     err = capsys.readouterr().err
     assert status == 2 and message in err, err
     assert len([line for line in err.splitlines() if line.startswith("xdreamer: error") or "error:" in line]) == 1
+
+
+def test_app_shows_the_audit_verdict_beside_the_map(tmp_path):
+    """The Frame panel shows the audit's verdict for the method whose map it draws, read from the checkpoint's
+    audit.json when it audited these weights."""
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    ckpt = tmp_path / "catch-lanes"
+    shutil.copytree(ROOT / "catch-lanes", ckpt)
+    agent = checkpoint.load(ckpt)
+    env = make(agent.cfg.env)
+    data = audit.run_audit(agent, env, methods=("saliency",), seeds=(0,), steps=(5, 10)).to_dict()
+    env.close()
+    (ckpt / "audit.json").write_text(json.dumps(data))
+    at = AppTest.from_file(str(ROOT.parent / "apps" / "explainer.py"), default_timeout=180)
+    at.session_state["source"] = str(ckpt)
+    at.session_state["step"] = 5
+    at.run()
+    assert not at.exception and not at.error
+    verdict = data["methods"]["saliency"]["verdict"]
+    shown = [e.value for kind in ("warning", "success", "info") for e in getattr(at, kind) if "sanity" in e.value]
+    assert len(shown) == 1 and shown[0].startswith("saliency"), shown
+    assert ("FAILS" in shown[0]) == (verdict == "fail")
