@@ -541,6 +541,52 @@ def whatif_panel(agent, ctx, trace, step: int) -> None:
             st.plotly_chart(ui.fidelity_figure(real), key="fidelity", config={"displayModeBar": False})
 
 
+# ---- Compare -----------------------------------------------------------------------------------
+def compare_panel(agent, ctx, trace, trace_key, step: int) -> None:
+    """A second agent beside this one on the same episode seed, step for step (#31): e.g. ``catch-lanes`` against
+    its pixel-ball twin ``catch-pixel-lanes``: what each sees, where its saliency lies and what it dreams."""
+    other_source = st.text_input("Second checkpoint (recorded on the same seed and step cut)", key="compare_source",
+                                 placeholder="e.g. checkpoints/catch-pixel-lanes")
+    if not str(other_source).strip():
+        st.info("Enter a second checkpoint folder to compare it with this agent on the same episode seed.")
+        return
+    kind, path = ui.classify_source(other_source)
+    if kind != "checkpoint":
+        raise ValueError(f"{path.name} is a trace; compare needs a checkpoint folder")
+    other_key = ui.checkpoint_key(path)
+    other = load_agent(other_key)
+    if trace_key and trace_key[0] == "record":
+        seed, max_steps = int(trace_key[1]), int(trace_key[2])
+    else:
+        seed, max_steps = int(trace.meta.get("seed") or 0), int(trace.meta.get("max_steps") or 0)
+    other_trace = record_episode(other_key, seed, max_steps)
+    other_ctx = (other_key, ("record", seed, max_steps))
+    method = st.selectbox("saliency method", ("occlusion", "saliency", "integrated_gradients"), key="compare_method")
+    k = min(step, len(other_trace) - 1)
+    note = "" if k == step else f" (its episode ended at step {k})"
+    st.caption(f"episode seed {seed}; both at step {k}{note}: the real frame with the saliency of the action "
+               "taken, the action probabilities, and the dream of each first action (imagined Q, horizon 15).")
+    for col, (name, ag, c, tr) in zip(st.columns(2), (("this agent", agent, ctx, trace),
+                                                     (str(path.name), other, other_ctx, other_trace))):
+        with col:
+            st.markdown(f"**{E(name)}** ({E(tr.meta.get('env'))})")
+            a = tr.arrays
+            if ag is None:
+                st.image(ui.to_rgb(a["frame"][k]), caption=f"real frame (step {k})")
+                st.info("Saliency and dreams need the checkpoint the trace was recorded with.")
+                continue
+            from xdreamer.explain.saliency_commands import overlay
+
+            result = pixel_saliency(c, ag, tr, k, method, "action")
+            st.image(overlay(a["frame"][k], result.map), caption=f"{method} of the action taken (step {k})")
+            if "action_probs" in a:
+                taken = int(a["action"][k])
+                st.plotly_chart(ui.action_figure(a["action_probs"][k], tr.action_names, taken),
+                                key=f"compare_actions_{name}", config={"displayModeBar": False})
+            dream = run_whatif(c, ag, tr, k, None, 15, False)[0]
+            st.table(ui.whatif_table(dream, None, ui.reward_scale(ag.cfg)).round(3).set_index("action"))
+
+
 # ---- Failures ----------------------------------------------------------------------------------
 SEED_MAX = 2**31 - 1  # the sidebar's seed field
 
@@ -684,6 +730,8 @@ def main() -> None:
             latent_panel(agent, ctx, trace, step)
         elif panel == "What-if":
             whatif_panel(agent, ctx, trace, step)
+        elif panel == "Compare":
+            compare_panel(agent, ctx, trace, trace_key, step)
         else:
             recorded = trace_key[1] if trace_key and trace_key[0] == "record" else None
             failures_panel(agent, ctx, trace, recorded)

@@ -211,6 +211,29 @@ def test_training_videos_of_a_run_folder(ckpt, tmp_path):
     assert any(e.label.startswith("Training videos (2)") for e in at.sidebar.expander)
 
 
+def test_compare_panel_second_agent_on_the_same_seed(ckpt, tmp_path):
+    """Compare (#31): a second checkpoint recorded on the same seed beside this one, with its saliency, action
+    probabilities and dreams; an empty field says what to enter, a missing folder is one error line."""
+    env = make("toy:catch")
+    torch.manual_seed(7)
+    other = checkpoint.save(tmp_path / "other", Agent(build_config(["debug"], {"env": "toy:catch", "device": "cpu"}),
+                                                      env.spec), steps=1)
+    at = set_panel(open_app(ckpt["path"], step=4), "Compare")
+    assert any("Enter a second checkpoint" in i.value for i in at.info)
+    at.text_input(key="compare_source").set_value(str(other)).run()
+    assert_clean(at)
+    assert any(c.value.startswith("episode seed 0; both at step 4") for c in at.caption)
+    assert len(at.table) == 2  # one dream table per agent
+    expected = explain.record(checkpoint.load(other), env, episodes=1, seed=0, max_steps=1000)
+    dream = explain.whatif(checkpoint.load(other), expected, 4, horizon=15)
+    scale = ui.reward_scale(ckpt["agent"].cfg)
+    second = at.table[1].value.reset_index()
+    assert np.allclose(second[f"imagined Q (λ-return, {scale})"], dream.q, atol=1e-3)  # shown to 3 decimals
+    env.close()
+    at.text_input(key="compare_source").set_value(str(tmp_path / "missing")).run()
+    assert any("not found" in e.value for e in at.error)
+
+
 # ---- Frame ---------------------------------------------------------------------------------------------
 def test_frame_panel(ckpt):
     from xdreamer.explain.saliency import METHODS

@@ -34,6 +34,8 @@ WIDTH = 1400  # the width the issue's target names: readable without zooming
 HEIGHT = 1000  # the viewport; screenshots are full-page
 PONG_STEPS = 60  # the pong trace: enough for a served ball, a few seconds to record
 REPORTS = {"catch-lanes": ui.REPO_ROOT / "reports" / "catch-contrast", "pong": ui.REPO_ROOT / "reports" / "atari"}
+# The Compare panel's second agent: the pixel-ball twin of catch-lanes, on the same seed.
+COMPARE = {"catch-lanes": ui.REPO_ROOT / "checkpoints" / "catch-pixel-lanes"}
 T0 = time.monotonic()
 ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 
@@ -132,6 +134,14 @@ def capture_agent(page, folder: pathlib.Path, name: str, env_id: str) -> list[pa
     settle(page, "Download the what-if video (mp4)")
     assert page.locator("video").count() >= 1
     shots.append(capture(page, folder, f"{name}-whatif"))
+    if name in COMPARE:
+        choose_panel(page, "Compare")
+        box = page.get_by_label("Second checkpoint (recorded on the same seed and step cut)")
+        box.fill(str(COMPARE[name]))
+        box.press("Enter")
+        settle(page, re.compile(r"^episode seed \d+; both at step"))
+        settle(page, page.locator('[data-testid="stTable"]').nth(1))
+        shots.append(capture(page, folder, f"{name}-compare"))
     choose_panel(page, "Failures")
     box = page.get_by_label("Failure report folder (made by `xdreamer report`)")
     box.fill(str(REPORTS[name]))
@@ -155,7 +165,8 @@ def test_screenshots_of_every_panel(tmp_path):
     from xdreamer import checkpoint, explain
     from xdreamer.training import make_env
 
-    assert ui.PANELS == ("Frame", "Latent", "What-if", "Failures"), "a new panel: capture it in capture_agent"
+    assert ui.PANELS == ("Frame", "Latent", "What-if", "Compare", "Failures"), \
+        "a new panel: capture it in capture_agent"
     folder = pathlib.Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
     traces = {}
@@ -189,7 +200,8 @@ def test_screenshots_of_every_panel(tmp_path):
             finally:
                 browser.close()
     assert [s.name for s in shots] == [f"{agent}-{panel}.png" for agent in ("catch-lanes", "pong")
-                                       for panel in ("frame", "latent", "whatif", "failures")]
+                                       for panel in ("frame", "latent", "whatif", "compare", "failures")
+                                       if panel != "compare" or agent in COMPARE]
     from PIL import Image
 
     for shot in shots:

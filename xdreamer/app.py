@@ -31,7 +31,7 @@ REPORT_COLUMNS = ("case", "checkpoint", "episode", "step", "detector", "score")
 CASE_COLUMNS = ("checkpoint_path", "record_seed")  # what "Open this case" needs (#31)
 TIMELINE_SERIES = (("reward", "reward"), ("value", "value"), ("entropy", "action entropy"),
                    ("surprise", "surprise (KL)"), ("recon_error", "reconstruction error"))
-PANELS = ("Frame", "Latent", "What-if", "Failures")
+PANELS = ("Frame", "Latent", "What-if", "Compare", "Failures")
 
 
 # ---- locating and launching the app -------------------------------------------------------------
