@@ -134,7 +134,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         trace = load_trace(args.trace) if args.trace else None
         if trace is not None and trace.meta.get("env") != env.spec.id:
             raise ValueError(f"trace was recorded on {trace.meta.get('env')}, the checkpoint's env is {env.spec.id}")
-        if args.steps and trace is None and args.states_given:
+        if args.steps and args.states_given:
             raise ValueError("give --steps or --states, not both")
         options = dict(methods=args.methods, seeds=args.seeds, steps=args.steps, states=args.states, trace=trace,
                        fill=args.fill, curve_steps=args.curve_steps, margin=args.margin, max_steps=args.max_steps,
