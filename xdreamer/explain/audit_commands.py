@@ -62,12 +62,7 @@ def verdict_lines(data: dict) -> list[str]:
 def audit_html(data: dict) -> str:
     """A self-contained page: the verdict table, then per method every check's numbers."""
     e = html.escape
-    colour = {"pass": "#1a7f37", "fail": "#cf222e", "inconclusive": "#9a6700"}
-    def summary(m: dict) -> str:
-        return "; ".join(f"{k}: {c['verdict']}" for k, c in m["checks"].items() if "verdict" in c)
-
-    rows = "".join(f"<tr><td>{e(n)}</td><td style='color:{colour.get(m['verdict'], '#000')}'><b>{e(m['verdict'])}"
-                   f"</b></td><td>{e(summary(m))}</td></tr>" for n, m in data["methods"].items())
+    rows = _verdict_rows(data)
     sections = []
     for name, m in data["methods"].items():
         body = []
@@ -100,7 +95,22 @@ def audit_html(data: dict) -> str:
             "the failing side (docs/audit.md).</p>"
             f"<table><tr><th>method</th><th>verdict</th><th>checks</th></tr>{rows}</table>"
             + "".join(sections)
-            + "".join(f"<p>{e(k)}: not audited ({e(v)})</p>" for k, v in data.get("skipped", {}).items()))
+            + "".join(f"<p>{e(k)}: not audited ({e(v)})</p>" for k, v in data.get("skipped", {}).items())
+            + (f"<h2>Negative control: {e(data['control'].get('what', ''))}</h2><table><tr><th>method</th>"
+               f"<th>verdict</th><th>checks</th></tr>{_verdict_rows(data['control'])}</table>"
+               if isinstance(data.get("control"), dict) else ""))
+
+
+def _verdict_rows(data: dict) -> str:
+    e = html.escape
+    colour = {"pass": "#1a7f37", "fail": "#cf222e", "inconclusive": "#9a6700"}
+
+    def summary(m: dict) -> str:
+        return "; ".join(f"{k}: {c['verdict']}" + (f" (signed map: {c['signed_verdict']})" if "signed_verdict" in c
+                                                   else "") for k, c in m["checks"].items() if "verdict" in c)
+
+    return "".join(f"<tr><td>{e(n)}</td><td style='color:{colour.get(m['verdict'], '#000')}'><b>{e(m['verdict'])}"
+                   f"</b></td><td>{e(summary(m))}</td></tr>" for n, m in data["methods"].items())
 
 
 def default_out(agent) -> str:
