@@ -236,6 +236,8 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
     episodes_df = episodes_table(results)
     cases, windows = cases_table(results, max_cases)
     cases["checkpoint_path"] = [report_relative(p, out) for p in cases["checkpoint_path"]]
+    # episodes.csv too: a committed or copied report names no folder of the machine that wrote it
+    episodes_df["checkpoint_path"] = [report_relative(p, out) for p in episodes_df["checkpoint_path"]]
     objects = objects_table(results)
     probes = probes_table(results)
     agents_by_env = {}
