@@ -158,7 +158,7 @@ def test_checkpoint_round_trip(tmp_path, v3_cfg, toy_spec):
 
 
 def test_cli_analysis_commands_on_a_dreamerv3_agent(tmp_path, v3_cfg, toy_spec):
-    """record, whatif (dream + grounded), saliency with latent attribution, highlights and report through the CLI."""
+    """record, whatif (dream + grounded), saliency with latent attribution, highlights, report and audit through the CLI."""
     from xdreamer.cli import main
 
     agent = Agent(v3_cfg, toy_spec)
@@ -172,7 +172,9 @@ def test_cli_analysis_commands_on_a_dreamerv3_agent(tmp_path, v3_cfg, toy_spec):
             ["highlights", str(ckpt), "--trace", str(trace), "--k", "2", "--horizon", "3", "--min-gap", "2",
              "--json", str(tmp_path / "h.json"), "--no-progress"],
             ["report", str(ckpt), "--episodes", "1", "--max-steps", "20", "--no-clips", "--out",
-             str(tmp_path / "report"), "--no-progress"]]
+             str(tmp_path / "report"), "--no-progress"],
+            ["audit", str(ckpt), "--trace", str(trace), "--steps", "2", "5", "--methods", "saliency", "latent_ig",
+             "--out", str(tmp_path / "audit"), "--no-progress"]]
     for argv in runs:
         assert main(argv) == 0, argv
     data = json.loads((tmp_path / "w.json").read_text())
@@ -180,3 +182,4 @@ def test_cli_analysis_commands_on_a_dreamerv3_agent(tmp_path, v3_cfg, toy_spec):
     assert (tmp_path / "s.png").stat().st_size > 1000 and "latent" in json.loads((tmp_path / "s.json").read_text())
     assert len(json.loads((tmp_path / "h.json").read_text())["moments"]) == 2
     assert (tmp_path / "report" / "index.html").stat().st_size > 1000
+    assert {"saliency", "latent_ig"} <= set(json.loads((tmp_path / "audit" / "audit.json").read_text())["methods"])
