@@ -248,10 +248,10 @@ def test_grounded_branch_reproduces_recorded_frames_pong():
         env.close()
 
 
-@pytest.mark.parametrize("env_id", ["gym:CartPole-v1", "gym:Pendulum-v1"])
+@pytest.mark.parametrize("env_id", ["gym:CartPole-v1", "gym:Pendulum-v1", "gym:CarRacing-v3"])
 def test_grounded_branch_reproduces_recorded_frames_gym(env_id):
-    """gym: envs branch by replaying the episode's seed and actions (#30); the trace stores only seed and step
-    count per step and rebuilds the actions from its own."""
+    """gym: envs branch by replaying the episode's seed and actions (#30), a classic-control pair and Box2D's
+    CarRacing (World Models' env); the trace stores only seed and step count per step and rebuilds the actions."""
     env = make(env_id)
     try:
         agent = _agent(env_id, env.spec)
