@@ -17,6 +17,7 @@ import hashlib
 import inspect
 import pathlib
 import tempfile
+import time
 
 from xdreamer.threads import share_cpu
 
@@ -304,6 +305,8 @@ def timeline_panel(agent, ctx, trace) -> int:
     if st.session_state.get("step", 0) >= n:
         st.session_state["step"] = 0
     st.session_state.setdefault("step", 0)
+    if "_play_next" in st.session_state:  # playback's next step (``playback``)
+        st.session_state["step"] = min(int(st.session_state.pop("_play_next")), n - 1)
     bookmarks = []
     if agent is not None and agent.spec.discrete:
         if st.checkbox("HIGHLIGHTS bookmarks (most important moments)", value=True, key="show_highlights"):
@@ -315,20 +318,50 @@ def timeline_panel(agent, ctx, trace) -> int:
     failures = st.session_state.get("_failure_bookmarks", {}).get(ctx, [])
     bookmarks += failures
     step = int(st.session_state["step"])
-    st.plotly_chart(ui.timeline_figure(trace, step, bookmarks), key="timeline", on_select=on_timeline_select,
+    window = None
+    if n > 1:
+        # Zoom (#31): a range of steps; it follows the step when a bookmark, click or the slider leaves it.
+        held = st.session_state.get("zoom")
+        st.session_state["zoom"] = ui.timeline_window(n, step, tuple(held) if held else None)
+        window = st.slider("Zoom: steps shown", 0, n - 1, key="zoom")
+    st.plotly_chart(ui.timeline_figure(trace, step, bookmarks, window), key="timeline", on_select=on_timeline_select,
                     selection_mode="points", config={"displayModeBar": False})
     if bookmarks:
         cols = st.columns(min(len(bookmarks), 6))
         for i, (s, label) in enumerate(bookmarks):
             cols[i % len(cols)].button(f"★ step {s}", key=f"bookmark_{i}", help=label, on_click=jump_to, args=(s,))
     if n > 1:
-        st.slider("Step", 0, n - 1, key="step")
+        left, right = st.columns([8, 1])
+        left.slider("Step", 0, n - 1, key="step")
+        right.toggle("▶ Play", key="playing", help=f"step through the episode, one step every {PLAY_EVERY_S} s")
+        if st.session_state.get("playing"):
+            playback()
     step = int(st.session_state["step"])
     row = trace.table.iloc[step]
     st.caption(f"step {step}: episode {int(row['episode'])}, t={int(row['t'])}, action {E(row['action_name'])}, "
                f"reward {float(row['reward']):+.3f}, value {float(row['value']):+.3f}, "
                f"surprise {float(row['surprise']):.3f}")
     return step
+
+
+PLAY_EVERY_S = 0.5  # playback: at most one step per this many seconds (a step reruns the page)
+
+
+@st.fragment(run_every=PLAY_EVERY_S)
+def playback() -> None:
+    """Episode playback (#31): on each tick the next step, until the episode's last; the whole page follows."""
+    if not st.session_state.get("playing"):
+        return
+    now = time.monotonic()
+    if now - st.session_state.get("_played_at", 0.0) < PLAY_EVERY_S * 0.9:
+        return  # the page's own rerun after a step, not a tick
+    step, n = int(st.session_state.get("step", 0)), int(st.session_state.get("_n_steps", 1))
+    if step >= n - 1:
+        st.session_state["playing"] = False
+        return
+    st.session_state["_play_next"] = step + 1  # applied before the slider is drawn (``timeline_panel``)
+    st.session_state["_played_at"] = now
+    st.rerun()
 
 
 # ---- Frame -------------------------------------------------------------------------------------
@@ -713,6 +746,7 @@ def main() -> None:
         if "_ctx" in st.session_state:  # another run was opened: start at its first step
             st.session_state["step"] = 0
             st.session_state.pop("whatif_request", None)
+            st.session_state.pop("zoom", None)
         st.session_state["_ctx"] = ctx
     opened = opened_case_step(trace, trace_key, ckpt_key)
     if opened is not None:

@@ -173,6 +173,39 @@ def test_run_panel_manifest_and_timeline(ckpt):
     assert any(c.value.startswith("step 7: episode 0, t=7") for c in at.caption)
 
 
+def test_timeline_zoom_follows_the_step():
+    """#31: long episodes open on a 300-step window around the step; a window that no longer holds the step moves."""
+    assert ui.timeline_window(93, 50, None) == (0, 92)  # short: everything
+    assert ui.timeline_window(3000, 0, None) == (0, 300)
+    assert ui.timeline_window(3000, 1000, None) == (850, 1150)
+    assert ui.timeline_window(3000, 1000, (900, 1100)) == (900, 1100)  # held while it holds the step
+    assert ui.timeline_window(3000, 2990, (900, 1100)) == (2799, 2999)  # moved, same width, clipped to the end
+    assert ui.timeline_window(50, 10, (0, 2999)) == (0, 49)  # a shorter trace opened after a long one
+
+
+def test_timeline_figure_window(ckpt):
+    trace = ckpt["episode"]
+    fig = ui.timeline_figure(trace, 12, [(5, "a"), (40, "b")], window=(10, 20))
+    lines = [d for d in fig.data if d.mode == "lines+markers"]
+    assert all(list(d.x) == list(range(10, 21)) for d in lines)
+    assert list(fig.layout.xaxis.range) == [9, 21]
+    assert [s.x0 for s in fig.layout.shapes] == [12]  # bookmarks outside the window are not drawn
+
+
+def test_playback_steps_through_the_episode(ckpt):
+    at = open_app(ckpt["path"], step=3)
+    at.toggle(key="playing").set_value(True).run()
+    assert_clean(at)
+    assert at.slider(key="step").value == 4  # the first step at once, then one per tick
+    time.sleep(0.6)
+    at.run()
+    assert at.slider(key="step").value == 5
+    at.toggle(key="playing").set_value(False).run()
+    time.sleep(0.6)
+    at.run()
+    assert at.slider(key="step").value == 5
+
+
 def test_record_new_episode_with_seed(ckpt):
     at = open_app(ckpt["path"])
     at.number_input(key="seed").set_value(2).run()
@@ -620,7 +653,8 @@ def test_browser_end_to_end(ckpt, tmp_path):
                 page.goto(url)
                 page.get_by_text("step 0: episode 0").wait_for(timeout=120_000)
                 page.get_by_text("toy:catch").first.wait_for()
-                slider = page.get_by_role("slider").first
+                step_box = page.locator('[data-testid="stSlider"]', has=page.get_by_text("Step", exact=True))
+                slider = step_box.get_by_role("slider").first  # the step slider, not the timeline's zoom
                 slider.focus()
                 for _ in range(3):
                     page.keyboard.press("ArrowRight")

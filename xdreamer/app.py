@@ -683,18 +683,36 @@ def boxes_at(trace, step: int) -> dict[str, np.ndarray]:
 
 
 # ---- figures (drawing only) ---------------------------------------------------------------------
-def timeline_figure(trace, step: int, bookmarks: Sequence[tuple[int, str]] = ()):
+TIMELINE_WINDOW = 300  # steps shown at first when an episode is longer: 1,000-27,000 steps drew a solid band (#31)
+
+
+def timeline_window(n: int, step: int, window: tuple[int, int] | None) -> tuple[int, int]:
+    """The zoom range ``(first, last)`` of the timeline: ``window`` if it holds ``step``, else a range of its width
+    (``TIMELINE_WINDOW`` at first) moved to hold it; the whole trace when that is short."""
+    width = TIMELINE_WINDOW if window is None else window[1] - window[0]
+    if n <= TIMELINE_WINDOW and window is None:
+        return 0, max(n - 1, 0)
+    if window is not None and window[0] <= step <= window[1] and window[1] < n:
+        return int(window[0]), int(window[1])
+    first = min(max(step - width // 2, 0), max(n - 1 - width, 0))
+    return first, min(first + width, n - 1)
+
+
+def timeline_figure(trace, step: int, bookmarks: Sequence[tuple[int, str]] = (),
+                    window: tuple[int, int] | None = None):
     """Stacked line plots of the per-step scalars over the trace (x = step index, one shared x axis), with
     the current step (red) and the bookmarks (orange, stars on the value row) marked. Every point is
-    clickable (plotly selection). Built as one layout dict: ``make_subplots`` + ``add_vline`` cost ~0.3 s
-    per rerun, this ~20 ms."""
+    clickable (plotly selection). ``window`` ``(first, last)``: only those steps (the zoom). Built as one layout
+    dict: ``make_subplots`` + ``add_vline`` cost ~0.3 s per rerun, this ~20 ms."""
     import plotly.graph_objects as go
 
-    table = trace.table
+    first, last = window if window is not None else (0, len(trace.table) - 1)
+    table = trace.table.iloc[first:last + 1]
+    bookmarks = [(s, label) for s, label in bookmarks if first <= s <= last]
     series = [(col, label) for col, label in TIMELINE_SERIES if col in table]
     n_rows, gap = len(series), 0.03
     height = (1.0 - gap * (n_rows - 1)) / n_rows
-    x = np.arange(len(table))
+    x = np.arange(first, first + len(table))
     hover = [f"step {i} (episode {e}, t={t})<br>action {escape_html(a)}" for i, e, t, a in
              zip(x, table["episode"], table["t"], table["action_name"])]
     colors = ("#1f77b4", "#6baed6", "#d62728", "#ff9896", "#2ca02c", "#9467bd")
@@ -716,13 +734,13 @@ def timeline_figure(trace, step: int, bookmarks: Sequence[tuple[int, str]] = ())
                    "line": {"color": "red", "width": 2}})
     if bookmarks and "value" in table:
         row = [c for c, _ in series].index("value")
-        data.append({"type": "scatter", "x": [s for s, _ in bookmarks], "y": [float(table["value"].iloc[s])
-                                                                            for s, _ in bookmarks],
+        marks = [float(table["value"].iloc[s - first]) for s, _ in bookmarks]
+        data.append({"type": "scatter", "x": [s for s, _ in bookmarks], "y": marks,
                      "mode": "markers", "xaxis": "x", "yaxis": "y" if row == 0 else f"y{row + 1}",
                      "marker": {"symbol": "star", "size": 12, "color": "orange"}, "name": "bookmarks",
                      "text": [label for _, label in bookmarks], "hovertemplate": "%{text}<extra></extra>"})
     layout.update({"xaxis": {"anchor": f"y{n_rows}" if n_rows > 1 else "y", "title": {"text": "step"},
-                             "range": [-1, max(len(table), 2)]},
+                             "range": [first - 1, max(last + 1, first + 2)]},
                    "shapes": shapes, "annotations": annotations, "height": 110 * n_rows + 60, "showlegend": False,
                    "margin": {"l": 50, "r": 10, "t": 30, "b": 30}, "clickmode": "event+select",
                    "hovermode": "closest"})
