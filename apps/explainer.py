@@ -612,6 +612,9 @@ def compare_panel(agent, ctx, trace, trace_key, step: int) -> None:
 
             result = pixel_saliency(c, ag, tr, k, method, "action")
             st.image(overlay(a["frame"][k], result.map), caption=f"{method} of the action taken (step {k})")
+            notice = ui.audit_notice(ui.find_audit(ag), method)  # this agent's audit verdict, if one was written
+            if notice is not None:
+                getattr(st, notice[0])(E(notice[1]))
             if "action_probs" in a:
                 taken = int(a["action"][k])
                 st.plotly_chart(ui.action_figure(a["action_probs"][k], tr.action_names, taken),
