@@ -331,7 +331,7 @@ def timeline_panel(agent, ctx, trace) -> int:
         for i, (s, label) in enumerate(bookmarks):
             cols[i % len(cols)].button(f"★ step {s}", key=f"bookmark_{i}", help=label, on_click=jump_to, args=(s,))
     if n > 1:
-        left, right = st.columns([8, 1])
+        left, right = st.columns([5, 1], vertical_alignment="bottom")
         left.slider("Step", 0, n - 1, key="step")
         right.toggle("▶ Play", key="playing", help=f"step through the episode, one step every {PLAY_EVERY_S} s")
         if st.session_state.get("playing"):
