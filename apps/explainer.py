@@ -649,6 +649,13 @@ def failures_panel(agent, ctx, trace, recorded_seed: int | None = None) -> None:
     except ValueError as exc:
         show_error(exc)
         return
+    extras = ui.read_report_extras(folder)
+    if "verdicts" in extras:  # the report's verdict per env, beside its cases (#31)
+        st.markdown("**Verdicts** (per env: can the agent see the objects, does it explore)")
+        st.dataframe(extras["verdicts"], hide_index=True, key="report_verdicts")
+    if "probes" in extras:
+        with st.expander("Latent probes: how well a ridge regression reads each object's position (R²)"):
+            st.dataframe(extras["probes"], hide_index=True, key="report_probes")
     score = st.column_config.NumberColumn("score", format="%.3g", help="statistic / threshold (≥ 1 when flagged)")
     st.dataframe(table, hide_index=True, key="report_table", column_config={"score": score})
     if table.empty:

@@ -442,6 +442,10 @@ def test_open_a_case_of_a_report(ckpt, tmp_path):
     at.text_input(key="report_dir").set_value(str(report)).run()
     assert_clean(at)
     assert not any(ui.OLD_REPORT_NOTE in c.value for c in at.caption)
+    # The report's verdicts and latent probes beside its cases (#31), as the report wrote them.
+    verdicts, probes = (d.value for d in at.dataframe[:2])
+    assert list(verdicts["verdict"]) == list(pd.read_csv(report / "verdicts.csv")["verdict"])
+    assert set(probes.columns) == {"checkpoint", "variable", "features", "r2"} and len(probes) > 0
     at.selectbox(key="report_case").set_value(row["case"]).run()
     assert_clean(at)
     assert not any(b.key == "report_jump" for b in at.button)  # not in the seed-0 episode shown

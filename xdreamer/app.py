@@ -947,6 +947,39 @@ def read_report(folder: str | os.PathLike | None):
     return table, clips
 
 
+# The report's other tables the Failures panel shows (#31), with the columns it reads and their kinds.
+REPORT_EXTRAS = {
+    "verdicts": ("verdicts.csv", {"env": str, "verdict": str, "evidence": str, "score_context": str, "coverage": str}),
+    "probes": ("probes.csv", {"checkpoint": str, "variable": str, "features": str, "r2": float}),
+}
+
+
+def read_report_extras(folder: str | os.PathLike) -> dict[str, Any]:
+    """The report's verdicts and latent probes (``verdicts.csv``, ``probes.csv``) as DataFrames of known columns,
+    where present. Data, read as ``read_report`` reads the summary: only inside the folder, at most
+    ``MAX_SUMMARY_BYTES``, cells as text (at most 500 characters) or numbers; anything else is left out."""
+    import pandas as pd
+
+    p = user_path(str(folder))
+    out = {}
+    for name, (file, columns) in REPORT_EXTRAS.items():
+        f = p / file
+        if not f.is_file() or not is_within(f, [p.resolve()]) or f.stat().st_size > MAX_SUMMARY_BYTES:
+            continue
+        try:
+            table = pd.read_csv(f, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
+            continue
+        keep = {}
+        for column, kind in columns.items():
+            if column in table:
+                values = table[column].astype(str).str.slice(0, 500)
+                keep[column] = pd.to_numeric(values, errors="coerce").round(3) if kind is float else values
+        if keep:
+            out[name] = pd.DataFrame(keep)
+    return out
+
+
 def case_step(trace, row: Mapping[str, Any], checkpoint_path: str | os.PathLike | None,
               report_folder: str | os.PathLike | None = None,
               roots: Sequence[str | os.PathLike] = (), recorded_seed: int | None = None) -> int | None:
