@@ -5,10 +5,10 @@ happens to fall onto the 12-px paddle, 12 of the 61 columns wherever the paddle 
 per episode in expectation; the random policy measures about the same (-2.84 ± 2.15 on the test's 50 episodes).
 So a mean return well above that means the agent sees the ball and acts on it.
 
-Measured on this project's 2-core CPU (README "Learning on CPU"): the toy preset's world model draws the ball
+Measured on this project's 2-core CPU (docs/training.md "Learning on CPU"): the toy preset's world model draws the ball
 after about 1,000 updates (its batch image loss falls below the undrawn ball's 8) and the actor then follows it.
 This depends on the preset's `embed_norm=batch`: without it the posterior collapses to one code before it
-carries the ball and the same run stays blind (README "Known limitations", docs/experiments/bottleneck_ball.py).
+carries the ball and the same run stays blind (docs/faithfulness.md "Known limitations", docs/experiments/bottleneck_ball.py).
 
 Its time limit follows the machine's measured speed (#31): on a busy 2-core machine a newcomer's run hit
 pytest's fixed 900 s at step 3,250 of 5,000, where alone it takes 290 s. See ``calibrated_time_limit``.

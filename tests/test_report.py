@@ -184,7 +184,7 @@ def test_probes_recover_a_linearly_encoded_position(trace):
 def test_probes_on_trained_agents(name):
     """Probes on the latents of real trained agents (the bundled checkpoints, 4 recorded episodes, 368 steps).
     `catch-lanes` sees its ball (its return, 1.96 over 50 episodes, is beyond any ball-blind policy's -1.67):
-    measured R^2 ball_x 0.82 / ball_y 0.95 from `feat`. `catch` is ball-blind (README "Known limitations"):
+    measured R^2 ball_x 0.82 / ball_y 0.95 from `feat`. `catch` is ball-blind (docs/faithfulness.md "Known limitations"):
     ball_x -1.07 from `feat` while the same probe on the frames' pixels finds it (0.65 with 368 samples,
     0.98 with the report's 940). Measured with torch 2.13.0+cpu on the project's 2-core VM."""
     agent = checkpoint.load(CHECKPOINTS / name)

@@ -61,7 +61,7 @@ class Actor(nn.Module):
 
     dreamerv2 uses a truncated normal for continuous control; torch has no reparameterised
     truncated normal, so this uses DreamerV1's tanh-transformed Normal with the same
-    ``min_std`` -- an approximation, documented in the README.
+    ``min_std`` -- an approximation, documented in docs/faithfulness.md.
     """
 
     def __init__(self, feat_dim: int, action_dim: int, discrete: bool, layers: int, units: int,

@@ -90,7 +90,7 @@ class Config:
     # Not in the paper (DreamerV2: none): "batch" normalises the image embedding over the batch (batch norm
     # without affine parameters, running statistics when acting or analysing) before the posterior reads it.
     # It removes the component that all frames share, which otherwise drives every frame's latent towards one
-    # class early in training; with it the toy game's 4x4 ball is learnt (README "Learning on CPU").
+    # class early in training; with it the toy game's 4x4 ball is learnt (docs/training.md "Learning on CPU").
     embed_norm: str = "none"
     clip_rewards: str = "tanh"  # atari: clip_rewards tanh; dmc_vision: identity
     pred_discount: bool = True  # atari: pred_discount True; dmc_vision: False
@@ -108,7 +108,7 @@ class Config:
     model_lr: float = 2e-4  # model_opt.lr 2e-4
     # Not in the paper (0 = model_lr for everything): a separate rate for the representation model
     # q(z_t | h_t, x_t), i.e. the encoder and the posterior head, while prior, decoder and heads keep
-    # model_lr. An experiment knob for the toy game's ball (README "Known limitations").
+    # model_lr. An experiment knob for the toy game's ball (docs/faithfulness.md "Known limitations").
     repr_lr: float = 0.0
     # --- actor-critic -----------------------------------------------------------------
     actor_lr: float = 4e-5  # actor_opt.lr 4e-5
@@ -221,7 +221,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model_lr": 6e-4, "actor_lr": 2e-4, "critic_lr": 2e-4,
     },
     # CPU learning preset for the built-in diagnostic games (toy:catch*), on top of ``small``
-    # (``--preset small toy``). Measured on this project's 2-core CPU; see README "Learning on CPU".
+    # (``--preset small toy``). Measured on this project's 2-core CPU; see docs/training.md "Learning on CPU".
     "toy": {
         "cnn_depth": 8, "deter": 128, "hidden": 128, "mlp_units": 128, "batch": 16, "length": 16,
         # Episodes are < 100 steps: discount 0.99 as in dreamerv2's dmc configs (configs.yaml dmc: discount 0.99).
@@ -231,9 +231,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # the world model draws the ball only at model_lr 3e-3 in our runs (2e-4..6e-4 did not within 2,000).
         "model_lr": 3e-3, "actor_lr": 4e-4, "critic_lr": 4e-4,
         # Batch-normalised image embedding (not in the paper; Config.embed_norm): without it the posterior collapses
-        # to one code before it carries toy:catch's 4x4 ball (README "Learning on CPU").
+        # to one code before it carries toy:catch's 4x4 ball (docs/training.md "Learning on CPU").
         "embed_norm": "batch",
-        # Reward loss x2: the toy presets were tuned (README "Learning on CPU") when the reward head's loss was
+        # Reward loss x2: the toy presets were tuned (docs/training.md "Learning on CPU") when the reward head's loss was
         # (r - mu)^2, twice dreamerv2's Normal(mu, 1) NLL 0.5 (r - mu)^2 (issue #29); this keeps their balance of
         # reward against image and KL terms.
         "reward_scale": 2.0,
