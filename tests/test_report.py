@@ -201,13 +201,14 @@ def test_probes_on_trained_agents(name):
 
 
 def _read(folder, resolve=False):
-    """The report's tables; with ``resolve``, summary.csv's checkpoint_path resolved (it is relative to the
-    report folder, so two reports of one checkpoint in different folders name it differently)."""
+    """The report's tables; with ``resolve``, the checkpoint_path of summary.csv and episodes.csv resolved (it is
+    relative to the report folder, so two reports of one checkpoint in different folders name it differently)."""
     tables = {name: pd.read_csv(folder / name) for name in
               ("summary.csv", "episodes.csv", "verdicts.csv", "scores.csv", "probes.csv", "objects.csv")}
     if resolve:
-        summary = tables["summary.csv"]
-        summary["checkpoint_path"] = [str((folder / p).resolve()) for p in summary["checkpoint_path"]]
+        for name in ("summary.csv", "episodes.csv"):
+            table = tables[name]
+            table["checkpoint_path"] = [str((folder / p).resolve()) for p in table["checkpoint_path"]]
     return tables
 
 
@@ -345,7 +346,9 @@ def test_report_rows_name_checkpoint_path_and_record_seed(tmp_path):
     assert {"checkpoint_path", "record_seed", "checkpoint", "episode", "step"} <= set(summary.columns)
     assert all((out / p).resolve() == lanes.resolve() for p in summary["checkpoint_path"])
     assert (summary["record_seed"] == episode_seed(3, 0)).all()
-    assert (pd.read_csv(out / "episodes.csv")["record_seed"] == episode_seed(3, 0)).all()
+    episodes = pd.read_csv(out / "episodes.csv")
+    assert (episodes["record_seed"] == episode_seed(3, 0)).all()
+    assert all((out / p).resolve() == lanes.resolve() for p in episodes["checkpoint_path"])  # relative too
     assert list(summary["checkpoint"].unique()) == ["catch-lanes"]  # the existing columns stay
     # Relative where report and checkpoint share a folder (a repository's reports/ and checkpoints/).
     root = CHECKPOINTS.parent

@@ -76,7 +76,8 @@ def test_app_script_shares_the_cpu_before_its_imports():
                 and getattr(node.value.func, "id", None) == "share_cpu")
     before = [node for node in body[:call] if isinstance(node, (ast.Import, ast.ImportFrom))]
     assert all(isinstance(n, ast.ImportFrom) and n.module in ("__future__", "xdreamer.threads")
-               or isinstance(n, ast.Import) and all(a.name in ("hashlib", "pathlib", "tempfile") for a in n.names)
+               or isinstance(n, ast.Import) and all(a.name in ("hashlib", "inspect", "pathlib", "tempfile", "time")
+                                                    for a in n.names)
                for n in before)
 
 
