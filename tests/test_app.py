@@ -482,7 +482,9 @@ def test_old_style_report_still_reads(ckpt):
     at = set_panel(open_app(ckpt["path"]), "Failures")
     at.text_input(key="report_dir").set_value(str(folder)).run()
     assert_clean(at)
-    assert list(table_of(at)["case"]) == list(summary["case"])
+    verdicts, probes, cases = (d.value for d in at.dataframe)  # its verdicts and probes, then its cases (#31)
+    assert list(verdicts["verdict"]) == list(pd.read_csv(folder / "verdicts.csv")["verdict"]) and len(probes)
+    assert list(cases["case"]) == list(summary["case"])
     assert any(c.value == ui.OLD_REPORT_NOTE for c in at.caption)
     first = summary.iloc[0]
     assert any(f"score {float(first['score']):.3g}, episode" in m.value for m in at.markdown)
