@@ -46,9 +46,11 @@ import torch
 from torch import nn
 
 from .audit_checks import (FILLS, LATENT_NULLS, PIXEL_NULLS, THRESHOLDS, Thresholds, _curves, _deletion,  # noqa: F401
-                           _interval, _order, _peak, _pointing, _pointing_check, _randomisation, _rank_similarity,
+                           _interval, _interventions, _order, _peak, _pointing, _pointing_check, _randomisation,
+                           _rank_similarity,
                            bootstrap_ci, combine, fill_frame, null_maps, sobel_magnitude, ssim, verdict)
-from .faithfulness import _detached_copy, _reinitialise
+from .faithfulness import _detached_copy, _reinitialise, spearman
+from .objects import SATURATED
 from .saliency import METHODS as PIXEL_METHODS
 from .saliency import _ALIASES, PixelForward, attribution_guard, saliency, to_unit_frame, trace_inputs
 
@@ -200,40 +202,56 @@ def pixel_state(agent, clones: list, method: str, state: AuditState, fill: str =
 
 
 def latent_state(agent, clones: list, method: str, state: AuditState, curve_steps: int | None = None,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, baseline: str = "aggregate") -> dict[str, Any]:
     """The latent attribution (``latent_ig``: IG per variable; ``latent_ablation``: FeatureAblation per
-    variable; prior baseline) at one state: cascade similarity and deletion/insertion over latent variables
-    (deleted variables take their prior distribution) against random, surprise and randomised-agent orders."""
-    from .attribution import latent_attribution
+    variable) at one state, from ``baseline`` (``aggregate``: each variable's class frequencies over the state's
+    episode, ``interventions.aggregate_posterior``; ``prior``: p(z_t | h_t)), explained at the one-hot classes
+    the agent acted on: cascade similarity; deletion/insertion over latent variables (deleted variables take the
+    baseline distribution) against random, surprise and randomised-agent orders; and (``intervention``) the
+    Spearman of |attribution| with the on-manifold intervention effects (None where the actor is saturated)."""
+    from .attribution import latent_attribution, prior_logits
+    from .interventions import BASELINES, aggregate_posterior, variable_effects
 
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown latent baseline {baseline!r}; use one of {BASELINES}")
     rng = np.random.default_rng([seed, state.step, state.seed or 0, 1])
     a = state.trace.arrays
-    deter, post = a["deter"][state.step], a["post_logits"][state.step]
-    key = "per_variable" if method == "latent_ig" else "per_variable_ablation"
-    trained = latent_attribution(agent, deter, post)
-    values = getattr(trained, key)
-    randomised = [getattr(latent_attribution(c, deter, post, action=trained.action), key) for c in clones]
     rssm = agent.wm.rssm
+    deter, post = a["deter"][state.step], a["post_logits"][state.step]
+    classes = np.asarray(a["post_class"]).astype(np.int64)
+    z = np.eye(rssm.classes, dtype=np.float32)[classes[state.step]]
+    marg = aggregate_posterior(classes[np.asarray(a["episode"]) == a["episode"][state.step]], rssm.classes)
+    base = marg if baseline == "aggregate" else "prior"
+    key = "per_variable" if method == "latent_ig" else "per_variable_ablation"
+    trained = latent_attribution(agent, deter, post, z=z, baseline=base)
+    values = getattr(trained, key)
+    randomised = [getattr(latent_attribution(c, deter, post, action=trained.action, z=z, baseline=base), key)
+                  for c in clones]
     h = torch.as_tensor(np.asarray(deter, np.float32), device=agent.device)[None]
     post_t = torch.as_tensor(np.asarray(post, np.float32), device=agent.device).reshape(1, rssm.stoch_size, -1)
-    from .attribution import prior_logits
-
     prior_t = prior_logits(agent, h)[None]
     q, p0 = post_t.softmax(-1), prior_t.softmax(-1)
     surprise = (q * (q.clamp_min(1e-8).log() - p0.clamp_min(1e-8).log())).sum(-1)[0].cpu().numpy()
+    fill = p0 if baseline == "prior" else torch.as_tensor(marg, dtype=torch.float32, device=agent.device)[None]
     orders = {"method": values, "random": rng.random(values.size), "surprise": surprise,
               "random_agent": randomised[-1]}
 
-    def score(z: torch.Tensor) -> torch.Tensor:
-        feat = torch.cat([h.expand(z.shape[0], -1), z.flatten(1)], -1)
+    def score(zz: torch.Tensor) -> torch.Tensor:
+        feat = torch.cat([h.expand(zz.shape[0], -1), zz.flatten(1)], -1)
         return agent.actor.net(feat).softmax(-1)[:, trained.action]
 
     with attribution_guard(agent):
-        dele, ins = _curves(score, q, p0, [_order(v, rng) for v in orders.values()],
-                            curve_steps or rssm.stoch_size)
+        dele, ins = _curves(score, torch.as_tensor(z, device=agent.device)[None], fill,
+                            [_order(v, rng) for v in orders.values()], curve_steps or rssm.stoch_size)
+    effects = variable_effects(agent, deter, z, marg, action=trained.action)
+    intervention = None
+    if effects.probs.max() <= SATURATED:
+        intervention = {name: spearman(np.abs(v), effects.tv)
+                        for name, v in (("method", values), ("surprise", surprise), ("random", orders["random"]))}
     return {"step": state.step, "seed": state.seed, "action": trained.action,
             "stages": [_rank_similarity(values, r) for r in randomised],
-            "deletion": dict(zip(orders, dele.tolist())), "insertion": dict(zip(orders, ins.tolist()))}
+            "deletion": dict(zip(orders, dele.tolist())), "insertion": dict(zip(orders, ins.tolist())),
+            "intervention": intervention}
 
 
 def object_states(agent, env, clones: list, states: list[AuditState]) -> list[dict[str, Any]]:
@@ -281,6 +299,9 @@ def summarise(kind: str, rows: list[dict], blocks, th: Thresholds = THRESHOLDS) 
         # stage is the whole actor randomised: later stages change the baseline, not the explained model.
         checks = {"randomisation": _randomisation(rows, blocks, [b[0] for b in blocks].index("actor"), th),
                   "deletion_insertion": _deletion(rows, LATENT_NULLS, th)}
+        interventions = _interventions(rows, th)
+        if interventions is not None:
+            checks["interventions"] = interventions
     else:
         checks = {"randomisation": _randomisation(rows, blocks, len(blocks) - 1, th)}
         effects = np.array([r["effect"] for r in rows], np.float64)
@@ -340,15 +361,20 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
 def run_audit(agent, env, methods: Sequence[str] = DEFAULT_METHODS, seeds: Sequence[int] = (0, 1),
               steps: Sequence[int] | None = None, states: int = 3, trace=None, fill: str = "background",
               curve_steps: int = 16, margin: int = 2, max_steps: int = 60, seed: int = 0,
-              thresholds: Thresholds = THRESHOLDS, progress: bool = False) -> Audit:
+              thresholds: Thresholds = THRESHOLDS, progress: bool = False, latent_baseline: str = "aggregate"
+              ) -> Audit:
     """Audit ``methods`` of ``agent`` on ``states`` steps of one evaluation episode per seed (or ``steps``, or a
     recorded ``trace``). ``fill``: deletion fill (``background`` or ``blur``); ``curve_steps``: points of the
-    pixel deletion curves; ``margin``: px around the pointing boxes; ``seed``: re-initialisation and null maps."""
+    pixel deletion curves; ``margin``: px around the pointing boxes; ``seed``: re-initialisation and null maps;
+    ``latent_baseline``: the latent attributions' baseline (``aggregate`` or ``prior``, ``latent_state``)."""
+    from .interventions import BASELINES
     from .objects import _editor
 
     methods = _check_methods(methods)
     if fill not in FILLS:
         raise ValueError(f"unknown fill {fill!r}; use one of {FILLS}")
+    if latent_baseline not in BASELINES:
+        raise ValueError(f"unknown latent baseline {latent_baseline!r}; use one of {BASELINES}")
     for name, value, low in (("curve_steps", curve_steps, 1), ("margin", margin, 0), ("max_steps", max_steps, 2)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -386,14 +412,15 @@ def run_audit(agent, env, methods: Sequence[str] = DEFAULT_METHODS, seeds: Seque
                     rows.append(pixel_state(agent, copies[kind], method, st, fill, curve_steps, margin, seed,
                                             reference.get((st.seed, st.step))))
                 else:
-                    rows.append(latent_state(agent, copies[kind], method, st, seed=seed))
+                    rows.append(latent_state(agent, copies[kind], method, st, seed=seed, baseline=latent_baseline))
                 bar.update(1)
             results[method] = summarise(kind, rows, blocks[kind], thresholds)
     manifest = getattr(agent, "manifest", None) or {}
     return Audit(checkpoint=str(getattr(agent, "path", "") or "") or None, env=env.spec.id,
                  weights_sha256=manifest.get("weights_sha256"),
                  states=[{"seed": s.seed, "step": s.step} for s in chosen], methods=results, skipped=skipped,
-                 params={"fill": fill, "curve_steps": curve_steps, "margin": margin, "seed": seed,
+                 params={"fill": fill, "latent_baseline": latent_baseline, "curve_steps": curve_steps,
+                         "margin": margin, "seed": seed,
                          "seeds": None if trace is not None else list(seeds), "max_steps": max_steps,
                          "score": "prob of the chosen action", "blocks": {k: [b[0] for b in v]
                                                                           for k, v in blocks.items()}},

@@ -31,6 +31,9 @@ class Thresholds:
     # Issue #27: pointing game of the trained agent minus that of a randomised agent >= 30 points; applied to
     # every null.
     pointing_margin: float = 0.30
+    # Issue #27, item 4: a latent attribution's ranking must predict the effect of on-manifold interventions on the
+    # variables (``interventions.py``): median Spearman(|attribution|, intervention effect) >= 0.5.
+    min_intervention_spearman: float = 0.5
     confidence: float = 0.95  # two-sided percentile bootstrap interval
     resamples: int = 2000
 
@@ -231,6 +234,19 @@ def _deletion(rows, nulls, th: Thresholds) -> dict[str, Any]:
     return {"auc": table, "method_minus_null": vs, "margin": th.deletion_margin,
             "statistic": "mean over states of [AUC(ins) - AUC(del)](method) - [same](null), p(chosen action)",
             "verdict": v}
+
+
+def _interventions(rows, th: Thresholds) -> dict[str, Any] | None:
+    """Latent attributions: does the ranking predict the intervention effects (``interventions.py``)? Median over the
+    unsaturated states of Spearman(|attribution|, effect); the surprise and random orders beside it."""
+    rows = [r for r in rows if r.get("intervention") is not None]
+    if not rows:
+        return None
+    rho = {n: _interval([r["intervention"][n] for r in rows], np.median, th) for n in rows[0]["intervention"]}
+    return {"spearman": rho, "threshold": th.min_intervention_spearman, "states": len(rows),
+            "statistic": "median Spearman(|attribution|, expected TV of p(action) under aggregate-posterior "
+                         "class switches)",
+            "verdict": verdict(rho["method"][1], rho["method"][2], th.min_intervention_spearman, above=True)}
 
 
 def _pointing_check(rows, nulls, target: str, th: Thresholds) -> dict[str, Any] | None:

@@ -43,6 +43,11 @@ def verdict_lines(data: dict) -> list[str]:
                 parts.append(f"randomisation {c['verdict']} (median |map| Spearman after '{c['decisive_stage']}' "
                              f"{_fmt(ci)}, needs <= {c['threshold']}; signed map {_fmt(signed)}: "
                              f"{c.get('signed_verdict', 'n/a')})")
+            elif check == "interventions":
+                rho = c["spearman"]
+                parts.append(f"interventions {c['verdict']} (median Spearman(|attribution|, intervention effect) "
+                             f"{_fmt(rho['method'])} over {c['states']} unsaturated states, needs > {c['threshold']}; "
+                             f"surprise order {_fmt(rho['surprise'])}, random order {_fmt(rho['random'])})")
             elif c["verdict"] == "uninformative":
                 at = ", ".join(f"{n} {c['hit_rate'][n][c['target']]:.0%}" for n in c["nulls_at_ceiling"])
                 own = c["hit_rate"]["method"][c["target"]]
@@ -148,7 +153,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             raise ValueError("give --steps or --states, not both")
         options = dict(methods=args.methods, seeds=args.seeds, steps=args.steps, states=args.states, trace=trace,
                        fill=args.fill, curve_steps=args.curve_steps, margin=args.margin, max_steps=args.max_steps,
-                       seed=args.seed, progress=not args.no_progress)
+                       seed=args.seed, progress=not args.no_progress, latent_baseline=args.latent_baseline)
         data = run_audit(agent, env, **options).to_dict()
         if args.control:
             if trace is not None:
@@ -207,6 +212,10 @@ def add_commands(subparsers) -> None:
     p.add_argument("--curve-steps", type=int, default=16,
                    help=f"points of the pixel deletion/insertion curves (default 16; the latent methods "
                         f"({', '.join(LATENT_METHODS)}) delete one variable at a time)")
+    p.add_argument("--latent-baseline", choices=("aggregate", "prior"), default="aggregate",
+                   help="baseline of the latent attributions: aggregate (each variable's class frequencies over the "
+                        "episode: what the policy depends on, default) or prior (p(z_t | h_t): what the world "
+                        "model expected; it ranks surprise, issue #27)")
     p.add_argument("--margin", type=int, default=2, help="pixels around each object box in the pointing game "
                                                           "(default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the re-initialisations and null maps (default 0)")
