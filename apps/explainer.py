@@ -129,10 +129,33 @@ def pixel_saliency(ctx: tuple, _agent, _trace, step: int, method: str, target: s
 def latent_attr(ctx: tuple, _agent, _trace, step: int, target: str):
     from xdreamer.explain.attribution import latent_attribution
 
+    from xdreamer.explain.interventions import aggregate_posterior
+
+    # #27 item 4: from the aggregate posterior (each variable's class frequencies over the trace) at the one-hot
+    # classes the agent acted on: this ranking predicts on-manifold interventions (the prior baseline ranks surprise)
     a = _trace.arrays
     action = int(a["action"][step]) if target == "action" else None
+    classes = np.asarray(a["post_class"]).astype(np.int64)
+    K = a["post_logits"].shape[-1]
     return latent_attribution(_agent, a["deter"][step], a["post_logits"][step], target=target, action=action,
-                              prior=a["prior_logits"][step])
+                              baseline=aggregate_posterior(classes, K), z=np.eye(K, dtype=np.float32)[classes[step]])
+
+
+@st.cache_data(show_spinner="Intervening on the latent variables ...", max_entries=256)
+def latent_effects(ctx: tuple, _agent, _trace, step: int, action: int):
+    from xdreamer.explain.interventions import aggregate_posterior, variable_effects
+
+    a = _trace.arrays
+    classes = np.asarray(a["post_class"]).astype(np.int64)
+    return variable_effects(_agent, a["deter"][step], classes[step],
+                            aggregate_posterior(classes, a["post_logits"].shape[-1]), action=action)
+
+
+@st.cache_data(show_spinner="Attributing the decision over time ...", max_entries=128)
+def temporal_attr(ctx: tuple, _agent, _trace, step: int, k: int):
+    from xdreamer.explain.temporal import temporal_attribution
+
+    return temporal_attribution(_agent, _trace, step, k=k)
 
 
 @st.cache_data(show_spinner="Decoding class effects ...", max_entries=256)
@@ -385,9 +408,17 @@ def frame_panel(agent, ctx, trace, step: int) -> None:
     cols[2].image(ui.legend_strip("jet"),
                   caption=ui.legend_text("jet", float(sqerr.max()), "squared error, 0-1 intensity, channels summed"))
     with cols[3]:
-        method = st.selectbox("saliency method", METHODS, key="saliency_method")
+        # #27: the default is IntegratedGradients drawn signed (its signed map passes the audit's randomisation and
+        # deletion checks on catch-lanes where every |map| fails randomisation; docs/audit.md)
+        method = st.selectbox("saliency method", METHODS, key="saliency_method",
+                              index=METHODS.index("integrated_gradients"),
+                              help="what attributes the decision to the pixels of this frame (h_t held fixed); the "
+                                   "audit verdict beside the map says whether it passes its sanity checks here")
         targets = TARGETS if agent is None or agent.spec.discrete else ("value",)
         target = st.selectbox("explained output", targets, key="saliency_target")
+        signed = method in ui.SIGNED_METHODS and st.toggle(
+            "signed map", value=True, key="saliency_signed",
+            help="red: the region raises the explained score; blue: it lowers it. Off: the magnitude in jet.")
         if agent is None:
             st.info("Saliency needs the checkpoint the trace was recorded with.")
         else:
@@ -395,22 +426,33 @@ def frame_panel(agent, ctx, trace, step: int) -> None:
                 result = pixel_saliency(ctx, agent, trace, step, method, target)
                 explained = (f"the {result.score} of {trace.action_names[result.action]}"
                              if target == "action" and result.action is not None else f"the {target}")
-                st.image(overlay(a["frame"][step], result.map),
-                         caption=f"{method} of the {target}"
-                         + (f" ({E(result.score)} of {E(trace.action_names[result.action])})"
-                            if target == "action" and result.action is not None else ""))
-                notice = ui.audit_notice(ui.find_audit(agent), method) if target == "action" else None  # #27
+                caption = (f"{method} of the {target}"
+                           + (f" ({E(result.score)} of {E(trace.action_names[result.action])})"
+                              if target == "action" and result.action is not None else ""))
+                if signed:
+                    image, peak = ui.signed_overlay(a["frame"][step], result.map)
+                    st.image(image, caption=caption + ", signed")
+                else:
+                    st.image(overlay(a["frame"][step], result.map), caption=caption)
+                    peak = float(np.nanmax(np.abs(result.map)))
+                notice = (ui.audit_notice(ui.find_audit(agent), method, signed=signed)
+                          if target == "action" else None)  # #27
                 if notice is not None:
                     getattr(st, notice[0])(E(notice[1]))
-                peak = float(np.nanmax(np.abs(result.map)))
                 if not np.any(np.nan_to_num(result.map)):
                     st.info(E(ui.zero_map_text(method, explained)))
+                elif signed:
+                    st.image(ui.legend_strip("diverging"),
+                             caption=E(ui.legend_text("diverging", peak, f"attribution to {explained}; red raises "
+                                                                         "it, blue lowers it")))
                 else:
                     st.image(ui.legend_strip("jet"),
                              caption=E(ui.legend_text("jet", peak, f"|attribution| to {explained}; weaker "
                                                                    "is more transparent")))
             except Exception as exc:  # noqa: BLE001
                 show_error(exc, "Saliency failed: ")
+    if agent is not None and target == "action" and agent.spec.discrete:
+        over_time_strip(agent, ctx, trace, step)
     st.markdown("**Action probabilities**")
     if "action_probs" in a:
         taken = int(a["action"][step])
@@ -419,6 +461,33 @@ def frame_panel(agent, ctx, trace, step: int) -> None:
         st.caption(f"taken action: {E(trace.action_names[taken])}; entropy {float(a['entropy'][step]):.3f}")
     else:
         st.text(f"continuous action taken: {np.round(a['action'][step], 3).tolist()}")
+
+
+def over_time_strip(agent, ctx, trace, step: int) -> None:
+    """#27 item 3: the decision at t credited to the frames t-k..t through the recurrent state (signed IG over the
+    window, re-filtered through the RSSM), with what erasing each frame alone does to the action distribution."""
+    st.markdown("**Over time**: what the decision owes to the last frames (the ball seen earlier is carried in "
+                "h_t; current-frame saliency holds h_t fixed and cannot show it)")
+    k = st.slider("frames before t", 1, 8, 4, key="over_time_k",
+                  help="IntegratedGradients over frames t-k..t from all of them erased to background, re-filtered "
+                       "through the world model from the recorded state before t-k")
+    try:
+        result = temporal_attr(ctx, agent, trace, step, int(k))
+    except Exception as exc:  # noqa: BLE001
+        show_error(exc, "Attribution over time failed: ")
+        return
+    top = float(np.abs(result.maps).max()) if result.maps is not None else 0.0
+    total = float(np.abs(result.per_frame).sum())
+    cols = st.columns(len(result.steps))
+    for col, j, credit, tv, frame_map in zip(cols, result.steps, result.per_frame, result.deletion_tv, result.maps):
+        image, _ = ui.signed_overlay(trace.arrays["frame"][j], frame_map, top=top)
+        share = abs(float(credit)) / total if total > 0 else 0.0
+        col.image(image, caption=f"{'t' if j == step else f't-{step - j}'} (step {j}): {share:.0%} of the credit "
+                                 f"({float(credit):+.2f}); erased alone: TV {float(tv):.2f}")
+    st.caption(E(f"{result.past_share:.0%} of the |credit| for {trace.action_names[result.action]} lies on the frames "
+                 f"before t; one colour scale for all frames (max |attribution| {top:.3g}, red raises log p, blue "
+                 f"lowers it). IG completeness delta {result.delta:+.2e}; the relaxed posterior scores p(action) "
+                 f"{result.relaxed_gap:.3f} away from the agent's own."))
 
 
 # ---- Latent ------------------------------------------------------------------------------------
@@ -479,8 +548,11 @@ def latent_panel(agent, ctx, trace, step: int) -> None:
                                                   diverging=True, mark=mark, colorbar=f"attribution to the {unit}"),
                                 key="attribution_map", on_select=lambda: on_heatmap_select("attribution_map"),
                                 selection_mode="points", config={"displayModeBar": False})
-                st.caption(f"baseline: {attribution.baseline}; completeness delta {attribution.delta:+.2e}; "
-                           f"top variables {attribution.top_variables()}")
+                st.caption(f"baseline: the aggregate posterior (each variable's class frequencies over this "
+                           f"trace); completeness delta {attribution.delta:+.2e}; top variables "
+                           f"{attribution.top_variables(by='ablation')} (FeatureAblation)")
+                if target == "action":
+                    latent_check(agent, ctx, trace, step, attribution)
             except Exception as exc:  # noqa: BLE001
                 show_error(exc, "Latent attribution failed: ")
     st.markdown("**What does a latent class mean?** Click a cell of a heat map or pick it here.")
@@ -513,6 +585,28 @@ def latent_panel(agent, ctx, trace, step: int) -> None:
                       caption=f"mean real frame when variable {variable} = class {cls} ({int(counts[cls])} steps)")
     else:
         cols[2].info(f"Variable {variable} never had class {cls} in this trace.")
+
+
+def latent_check(agent, ctx, trace, step: int, attribution) -> None:
+    """#27 item 4: the attribution beside the intervention it claims to predict, per variable."""
+    import pandas as pd
+
+    from xdreamer.explain.faithfulness import spearman
+
+    effects = latent_effects(ctx, agent, trace, step, int(attribution.action))
+    ablation = np.abs(attribution.per_variable_ablation)
+    st.bar_chart(pd.DataFrame({"|FeatureAblation| (scaled to the largest effect)":
+                               ablation / max(ablation.max(), 1e-12) * effects.tv.max(),
+                               "intervention effect (TV)": effects.tv}), height=180, stack=False)
+    rho = spearman(ablation, effects.tv)
+    saturated = effects.probs.max() > 0.95
+    st.caption(E(f"Checked by intervention: setting each variable to classes it takes elsewhere in the trace moves "
+                 f"p(action) by the TV drawn in the second series; Spearman with |FeatureAblation| at this step "
+                 f"{rho:+.2f}" + (" (the actor is saturated here, p > 0.95: every intervention is small and the "
+                                  "ranking is noise)" if saturated else "") + "."))
+    notice = ui.audit_notice(ui.find_audit(agent), "latent_ablation")
+    if notice is not None:
+        getattr(st, notice[0])(E(notice[1]))
 
 
 # ---- What-if -----------------------------------------------------------------------------------

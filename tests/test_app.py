@@ -276,13 +276,14 @@ def test_frame_panel(ckpt):
     captions = [c for image in at.image for c in image.captions]
     assert "real frame (step 5)" in captions and "world-model reconstruction" in captions
     assert any(c.startswith("reconstruction squared error") for c in captions)
-    assert any(c.startswith("saliency of the action") for c in captions)
+    assert any(c.startswith("integrated_gradients of the action") and c.endswith(", signed") for c in captions)
+    assert any(c.startswith("t-1 (step 4):") for c in captions)  # the over-time strip (#27 item 3)
     trace = ckpt["episode"]
     taken = int(trace.arrays["action"][5])
     bars = chart(at, "actions")["data"][0]
     assert np.allclose(arr(bars["y"]), trace.arrays["action_probs"][5], atol=1e-6)
     assert [i for i, x in enumerate(bars["x"]) if x.endswith("(taken)")] == [taken]
-    for method in METHODS[1:]:
+    for method in METHODS:
         at.selectbox(key="saliency_method").set_value(method).run()
         assert_clean(at)
         assert any(c.startswith(f"{method} of the action") for image in at.image for c in image.captions)
@@ -297,6 +298,7 @@ def test_zero_saliency_map_says_so(capsys, tmp_path):
 
     catch = ui.REPO_ROOT / "checkpoints" / "catch"
     at = open_app(catch, step=0)
+    at.selectbox(key="saliency_method").set_value("saliency").run()
     assert_clean(at)
     assert any(i.value.startswith("The saliency map is zero everywhere") for i in at.info), \
         [i.value for i in at.info]
@@ -316,6 +318,15 @@ def test_latent_panel(ckpt):
     assert z.shape == (stoch, classes) and np.allclose(z.sum(1), 1, atol=1e-5)
     attribution = chart(at, "attribution_map")["data"][0]
     assert arr(attribution["z"]).shape == (stoch, classes)
+    # #27 item 4: the attribution is drawn beside the intervention effects it claims to predict
+    from xdreamer.explain.interventions import aggregate_posterior, variable_effects
+
+    classes_ = trace.arrays["post_class"].astype(np.int64)
+    effects = variable_effects(ckpt["agent"], trace.arrays["deter"][9], classes_[9],
+                               aggregate_posterior(classes_, classes), action=int(trace.arrays["action"][9]))
+    assert any(c.value.startswith("Checked by intervention") for c in at.caption)
+    assert len(at.get("arrow_vega_lite_chart")) + len(at.get("vega_lite_chart")) >= 1 and effects.tv.shape == (stoch,)
+    assert any("baseline: the aggregate posterior" in c.value for c in at.caption)
     at.selectbox(key="latent_var").set_value(3).run()
     at.selectbox(key="latent_class").set_value(2).run()
     assert_clean(at)

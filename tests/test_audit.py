@@ -266,3 +266,20 @@ def test_app_shows_the_audit_verdict_beside_the_map(tmp_path):
     shown = [e.value for kind in ("warning", "success", "info") for e in getattr(at, kind) if "sanity" in e.value]
     assert len(shown) == 1 and shown[0].startswith("saliency"), shown
     assert ("FAILS" in shown[0]) == (verdict == "fail")
+
+
+def test_signed_map_notice_reads_the_signed_randomisation_verdict():
+    """The app draws IG / occlusion / Greydanus signed (#27); their notice reads the randomisation check on the signed
+    map: the magnitude's failure does not condemn a signed map whose pattern the randomisation destroyed."""
+    from xdreamer import app as ui
+
+    data = {"_path": "a.json", "states": [{}] * 6, "methods": {"integrated_gradients": {"verdict": "fail", "checks": {
+        "randomisation": {"verdict": "fail", "signed_verdict": "pass"}, "deletion_insertion": {"verdict": "pass"},
+        "pointing": {"verdict": "uninformative"}}}}}
+    level, text = ui.audit_notice(data, "integrated_gradients")
+    assert level == "warning" and "randomisation" in text
+    level, text = ui.audit_notice(data, "integrated_gradients", signed=True)
+    assert level == "success" and "signed map" in text
+    data["methods"]["integrated_gradients"]["checks"]["deletion_insertion"]["verdict"] = "fail"
+    level, text = ui.audit_notice(data, "integrated_gradients", signed=True)
+    assert level == "warning" and "deletion_insertion" in text and "randomisation," not in text

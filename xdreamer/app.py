@@ -463,17 +463,29 @@ def find_audit(agent, base: str | os.PathLike | None = None) -> dict | None:
     return None
 
 
-def audit_notice(audit: Mapping[str, Any] | None, method: str) -> tuple[str, str] | None:
+def audit_notice(audit: Mapping[str, Any] | None, method: str, signed: bool = False) -> tuple[str, str] | None:
     """``(level, text)`` for a map of ``method`` under an audit result: ``warning`` when it failed its checks on
-    this agent, ``success`` when it passed, ``info`` when inconclusive; None without a result for it."""
+    this agent, ``success`` when it passed, ``info`` when inconclusive; None without a result for it.
+    ``signed``: the map is drawn signed, so the randomisation check is read from its signed verdict (the audit
+    reports both; #27 found signed IG / occlusion / Greydanus maps pass where their magnitudes fail)."""
     entry = (audit or {}).get("methods", {}).get(method)
     if not isinstance(entry, Mapping) or "verdict" not in entry:
         return None
     checks = entry.get("checks") if isinstance(entry.get("checks"), Mapping) else {}
-    failed = [k for k, c in checks.items() if isinstance(c, Mapping) and c.get("verdict") == "fail"]
+    verdicts = {k: str(c.get("verdict")) for k, c in checks.items() if isinstance(c, Mapping) and "verdict" in c}
+    rnd = checks.get("randomisation")
+    note = ""
+    if signed and isinstance(rnd, Mapping) and rnd.get("signed_verdict"):
+        verdicts["randomisation"] = str(rnd["signed_verdict"])
+        note = " (randomisation read on the signed map, as drawn)"
+    failed = [k for k, v in verdicts.items() if v == "fail"]
     states = len(audit.get("states") or [])
-    where = f"`xdreamer audit` over {states} states ({audit.get('_path', 'audit.json')})"
+    where = f"`xdreamer audit` over {states} states ({audit.get('_path', 'audit.json')}){note}"
     verdict = str(entry["verdict"])
+    if signed and verdicts:
+        from .explain.audit_checks import combine
+
+        verdict = combine(list(verdicts.values()))
     if verdict == "fail":
         return "warning", (f"{method} FAILS its sanity checks on this agent ({', '.join(failed)}; {where}): "
                            "this map is not evidence of what the agent uses.")
@@ -638,6 +650,29 @@ def diverging_rgb(values: np.ndarray, scale: int = 4) -> tuple[np.ndarray, float
     rgb = np.stack([1 - neg, 1 - pos - neg, 1 - pos], -1)
     rgb = (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
     return np.ascontiguousarray(np.repeat(np.repeat(rgb, scale, 0), scale, 1)), top
+
+
+# Pixel methods whose map has a sign (positive: this region raises the explained score). #27's audit: their signed
+# maps lose their pattern under cascading randomisation where |map| keeps the frame's, so the app draws them signed.
+SIGNED_METHODS = ("integrated_gradients", "occlusion", "greydanus")
+
+
+def signed_overlay(frame: np.ndarray, values: np.ndarray, scale: int = 4, alpha: float = 0.7,
+                   top: float | None = None) -> tuple[np.ndarray, float]:
+    """The frame (``[C, H, W]`` uint8) with a signed map blended in red (raises the score) / blue (lowers it),
+    weighted by ``|value| / top`` (``top`` default: the map's max |value|), upscaled; returns ``(rgb, top)``."""
+    img = np.asarray(frame)
+    img = img.transpose(1, 2, 0)
+    rgb = (np.repeat(img, 3, -1) if img.shape[-1] == 1 else img[..., :3]).astype(np.float32) / 255.0
+    v = np.nan_to_num(np.asarray(values, np.float32))
+    v = v.sum(0) if v.ndim == 3 else v
+    top = float(np.abs(v).max()) if top is None else float(top)
+    t = np.clip(v / top, -1, 1) if top > 0 else np.zeros_like(v)
+    colour = np.where(t[..., None] >= 0, np.array([0.9, 0.1, 0.1], np.float32), np.array([0.1, 0.3, 1.0], np.float32))
+    weight = alpha * np.abs(t)[..., None]
+    out = (1 - weight) * rgb + weight * colour
+    out = np.kron(out, np.ones((scale, scale, 1), np.float32)) if scale > 1 else out
+    return (np.clip(out, 0, 1) * 255).round().astype(np.uint8), top
 
 
 def legend_strip(kind: str = "jet", width: int = 256, height: int = 12) -> np.ndarray:
