@@ -18,7 +18,8 @@ Object positions come from one pixel detector run on the real frame and on the d
 (``ObjectDetector``): the centroid, weighted by contrast, of the pixels that differ from the background by more
 than half the object's own contrast (the half-maximum convention of a full width at half maximum) inside the
 object's search region (everywhere its ground-truth box went in the trace, grown by ``margin`` px, without the
-other objects' tracks). A step counts where the detector finds the object in the real frame; where it then finds
+other objects' tracks), where there are at most ``MAX_AREA`` times the object's own area of them (a randomised
+decoder's grey differs from the background everywhere: that is no object). A step counts where the detector finds the object in the real frame; where it then finds
 nothing in the dream the object is *missing* and scores ``MISSING_PX``, the frame's diagonal: no placement of
 an object can score worse than dropping it.
 
@@ -49,6 +50,7 @@ __all__ = ["ObjectDetector", "object_detector", "Fidelity", "fidelity", "MISSING
 MISSING_PX = 64 * math.sqrt(2)  # the 64x64 frame's diagonal: a dropped object scores no better than any placement
 HALF_MAX = 0.5  # detection threshold as a fraction of the object's contrast (full width at half maximum)
 MIN_CONTRAST = 0.05  # objects fainter than this against the background are not scored (no reliable detection)
+MAX_AREA = 4.0  # ours: more pixels than 4x the object's own area above threshold is no object but a changed frame
 PIXEL_KEYS = ("recorded", "actor", "repeat", "erased", "recon")
 OBJECT_KEYS = ("recorded", "actor", "stay", "recon")
 
@@ -59,12 +61,15 @@ class ObjectDetector:
     """Finds each object's centroid in frames by their difference from a static background.
 
     ``background`` float ``[C, H, W]`` in [0, 1]; ``regions`` name -> bool ``[H, W]`` search region;
-    ``threshold`` name -> contrast a pixel must exceed to belong to the object.
+    ``threshold`` name -> contrast a pixel must exceed to belong to the object; ``max_pixels`` name -> the most
+    pixels above it that still make one object (more: a frame that differs from the background everywhere, such
+    as a randomised decoder's grey, has no object to locate).
     """
 
     background: np.ndarray
     regions: dict[str, np.ndarray]
     threshold: dict[str, float]
+    max_pixels: dict[str, float]
 
     @property
     def objects(self) -> tuple[str, ...]:
@@ -80,8 +85,9 @@ class ObjectDetector:
         ys, xs = np.mgrid[0:size_y, 0:size_x].astype(np.float32) + 0.5
         out = {}
         for name, region in self.regions.items():
-            weight = np.where(region & (diff > self.threshold[name]), diff, 0.0)  # [N, H, W]
-            mass = weight.sum((1, 2))
+            hit = region & (diff > self.threshold[name])  # [N, H, W]
+            weight = np.where(hit, diff, 0.0)
+            mass = np.where(hit.sum((1, 2)) <= self.max_pixels[name], weight.sum((1, 2)), 0.0)
             with np.errstate(invalid="ignore", divide="ignore"):
                 cx = (weight * xs).sum((1, 2)) / mass
                 cy = (weight * ys).sum((1, 2)) / mass
@@ -122,7 +128,7 @@ def object_detector(trace: Trace, margin: int = 2) -> ObjectDetector:
     Background: per pixel, the median of the frames where no object box (grown by 1 px) covers it (the frame's
     overall median where boxes always do). Region of an object: its track (every pixel its box covered in the
     trace) grown by ``margin`` px, minus the other objects' tracks. Threshold: ``HALF_MAX`` of the object's
-    median contrast inside its box on the real frames."""
+    median contrast inside its box on the real frames; at most ``MAX_AREA`` times its median box area above it."""
     frames = trace.arrays["frame"]
     names = [n for n in trace.object_names if np.isfinite(trace.arrays[f"objects/{n}"]).all(1).any()]
     if not names:
@@ -143,21 +149,24 @@ def object_detector(trace: Trace, margin: int = 2) -> ObjectDetector:
     with np.errstate(all="ignore"), _quiet():
         background = np.nanmedian(masked, axis=0)
     background = np.where(np.isfinite(background), background, np.median(pixels, axis=0))
-    regions, threshold = {}, {}
+    regions, threshold, max_pixels = {}, {}, {}
     for name in names:
         others = np.zeros((size, size), bool)
         for other in names:
             if other != name:
                 others |= tracks[other]
         regions[name] = _grow(tracks[name], margin) & ~others
-        contrast = []
+        contrast, area = [], []
         boxes = trace.arrays[f"objects/{name}"]
         for i in range(n):
             s = box_slices(boxes[i], size)
             if s is not None:
                 contrast.append(float(np.abs(pixels[i][:, s[0], s[1]] - background[:, s[0], s[1]]).max()))
+                area.append((s[0].stop - s[0].start) * (s[1].stop - s[1].start))
         threshold[name] = max(HALF_MAX * float(np.median(contrast)), MIN_CONTRAST) if contrast else 1.0
-    return ObjectDetector(background=background.astype(np.float32), regions=regions, threshold=threshold)
+        max_pixels[name] = MAX_AREA * float(np.median(area)) if area else 0.0
+    return ObjectDetector(background=background.astype(np.float32), regions=regions, threshold=threshold,
+                          max_pixels=max_pixels)
 
 
 def _box_mask(s: tuple[slice, slice], size: int) -> np.ndarray:

@@ -319,6 +319,26 @@ def detect(trace, thresholds: dict | None = None) -> pd.DataFrame:
     return events.sort_values(["step", "detector"], kind="stable").reset_index(drop=True)
 
 
+# ---- dreams ------------------------------------------------------------------------------------
+def dream_score(pixel_mse: float, object_px: dict[str, float], tol: float, object_px_tol: float
+                ) -> tuple[float, str]:
+    """Severity of one dream against its real branch, and what it was judged on.
+
+    Where the env has ground-truth objects (``object_px``: each object's mean centroid error in px over the
+    imagined steps, ``explain.fidelity``; a dropped object counts as ``fidelity.MISSING_PX``), the score is the
+    worst object's error / ``object_px_tol``. Only without objects is it the whole-frame pixel MSE / ``tol``:
+    a missing 4x4 ball moves a 64x64 frame's MSE by at most 16/4096 = 0.004 and can never cross ``tol`` 0.02
+    (issue #27, item 5)."""
+    finite = {k: v for k, v in object_px.items() if np.isfinite(v)}
+    if finite:
+        worst = max(finite, key=finite.get)
+        return finite[worst] / object_px_tol, f"object position ({worst} off by {finite[worst]:.1f} px)"
+    return pixel_mse / tol, "whole-frame pixel MSE (no object boxes)"
+
+
+# dream_object_px (ours): two widths of the toy games' 4x4 ball; a dropped object scores the 64x64 frame's diagonal
+# (90.5 px, 11x this); the trivial "object stays where it was" baseline of the toy ball averages 14.5 px over 5 steps
+# (docs/fidelity.md).
 THRESHOLDS = {"blind_ratio": 5.0, "blind_min_error": 0.02, "reward_tol": 0.5, "surprise_k": 6.0,
               "surprise_min_spread": 0.05, "value_tol": 1.0, "dream_tol": 0.02,
-              "dream_object_tol": 0.1, "visible_threshold": 0.1}
+              "dream_object_px": 8.0, "visible_threshold": 0.1}

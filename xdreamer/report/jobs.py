@@ -99,21 +99,33 @@ def read_ram(env, trace) -> np.ndarray | None:
         return None
 
 
-def dream_infidelity(agent, env, trace, steps, horizon: int = 15, tol: float = 0.02, object_tol: float = 0.1):
-    """Dream ``horizon`` steps from each of ``steps`` with the recorded action, execute the same branch in the
-    real simulator (``explain.ground``) and compare them over the imagined steps: ``value`` = mean pixel MSE
-    of dream vs real frames; score = max(pixel MSE / ``tol``, worst in-object-box MSE / ``object_tol``).
-    Returns (events DataFrame of the flagged steps, {step: (real frames, dream frames, valid)}, measurements
-    [(step, pixel MSE, worst object MSE)] of every step tried)."""
+def dream_infidelity(agent, env, trace, steps, horizon: int = 15, tol: float = 0.02, object_px: float = 8.0):
+    """Dream ``horizon`` steps from each of ``steps`` on the episode's own recorded actions (so every difference
+    is model error, not policy divergence; the actor continues where the episode's record ends), execute the
+    same branch in the real simulator (``explain.ground``) and compare them over the imagined steps: ``value``
+    = mean pixel MSE of dream vs real frames; score by ``detectors.dream_score``: the worst object's mean
+    centroid error (``explain.fidelity`` detector, a missing object at its ``MISSING_PX``) / ``object_px`` where
+    the env has object boxes, else pixel MSE / ``tol``. Returns (events DataFrame of the flagged steps, {step:
+    (real frames, dream frames, valid)}, measurements [(step, pixel MSE, worst in-box MSE, worst object px)])."""
     import pandas as pd
 
+    from ..explain.fidelity import object_detector, position_error
     from ..explain.grounded import ground
 
+    try:
+        detector = object_detector(trace)
+    except ValueError:  # no object boxes in this env: the whole-frame error is all there is
+        detector = None
     rows, frames, measured = [], {}, []
+    episode = trace.arrays["episode"]
     for step in steps:
         taken = trace.arrays["action"][step]
+        later = [j for j in range(int(step) + 1, min(int(step) + horizon, len(trace))) if episode[j] == episode[step]]
+        follow = [trace.arrays["action"][j] for j in later]
+        if agent.spec.discrete:
+            follow = [int(x) for x in follow]
         g = ground(agent, env, trace, int(step), actions=[int(taken)] if agent.spec.discrete else None,
-                   horizon=horizon)
+                   horizon=horizon, follow=follow if agent.spec.discrete else "actor")
         valid = g.valid[0, 1:]
         if not valid.any():
             continue
@@ -121,16 +133,25 @@ def dream_infidelity(agent, env, trace, steps, horizon: int = 15, tol: float = 0
         rerr = float(np.nanmean(np.abs(g.reward_error[0, 1:][valid])))
         objs = {k: float(np.nanmean(v[0, 1:][valid])) for k, v in g.object_mse.items()
                 if np.isfinite(v[0, 1:][valid]).any()}
+        px = {}
+        if detector is not None:
+            real_at = detector.locate(g.real_frames[0, 1:][valid])
+            dream_at = detector.locate(g.dream.frames[0, 1:][valid])
+            for name in detector.objects:
+                err = position_error(dream_at[name], real_at[name])
+                if np.isfinite(err).any():
+                    px[name] = float(np.nanmean(err))
         worst = max(objs.values()) if objs else float("nan")
-        measured.append((int(step), mse, worst))
-        score = max(mse / tol, worst / object_tol if objs else 0.0)
+        measured.append((int(step), mse, worst, max(px.values()) if px else float("nan")))
+        score, basis = D.dream_score(mse, px, tol, object_px)
         if score >= 1:
-            text = ", ".join(f"{k} {v:.3f}" for k, v in objs.items())
+            text = ", ".join(f"{k} {v:.1f} px" for k, v in px.items())
             rows.append({"detector": "dream_infidelity", "step": int(step), "episode": int(trace.arrays["episode"][step]),
                          "t": int(trace.arrays["t"][step]), "score": score, "value": mse,
-                         "detail": (f"dream vs real branch over {int(valid.sum())} steps: pixel MSE {mse:.4f}"
-                                    + (f", in object boxes {text}" if text else "")
-                                    + f", reward error {rerr:.2f}, action agreement {float(g.action_agreement[0]):.0%}")})
+                         "detail": (f"dream vs real branch on the recorded actions over {int(valid.sum())} steps, "
+                                    f"judged on {basis}: pixel MSE {mse:.4f}"
+                                    + (f", object centroid error {text}" if text else "")
+                                    + f", reward error {rerr:.2f}")})
             frames[int(step)] = (g.real_frames[0], g.dream.frames[0], g.valid[0])
     events = pd.DataFrame(rows, columns=list(D.EVENT_COLUMNS)) if rows else D._empty()
     return events, frames, measured
@@ -164,7 +185,7 @@ def analyse(trace, agent=None, env=None, job: Job | None = None, ram: np.ndarray
         order = np.argsort(-a["surprise"].astype(np.float64), kind="stable")
         steps = [int(i) for i in order if not a["is_last"][i] and not a["is_first"][i]][:job.dream_steps]
         dream_events, dream_frames, measured = dream_infidelity(agent, env, trace, sorted(steps), job.horizon,
-                                                                th["dream_tol"], th["dream_object_tol"])
+                                                                th["dream_tol"], th["dream_object_px"])
         events = D._concat([events, dream_events])
     counts = events.groupby("detector").size().to_dict() if len(events) else {}
     # Keep the worst ``max_events`` events per detector (ties: earlier step first).
@@ -203,6 +224,8 @@ def analyse(trace, agent=None, env=None, job: Job | None = None, ram: np.ndarray
         "dream_pixel_mse": float(np.mean([m[1] for m in measured])) if measured else float("nan"),
         "dream_object_mse": float(np.nanmean([m[2] for m in measured])) if measured and np.isfinite(
             [m[2] for m in measured]).any() else float("nan"),
+        "dream_object_px": float(np.nanmean([m[3] for m in measured])) if measured and np.isfinite(
+            [m[3] for m in measured]).any() else float("nan"),
         "coverage": cov["visited"], "coverage_total": cov["total"], "coverage_metric": cov["metric"],
         **{f"n_{d}": int(counts.get(d, 0)) for d in D.DETECTORS},
     }
