@@ -47,22 +47,37 @@ def _train(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _trainer(algo: str):
+    """The training function of a member of the family (``Config.algo``): World Models trains in stages
+    (xdreamer/worldmodels/train.py), DreamerV2/V3 in xdreamer/training.py."""
+    if algo == "worldmodels":
+        from .worldmodels.train import train
+    else:
+        from .training import train
+    return train
+
+
 def _train_run(args: argparse.Namespace) -> int:
-    from .config import build_config, parse_set_args
+    from .config import build_config, parse_set_args, read_config_file
     from .envs import import_modules
-    from .training import train
 
     import_modules(args.imports)
     overrides = parse_set_args(args.set)
+    if args.controller:
+        overrides["wm_controller"] = args.controller
     if args.resume:
         if not args.logdir:
             raise ValueError("--resume needs --logdir of the run to continue")
-        result = train(None, args.logdir, resume=True, progress=not args.no_progress, overrides=overrides,
-                       command=_command_line())
+        algo = read_config_file(pathlib.Path(args.logdir) / "config.json").algo
+        result = _trainer(algo)(None, args.logdir, resume=True, progress=not args.no_progress, overrides=overrides,
+                                command=_command_line())
     else:
         env = args.env or overrides.get("env") or "toy:catch"
         overrides["env"] = env
         cfg = build_config(args.preset, overrides)
+        if args.controller and cfg.algo != "worldmodels":
+            raise ValueError(f"--controller trains World Models' C; algo is {cfg.algo} (add --preset worldmodels)")
+        train = _trainer(cfg.algo)
         from .envs import make
 
         make(cfg.env).close()  # fail fast, with the env's own message, before any folder is made
@@ -155,12 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train an agent", description=(
         "Train DreamerV2. Presets compose left to right over the paper's Atari defaults "
-        "(e.g. --preset atari small); --set key=value overrides any config field."))
+        "(e.g. --preset atari small); --set key=value overrides any config field. Other members: --preset "
+        "dreamerv3, and World Models (--preset worldmodels, worldmodels-cpu or worldmodels-debug; "
+        "--controller cmaes|ppo; docs/worldmodels.md)."))
     p.add_argument("--env", help="env id: toy:catch, toy:catch-pixel, toy:catch-lanes, toy:catch-pixel-lanes, atari:<Game>, mujoco:<Name>, gym:<id>")
     p.add_argument("--preset", nargs="+", default=[], metavar="NAME",
                    help="presets to apply in order: " + ", ".join(PRESETS))
     p.add_argument("--set", nargs="+", default=[], action="extend", metavar="KEY=VALUE",
                    help="override config fields, e.g. --set steps=20000 seed=1")
+    p.add_argument("--controller", choices=("cmaes", "ppo"),
+                   help="World Models only: train C by CMA-ES (the paper's) or PPO (= --set wm_controller=...)")
     p.add_argument("--logdir", help="run folder (default runs/<env>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --logdir")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",

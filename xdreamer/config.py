@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Mapping
 
+from .worldmodels.settings import PRESETS as WORLDMODELS_PRESETS, WorldModelsFields
+
 
 PRECISIONS = ("float32", "bfloat16")  # float32, or bfloat16 autocast
 # torch.compile modes for the networks (Agent.compile_networks); "off" is the eager path.
@@ -30,7 +32,7 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(WorldModelsFields):  # World Models' fields (wm_*) live with the member: xdreamer/worldmodels/settings.py
     # --- run -------------------------------------------------------------------------
     env: str = "toy:catch"
     seed: int = 0
@@ -41,7 +43,8 @@ class Config:
     compile: str = "off"  # torch.compile mode for the networks: off | default | reduce-overhead | max-autotune
 
     # Member of the family (issue #29): dreamerv2 (Hafner et al. 2021) | dreamerv3 (Hafner et al. 2023,
-    # xdreamer/dreamerv3.py); the ``dreamerv3`` preset sets it with that paper's hyperparameters.
+    # xdreamer/dreamerv3.py); the ``dreamerv3`` preset sets it with that paper's hyperparameters. worldmodels (Ha &
+    # Schmidhuber 2018, xdreamer/worldmodels/, issue #30): the ``worldmodels*`` presets set it.
     algo: str = "dreamerv2"
 
     # --- env protocol (DreamerV2 atari wrapper defaults) -------------------------------
@@ -253,6 +256,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "log_every": 100, "video_every": 500, "checkpoint_every": 500, "steps": 1_000,
         "slow_target_update": 10,
     },
+    **WORLDMODELS_PRESETS,
 }
 
 

@@ -29,6 +29,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, Valid
     model_validator
 
 from .config import COMPILE_MODES, PRECISIONS, ConfigError
+from .worldmodels.settings import schema_rules as worldmodels_rules
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -190,7 +191,7 @@ CONFIG_RULES: dict[str, Any] = {
     "unimix": Float(0.0, 1.0, hi_open=True),  # 1 would make the latent uniform noise
     "embed_norm": Choice("none", "batch"),
     "atari_actions": Choice("minimal", "full"),
-    "algo": Choice("dreamerv2", "dreamerv3"),
+    "algo": Choice("dreamerv2", "dreamerv3", "worldmodels"),
     "dyn_scale": Scale,
     "rep_scale": Scale,
     "critic_reg": Scale,
@@ -221,6 +222,7 @@ CONFIG_RULES: dict[str, Any] = {
     "slow_target_update": Int(1, MAX_COUNT),  # updates % slow_target_update
     "slow_target_fraction": Float(0.0, 1.0, lo_open=True),
 }
+CONFIG_RULES.update(worldmodels_rules(Int, Float, Choice, Bool))  # the wm_* fields (xdreamer/worldmodels/settings.py)
 
 
 @functools.lru_cache(maxsize=None)

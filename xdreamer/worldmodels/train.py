@@ -1,0 +1,350 @@
+"""World Models training in stages (paper §3, "Procedure"): random rollouts -> V -> M -> C.
+
+A run folder::
+
+    config.json, commands.txt
+    replay/                 stage 1: random-policy episodes (xdreamer.replay, one atomic .npz each)
+    stages/vae.safetensors  stage 2: V
+    stages/series.npz       V's mean and log-variance of every frame, with actions, rewards and ends (series.py)
+    stages/mdnrnn.safetensors  stage 3: M
+    stages/controller.safetensors  stage 4: C (and PPO's critic), rewritten after every generation / iteration
+    stages/status.json      what each stage did: its metrics, seconds, and whether it is complete
+    checkpoints/step-N/, checkpoints/latest   the agent (xdreamer.checkpoint format, manifest algo worldmodels)
+
+Every output is written atomically. ``resume=True`` skips the stages that are complete and continues the one that
+is not: collection from the next episode, C from its last generation / iteration (V and M, a few minutes each on
+the CPU presets, restart). Run-time fields (``RUNTIME_KEYS``) may change on resume; so may ``wm_generations`` and
+``wm_ppo_iterations``, to train C further.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .. import checkpoint as shared
+from ..config import Config, check_device, read_config_file
+from ..evaluation import evaluate
+from ..replay import Replay
+from ..training import RUNTIME_KEYS as SHARED_RUNTIME_KEYS, TrainResult, configure_cpu, seed_everything
+from . import settings
+from .agent import WorldModelsAgent
+from .checkpoint import load_module, save, save_module
+from .envs import make_env
+from .mdnrnn import heldout_nll, marginal_nll, train_mdnrnn, transitions
+from .rollouts import collect_random
+from .vae import encode_frames, reconstruction_error, train_vae
+
+RUNTIME_KEYS = (*SHARED_RUNTIME_KEYS, *settings.RUNTIME_KEYS, "wm_generations", "wm_ppo_iterations")
+SERIES_KEYS = ("mean", "logvar", "action", "reward", "is_terminal", "lengths")
+MAX_STATUS_BYTES = 64 << 20  # status.json holds per-update histories and CMA-ES's mean (~1 MB at paper size)
+HELDOUT_FRACTION = 0.1  # episodes M does not train on, for the NLL against the unconditional baseline
+
+
+class WorldModelsRun:
+    """One run folder; ``run()`` does what its stages still need."""
+
+    def __init__(self, cfg: Config | None, logdir: str | os.PathLike, resume: bool = False, progress: bool = True,
+                 overrides: Mapping[str, Any] | None = None, command: str | None = None) -> None:
+        self.logdir, self.progress = pathlib.Path(logdir), progress
+        self.stages = self.logdir / "stages"
+        has_run = (self.logdir / "config.json").exists()
+        if has_run and not resume:
+            raise ValueError(f"{self.logdir} already holds a run; pass --resume to continue it or choose another "
+                             "--logdir")
+        if resume:
+            if not has_run:
+                raise ValueError(f"nothing to resume in {self.logdir} (no config.json)")
+            bad = sorted(set(overrides or {}) - set(RUNTIME_KEYS))
+            if bad:
+                raise ValueError(f"cannot change {', '.join(bad)} when resuming; only run-time keys "
+                                 f"({', '.join(RUNTIME_KEYS)}) may change")
+            cfg = read_config_file(self.logdir / "config.json").replace(**(overrides or {}))
+        assert cfg is not None
+        if cfg.algo != "worldmodels":
+            raise ValueError(f"{self.logdir}: config algo={cfg.algo!r}; this trainer runs World Models")
+        check_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        configure_cpu()
+        seed_everything(cfg.seed)
+        self.cfg = cfg
+        self.stages.mkdir(parents=True, exist_ok=True)
+        shared.clean_stale_temps(self.stages)
+        shared.atomic_write_text(self.logdir / "config.json", cfg.to_json() + "\n")
+        if command:
+            with open(self.logdir / "commands.txt", "a") as f:
+                f.write(command.strip() + "\n")
+        self.status = self._read_status() if resume else {}
+        self.env = make_env(cfg, seed=cfg.seed)
+        self.agent = WorldModelsAgent(cfg, self.env.spec)
+
+    # ---- bookkeeping ------------------------------------------------------------------------------------------
+    def _read_status(self) -> dict[str, Any]:
+        path = self.stages / "status.json"
+        if not path.exists():
+            return {}
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_STATUS_BYTES + 1)
+            if len(raw) > MAX_STATUS_BYTES:
+                raise ValueError(f"larger than {MAX_STATUS_BYTES} bytes")
+            status = json.loads(raw)
+            if not isinstance(status, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError, RecursionError) as exc:
+            raise shared.CheckpointError(f"refusing {path}: {' '.join(str(exc).split())[:200]}") from None
+        return status
+
+    def _mark(self, stage: str, record: dict[str, Any]) -> None:
+        self.status[stage] = record
+        shared.atomic_write_text(self.stages / "status.json", json.dumps(self.status, indent=1) + "\n")
+
+    def _done(self, stage: str) -> bool:
+        record = self.status.get(stage)
+        return isinstance(record, dict) and record.get("done") is True
+
+    # ---- stage 1: random rollouts -----------------------------------------------------------------------------
+    def collect(self) -> None:
+        if self._done("rollouts"):
+            return
+        start = time.time()
+        replay = Replay(self.logdir / "replay", capacity=10**12, seed=self.cfg.seed)
+        replay.load()
+        before = int(self.status.get("rollouts", {}).get("env_steps", 0)) if replay.total_episodes else 0
+        steps = collect_random(self.env, replay, self.cfg.wm_rollouts, self.cfg.seed, self.progress)
+        self._mark("rollouts", {"done": True, "episodes": replay.total_episodes, "env_steps": before + steps,
+                                "seconds": round(time.time() - start, 1)})
+
+    def _episodes(self) -> list[dict[str, np.ndarray]]:
+        replay = Replay(self.logdir / "replay", capacity=10**12, seed=self.cfg.seed)
+        replay.load()
+        episodes = list(replay.episodes.values())
+        if not episodes:
+            raise ValueError(f"{self.logdir / 'replay'} holds no episodes")
+        shape = tuple(self.env.spec.obs_shape)
+        for episode in episodes:
+            if episode["image"].shape[1:] != shape:
+                raise ValueError(f"replay episode frames {episode['image'].shape[1:]} do not fit the env {shape}")
+        return episodes
+
+    # ---- stage 2: V, then the encoded series ------------------------------------------------------------------
+    def fit_vae(self) -> None:
+        vae_file, series_file = self.stages / "vae.safetensors", self.stages / "series.npz"
+        if self._done("vae"):
+            load_module(vae_file, self.agent.vae)
+            if series_file.exists():
+                return
+        episodes = self._episodes()
+        frames = np.concatenate([e["image"] for e in episodes])
+        if not self._done("vae"):
+            start = time.time()
+            rng = np.random.default_rng([self.cfg.seed, 2])
+            history = train_vae(self.agent.vae, frames, self.cfg, rng, self.progress)
+            save_module(vae_file, self.agent.vae)
+            sample = frames[rng.choice(len(frames), min(len(frames), 2000), replace=False)]
+            mean_frame = sample.astype(np.float32).mean(0) / 255.0
+            baseline = float(np.mean((sample.astype(np.float32) / 255.0 - mean_frame) ** 2))
+            self._mark("vae", {"done": True, "frames": len(frames), "history": history,
+                               "updates": self.cfg.wm_vae_epochs * -(-len(frames) // self.cfg.wm_vae_batch),
+                               "recon_mse": reconstruction_error(self.agent.vae, sample), "mean_frame_mse": baseline,
+                               "seconds": round(time.time() - start, 1)})
+        mean, logvar = encode_frames(self.agent.vae, frames)
+        series = {"mean": mean, "logvar": logvar, "lengths": np.array([len(e["image"]) for e in episodes], np.int64),
+                  **{k: np.concatenate([self._action_input(e["action"]) if k == "action" else e[k]
+                                        for e in episodes]).astype(np.float32)
+                     for k in ("action", "reward", "is_terminal")}}
+        _save_npz(series_file, series)
+
+    def _action_input(self, action: np.ndarray) -> np.ndarray:
+        if self.env.spec.discrete:
+            return np.eye(self.env.spec.num_actions, dtype=np.float32)[action.astype(np.int64)]
+        return action.astype(np.float32)
+
+    def series(self) -> list[dict[str, np.ndarray]]:
+        """The encoded episodes of ``stages/series.npz``, one dict each (read bounded, never unpickled)."""
+        data = _load_series(self.stages / "series.npz", self.cfg.wm_z, self.agent.action_dim)
+        bounds = np.concatenate([[0], np.cumsum(data["lengths"])])
+        return [{k: data[k][a:b] for k in SERIES_KEYS if k != "lengths"} for a, b in zip(bounds[:-1], bounds[1:])]
+
+    # ---- stage 3: M ---------------------------------------------------------------------------------------------
+    def fit_mdnrnn(self) -> None:
+        path = self.stages / "mdnrnn.safetensors"
+        if self._done("mdnrnn"):
+            load_module(path, self.agent.mdn)
+            return
+        start = time.time()
+        series = self.series()
+        held = max(1, int(len(series) * HELDOUT_FRACTION)) if len(series) > 1 else 0
+        train, test = series[:len(series) - held], series[len(series) - held:]
+        rng = np.random.default_rng([self.cfg.seed, 3])
+        history = train_mdnrnn(self.agent.mdn, train, self.cfg, rng, self.progress)
+        save_module(path, self.agent.mdn)
+        record: dict[str, Any] = {"done": True, "episodes": len(train), "heldout_episodes": len(test),
+                                  "updates": self.cfg.wm_rnn_steps,
+                                  "seconds": round(time.time() - start, 1), "final": history[-1] if history else {}}
+        if test:
+            targets = np.random.default_rng([self.cfg.seed, 4])
+            train_t, test_t = transitions(train, targets), transitions(test, targets)
+            record.update(heldout_nll=heldout_nll(self.agent.mdn, test_t), marginal_nll=marginal_nll(train_t, test_t))
+        self._mark("mdnrnn", record)
+
+    # ---- stage 4: C ---------------------------------------------------------------------------------------------
+    def _controller_module(self) -> torch.nn.Module:
+        parts = {"controller": self.agent.controller}
+        if self.agent.critic is not None:
+            parts["critic"] = self.agent.critic
+        return torch.nn.ModuleDict(parts)
+
+    def fit_controller(self) -> None:
+        path, record = self.stages / "controller.safetensors", self.status.get("controller")
+        resume = None
+        if isinstance(record, dict) and path.exists():
+            load_module(path, self._controller_module())
+            resume = record.get("progress")
+        total = self.cfg.wm_generations if self.cfg.wm_controller == "cmaes" else self.cfg.wm_ppo_iterations
+        start = time.time()
+
+        def save_progress(progress: dict[str, Any]) -> None:
+            save_module(path, self._controller_module())
+            done = progress.get("generation", progress.get("iteration")) >= total
+            self._mark("controller", {"done": done, "controller": self.cfg.wm_controller, "dream": self.cfg.wm_dream,
+                                      "updates": progress.get("generation", progress.get("iteration")),
+                                      "progress": _jsonable(progress),
+                                      "seconds": round(time.time() - start + _seconds(record), 1)})
+
+        starts = None
+        if self.cfg.wm_dream:
+            series = self.series()
+            starts = np.stack([np.stack([s["mean"][0], s["logvar"][0]]) for s in series])
+        if self.cfg.wm_controller == "cmaes":
+            from .cmaes import train_cmaes
+
+            final = train_cmaes(self.agent, self.cfg, starts, resume=resume, save=save_progress,
+                                progress=self.progress)
+        else:
+            final = self._ppo(starts, resume, save_progress)
+        save_progress(final)  # also when there was nothing left to do (wm_generations reached)
+
+    def _ppo(self, starts, resume, save_progress) -> dict[str, Any]:
+        from .ppo import RealVecEnv, train_ppo
+
+        cfg = self.cfg
+        if cfg.wm_dream:
+            from .dream import DreamEnv
+
+            generator = torch.Generator(device=self.agent.device).manual_seed(cfg.seed + 5)
+            vec = DreamEnv(self.agent, starts, cfg.wm_temperature, self.env.spec.max_steps or cfg.time_limit,
+                           generator)
+        else:
+            vec = RealVecEnv(self.agent, [make_env(cfg, seed=cfg.seed + 2 + i) for i in range(cfg.wm_ppo_envs)],
+                             seed=cfg.seed + 2)
+        before = int((resume or {}).get("env_steps", 0))
+
+        def save_with_steps(progress: dict[str, Any]) -> None:
+            save_progress({**progress, "env_steps": before + getattr(vec, "env_steps", 0)})
+
+        try:
+            final = train_ppo(self.agent, cfg, vec, resume=resume, save=save_with_steps, progress=self.progress)
+        finally:
+            for env in getattr(vec, "envs", []):
+                env.close()
+        return {**final, "env_steps": before + getattr(vec, "env_steps", 0)}
+
+    # ---- all stages, then the checkpoint ------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        self.collect()
+        self.fit_vae()
+        self.fit_mdnrnn()
+        self.fit_controller()
+        return self.finish()
+
+    def finish(self) -> TrainResult:
+        cfg = self.cfg
+        eval_env = make_env(cfg, seed=cfg.seed + 1)
+        try:
+            result = evaluate(self.agent, eval_env, cfg.eval_episodes, seed=cfg.seed, progress=self.progress)
+            baseline = evaluate(None, eval_env, cfg.eval_episodes, seed=cfg.seed, policy="random")
+        finally:
+            eval_env.close()
+        progress = self.status["controller"]["progress"]
+        steps = int(self.status["rollouts"]["env_steps"]) + int(progress.get("env_steps", 0))
+        seconds = sum(_seconds(self.status.get(k)) for k in ("rollouts", "vae", "mdnrnn", "controller"))
+        # V's epochs x batches, M's updates, C's generations / iterations
+        self.agent.updates = sum(int(self.status[k].get("updates", 0)) for k in ("vae", "mdnrnn", "controller"))
+        name = f"step-{steps:09d}"
+        path = save(self.logdir / "checkpoints" / name, self.agent, steps=steps,
+                    extra={"eval": result.to_dict(), "eval_random": baseline.to_dict(), "train_wall_s": seconds,
+                           "train_episodes": int(self.status["rollouts"]["episodes"]),
+                           "stages": {k: {f: v for f, v in self.status[k].items() if f not in ("history", "progress")}
+                                      for k in ("rollouts", "vae", "mdnrnn", "controller")}})
+        shared.atomic_write_text(self.logdir / "checkpoints" / "latest", name + "\n")
+        self.env.close()
+        return TrainResult(self.logdir, path, steps, self.agent.updates, result.mean)
+
+
+def train(cfg: Config | None, logdir: str | os.PathLike, resume: bool = False, progress: bool = True,
+          overrides: Mapping[str, Any] | None = None, command: str | None = None) -> TrainResult:
+    """Train a World Models agent per ``cfg`` in ``logdir``, or resume the run there (``WorldModelsRun``)."""
+    return WorldModelsRun(cfg, logdir, resume=resume, progress=progress, overrides=overrides, command=command).run()
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------------
+def _seconds(record: Any) -> float:
+    return float(record.get("seconds", 0.0)) if isinstance(record, dict) else 0.0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _save_npz(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
+    tmp = shared.temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _load_series(path: pathlib.Path, z: int, action_dim: int) -> dict[str, np.ndarray]:
+    """``series.npz`` read bounded: members and shapes must fit the config before anything is inflated."""
+    from ..npzfile import NpzLimitError, load_bounded
+
+    def check(headers) -> None:
+        if set(headers) != set(SERIES_KEYS):
+            raise NpzLimitError(f"members {sorted(headers)}, expected {sorted(SERIES_KEYS)}")
+        steps = headers["mean"].shape[0] if headers["mean"].shape else -1
+        want = {"mean": (steps, z), "logvar": (steps, z), "action": (steps, action_dim), "reward": (steps,),
+                "is_terminal": (steps,)}
+        for key, shape in want.items():
+            if headers[key].shape != shape:
+                raise NpzLimitError(f"{key} has shape {headers[key].shape}, expected {shape}")
+        if len(headers["lengths"].shape) != 1:
+            raise NpzLimitError("lengths must be one-dimensional")
+
+    try:
+        data = load_bounded(path, check)
+    except (ValueError, OSError) as exc:
+        raise shared.CheckpointError(f"refusing {path}: {' '.join(str(exc).split())[:200]}") from None
+    lengths = data["lengths"]
+    if lengths.dtype.kind not in "iu" or (lengths < 1).any() or int(lengths.sum()) != len(data["mean"]):
+        raise shared.CheckpointError(f"refusing {path}: its episode lengths do not add up to its {len(data['mean'])} "
+                                     "steps")
+    return data
