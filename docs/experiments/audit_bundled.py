@@ -29,6 +29,8 @@ def decisive(check: dict) -> str:
     def fmt(ci):
         return "n/a" if not ci or ci[0] is None else f"{ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}]"
 
+    if "spearman" in check:  # interventions (#27 item 4)
+        return f"Spearman(|attr|, intervention): {fmt(check['spearman']['method'])}"
     if "stages" in check:
         stage = next(s for s in check["stages"] if s["block"] == check["decisive_stage"])
         return f"Spearman after {check['decisive_stage']}: {fmt(stage['spearman_abs'])}"
