@@ -434,6 +434,9 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None,
 
     path = resolve(path)
     manifest = read_manifest(path)
+    if manifest.get("algo") == "worldmodels":  # issue #30: a member with its own agent class and loader
+        raise CheckpointError(f"{path} is a World Models checkpoint: load it with xdreamer.worldmodels.load (the "
+                              "analysis commands do not read World Models agents yet)")
     weights_file = _regular_file(path, WEIGHTS)
     _regular_file(path, CONFIG)
     try:

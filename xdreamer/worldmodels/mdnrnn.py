@@ -83,9 +83,11 @@ class MDNRNN(nn.Module):
         mse = (out.reward - batch["reward"]).pow(2)
         bce = F.binary_cross_entropy_with_logits(out.done_logit, batch["done"], reduction="none")
         total = ((nll + mse + bce) * mask).sum() / count / (self.z + 2)
-        return total, {"mdn/nll": float((nll * mask).sum() / count / self.z),
+        with torch.no_grad():
+            metrics = {"mdn/nll": float((nll * mask).sum() / count / self.z),
                        "mdn/reward_mse": float((mse * mask).sum() / count),
                        "mdn/done_bce": float((bce * mask).sum() / count)}
+        return total, metrics
 
 
 def mixture_log_prob(out: MDNOutput, target: torch.Tensor) -> torch.Tensor:
