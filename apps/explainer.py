@@ -135,6 +135,9 @@ def latent_attr(ctx: tuple, _agent, _trace, step: int, target: str):
     # classes the agent acted on: this ranking predicts on-manifold interventions (the prior baseline ranks surprise)
     a = _trace.arrays
     action = int(a["action"][step]) if target == "action" else None
+    if "post_stoch" in a:  # Gaussian latents (DreamerV1): over dimensions, from the prior mean, at the acted values
+        return latent_attribution(_agent, a["deter"][step], a["post_logits"][step], target=target, action=action,
+                                  prior=a["prior_logits"][step], z=a["post_stoch"][step])
     classes = np.asarray(a["post_class"]).astype(np.int64)
     K = a["post_logits"].shape[-1]
     return latent_attribution(_agent, a["deter"][step], a["post_logits"][step], target=target, action=action,
@@ -512,8 +515,42 @@ def pick_class(agent, ctx, trace, step: int, variable: int, probs: np.ndarray) -
     return order[0], "the second most probable class of this variable"
 
 
+def gaussian_latent_panel(agent, ctx, trace, step: int) -> None:
+    """DreamerV1's Gaussian latents (#29): per dimension the posterior mean +- std beside the prior's, and the
+    attribution of the decision to each dimension (IG from the prior mean); no classes to switch."""
+    import pandas as pd
+
+    a = trace.arrays
+    post, prior = np.asarray(a["post_logits"][step]), np.asarray(a["prior_logits"][step])
+    st.info("Gaussian latents (DreamerV1): each of the stochastic state's dimensions is a Gaussian, not a class. "
+            "Shown per dimension: the posterior and prior means and standard deviations, and what the decision "
+            "owes to each dimension.")
+    left, right = st.columns(2)
+    left.markdown(f"**Posterior and prior at step {step}** ({post.shape[0]} dimensions)")
+    left.bar_chart(pd.DataFrame({"posterior mean": post[:, 0], "prior mean": prior[:, 0],
+                                 "posterior std": post[:, 1], "prior std": prior[:, 1]}), height=220, stack=False)
+    left.caption(E(f"the value the agent acted on: {np.round(a['post_stoch'][step], 2).tolist()}"))
+    with right:
+        if agent is None:
+            st.info("Latent attribution needs the checkpoint the trace was recorded with.")
+            return
+        targets = ("action", "value") if agent.spec.discrete else ("value",)
+        target = st.selectbox("attributed output", targets, key="latent_target")
+        try:
+            attribution = latent_attr(ctx, agent, trace, step, target)
+            st.markdown(f"**IntegratedGradients attribution of the {target} per dimension**")
+            st.bar_chart(pd.DataFrame({"attribution": attribution.map[:, 0]}), height=220)
+            st.caption(E(f"baseline: the prior mean at this step; completeness delta {attribution.delta:+.2e}; "
+                         f"top dimensions {attribution.top_variables()}"))
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc, "Latent attribution failed: ")
+
+
 def latent_panel(agent, ctx, trace, step: int) -> None:
     a = trace.arrays
+    if "post_stoch" in a:
+        gaussian_latent_panel(agent, ctx, trace, step)
+        return
     logits = np.asarray(a["post_logits"][step], np.float64)
     stoch, classes = logits.shape
     probs = np.exp(logits - logits.max(-1, keepdims=True))

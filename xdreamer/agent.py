@@ -47,11 +47,15 @@ def member(algo: str) -> tuple[type[WorldModel], type[ActorCritic]]:
     reads the member's name: each member lives in its own module (house rule 15)."""
     if algo == "dreamerv2":
         return WorldModel, ActorCritic
+    if algo == "dreamerv1":
+        from .dreamerv1 import ActorCriticV1, WorldModelV1
+
+        return WorldModelV1, ActorCriticV1
     if algo == "dreamerv3":
         from .dreamerv3 import ActorCriticV3, WorldModelV3
 
         return WorldModelV3, ActorCriticV3
-    raise ValueError(f"unknown algo {algo!r}; use dreamerv2 or dreamerv3")
+    raise ValueError(f"unknown algo {algo!r}; use dreamerv1, dreamerv2 or dreamerv3")
 
 
 @dataclass
@@ -171,7 +175,7 @@ class Agent(nn.Module):
             latent, _ = self.wm.rssm.obs_step(state.latent, state.action, embed, is_first,
                                               sample=sample_latent)
             feat = self.wm.feat(latent)
-            action = self.actor.sample(feat) if mode == "explore" else self.actor.mode(feat)
+            action = self.actor.explore(feat) if mode == "explore" else self.actor.mode(feat)
         action = action.float()
         latent = latent.map(lambda x: x.float())
         env_action = action.argmax(-1).cpu().numpy() if self.spec.discrete else action.cpu().numpy()

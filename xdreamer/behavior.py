@@ -87,6 +87,10 @@ class Actor(nn.Module):
         """A differentiable sample: straight-through one-hot or reparameterised continuous."""
         return self.sample_from(self(feat))
 
+    def explore(self, feat: torch.Tensor) -> torch.Tensor:
+        """The action taken while collecting experience: a sample (members may add exploration noise)."""
+        return self.sample(feat)
+
     def sample_from(self, dist: torch.distributions.Distribution) -> torch.Tensor:
         if self.discrete:
             return straight_through_onehot(dist.probs, sample_categorical(dist.probs))

@@ -42,7 +42,8 @@ class Config(WorldModelsFields):  # World Models' fields (wm_*) live with the me
     threads: int = 0  # torch intra-op threads, 0 = torch default
     compile: str = "off"  # torch.compile mode for the networks: off | default | reduce-overhead | max-autotune
 
-    # Member of the family (issue #29): dreamerv2 (Hafner et al. 2021) | dreamerv3 (Hafner et al. 2023,
+    # Member of the family (issue #29): dreamerv1 (Hafner et al. 2020, xdreamer/dreamerv1.py) | dreamerv2 (Hafner et
+    # al. 2021) | dreamerv3 (Hafner et al. 2023,
     # xdreamer/dreamerv3.py); the ``dreamerv3`` preset sets it with that paper's hyperparameters. worldmodels (Ha &
     # Schmidhuber 2018, xdreamer/worldmodels/, issue #30): the ``worldmodels*`` presets set it.
     algo: str = "dreamerv2"
@@ -128,6 +129,9 @@ class Config(WorldModelsFields):  # World Models' fields (wm_*) live with the me
     actor_grad_mix: float = 0.1  # actor_grad_mix 0.1 (weight of dynamics backprop when actor_grad=both)
     actor_ent: float = 1e-3  # atari: actor_ent 1e-3 (eta)
     actor_min_std: float = 0.1  # continuous actor: min_std 0.1
+    # DreamerV1 only (xdreamer/dreamerv1.py): exploration while collecting, additive Gaussian noise of this std on
+    # continuous actions or epsilon-greedy with this epsilon (danijar/dreamer expl_amount 0.3); 0 = none (V2, V3).
+    expl_amount: float = 0.0
     slow_target_update: int = 100  # slow_target_update 100 updates
     slow_target_fraction: float = 1.0  # slow_target_fraction 1 (hard copy)
     # Latents when evaluating: "sample" as dreamerv2's released config (eval_state_mean False: agent.py ``policy``
@@ -206,6 +210,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "weight_decay": 0.0,
         "batch": 16, "length": 64,
         "decoder": "dreamerv3",
+    },
+    # DreamerV1 (Hafner et al. 2020; danijar/dreamer ``define_config``, xdreamer/dreamerv1.py): Gaussian latents 30 +
+    # GRU 200, free nats 3 with KL scale 1, actor by value gradients, gamma 0.99, lambda 0.95, horizon 15, model lr
+    # 6e-4 and actor / value lr 8e-5, Adam eps 1e-7 (tf.optimizers.Adam's default), clip 100, batch 50 x 50, no
+    # discount head, exploration noise 0.3; the DMC protocol (action repeat 2, unclipped rewards, 1000 steps = 500
+    # agent steps). On a CPU compose ``--preset dreamerv1 toy`` (toy's sizes and rates); presets that set classes
+    # (small, debug) go before it: the Gaussian latent needs classes 1.
+    "dreamerv1": {
+        "algo": "dreamerv1", "stoch": 30, "classes": 1, "deter": 200, "hidden": 200, "cnn_depth": 32,
+        "mlp_units": 400, "mlp_layers": 4, "kl_free": 3.0, "kl_scale": 1.0, "kl_free_avg": True,
+        "discount": 0.99, "discount_lambda": 0.95, "horizon": 15, "actor_ent": 0.0, "expl_amount": 0.3,
+        "model_lr": 6e-4, "actor_lr": 8e-5, "critic_lr": 8e-5, "adam_eps": 1e-7, "grad_clip": 100.0,
+        "weight_decay": 0.0, "batch": 50, "length": 50, "pred_discount": False, "clip_rewards": "identity",
+        "action_repeat": 2, "time_limit": 500, "prefill": 2500, "train_every": 5, "pretrain": 100,
     },
     # The paper's model sizes (Table B.1: GRU units, CNN multiplier, dense units, MLP layers).
     "dreamerv3-xs": {"deter": 256, "hidden": 256, "cnn_depth": 24, "mlp_units": 256, "mlp_layers": 1},

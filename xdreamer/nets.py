@@ -628,7 +628,9 @@ class MLP(nn.Module):
 
     def lookup_columns(self, x: torch.Tensor) -> torch.Tensor | None:
         """``[..., G]``: where the ones of ``x``'s one-hot tail sit, or None where the lookup does not apply
-        (:func:`lookup_columns`)."""
+        (:func:`lookup_columns`), and where the input has no one-hot tail (DreamerV1's Gaussian latents)."""
+        if self.onehot_tail is None:
+            return None
         groups, classes = self.onehot_tail
         return lookup_columns(x[..., x.shape[-1] - groups * classes:].unflatten(-1, (groups, classes)))
 

@@ -64,6 +64,10 @@ Intervention = Callable[[int, State], State]  # (step index 1..H, prior state) -
 
 
 class RSSM(nn.Module):
+    # The latent's description for the analysis layer (issue #29): "categorical" (stoch x classes one-hots, logits
+    # per class) here; DreamerV1's ``GaussianRSSM`` is "gaussian" (stoch [.., S, 1], logits = (mean, std) [.., S, 2]).
+    latent_kind = "categorical"
+
     def __init__(self, embed_dim: int, action_dim: int, deter: int = 600, hidden: int = 600,
                  stoch: int = 32, classes: int = 32, unimix: float = 0.0) -> None:
         super().__init__()
@@ -92,6 +96,15 @@ class RSSM(nn.Module):
     def get_feat(state: State) -> torch.Tensor:
         """``[..., deter + stoch * classes]``."""
         return torch.cat([state.deter, state.stoch.flatten(-2)], -1)
+
+    def relaxed_stoch(self, logits: torch.Tensor) -> torch.Tensor:
+        """A smooth stand-in for the sampled latent, for gradients through the posterior (the analysis layer):
+        the class probabilities ``[..., stoch, classes]``."""
+        return logits.softmax(-1)
+
+    def mode_stoch(self, logits: torch.Tensor) -> torch.Tensor:
+        """The most likely latent: the one-hot of each variable's most likely class ``[..., stoch, classes]``."""
+        return nn.functional.one_hot(logits.argmax(-1), self.classes).to(logits.dtype)
 
     def _stoch_from_logits(self, flat_logits: torch.Tensor, sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
         # Distributions in float32 also under bf16 autocast: sampling, KL and entropies need the precision.

@@ -191,7 +191,8 @@ CONFIG_RULES: dict[str, Any] = {
     "unimix": Float(0.0, 1.0, hi_open=True),  # 1 would make the latent uniform noise
     "embed_norm": Choice("none", "batch"),
     "atari_actions": Choice("minimal", "full"),
-    "algo": Choice("dreamerv2", "dreamerv3", "worldmodels"),
+    "algo": Choice("dreamerv1", "dreamerv2", "dreamerv3", "worldmodels"),
+    "expl_amount": Unit,
     "dyn_scale": Scale,
     "rep_scale": Scale,
     "critic_reg": Scale,

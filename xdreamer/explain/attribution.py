@@ -1,4 +1,9 @@
-"""Attributions over the 32x32 categorical latent (issue 3, part 4).
+"""Attributions over the 32x32 categorical latent (issue 3, part 4), and over DreamerV1's Gaussian dimensions.
+
+Gaussian latents (``rssm.latent_kind == "gaussian"``, issue #29): the explained input is the 30 values of z_t
+(default: the posterior mean; ``z``: e.g. the values the agent acted on), the map is ``[stoch, 1]``, the prior
+baseline is the prior's mean and FeatureAblation sets one dimension at a time to the baseline's value. The
+class-switching helpers below refuse such agents (they have no classes).
 
 At a step t with posterior ``deter`` h_t ``[deter]`` and posterior logits ``[stoch, classes]`` the
 explained functions take the relaxed one-hot z (the posterior class probabilities, a float
@@ -103,11 +108,12 @@ def _check_latent(agent, deter: Any, logits: Any, name: str = "logits") -> tuple
     rssm = agent.wm.rssm
     h = _to_tensor(deter, agent.device).float().reshape(-1)
     lg = _to_tensor(logits, agent.device).float()
+    width = 2 if rssm.latent_kind == "gaussian" else rssm.classes  # Gaussian latents: (mean, std) per dimension
     if h.numel() != rssm.deter_size:
         raise ValueError(f"deter has {h.numel()} entries, this model has {rssm.deter_size}")
-    if lg.numel() != rssm.stoch_size * rssm.classes:
-        raise ValueError(f"{name} has shape {tuple(lg.shape)}, this model needs ({rssm.stoch_size}, {rssm.classes})")
-    return h, lg.reshape(rssm.stoch_size, rssm.classes)
+    if lg.numel() != rssm.stoch_size * width:
+        raise ValueError(f"{name} has shape {tuple(lg.shape)}, this model needs ({rssm.stoch_size}, {width})")
+    return h, lg.reshape(rssm.stoch_size, width)
 
 
 def _baseline_probs(agent, h: torch.Tensor, baseline: Any, prior: Any) -> tuple[torch.Tensor, str]:
@@ -116,7 +122,9 @@ def _baseline_probs(agent, h: torch.Tensor, baseline: Any, prior: Any) -> tuple[
     if isinstance(baseline, str):
         if baseline == "prior":
             lg = prior_logits(agent, h) if prior is None else _check_latent(agent, h, prior, "prior logits")[1]
-            return lg.softmax(-1).reshape(1, S * K), "prior"
+            return rssm.relaxed_stoch(lg).reshape(1, S * K), "prior"
+        if baseline == "uniform" and rssm.latent_kind == "gaussian":
+            raise ValueError("Gaussian latents have no uniform baseline; use prior or a [stoch] tensor of values")
         if baseline == "uniform":
             return torch.full((1, S * K), 1.0 / K, device=agent.device), "uniform"
         raise ValueError(f"unknown baseline {baseline!r}; use prior, uniform or a [stoch, classes] tensor")
@@ -144,7 +152,7 @@ def latent_attribution(agent, deter: Any, post_logits: Any, target: str = "actio
     rssm = agent.wm.rssm
     S, K = rssm.stoch_size, rssm.classes
     h, lg = _check_latent(agent, deter, post_logits, "post_logits")
-    inp = (lg.softmax(-1) if z is None else _to_tensor(z, agent.device).float()).reshape(1, S * K)
+    inp = (rssm.relaxed_stoch(lg) if z is None else _to_tensor(z, agent.device).float()).reshape(1, S * K)
     base, base_name = _baseline_probs(agent, h, baseline, prior)
     abl, abl_name = (base, base_name) if ablation_baseline is None else _baseline_probs(agent, h, ablation_baseline,
                                                                                          prior)
@@ -155,7 +163,7 @@ def latent_attribution(agent, deter: Any, post_logits: Any, target: str = "actio
         if target == "action" and fwd.action is None:
             with torch.no_grad():
                 # the agent's own choice: actor mode on the one-hot posterior mode (Agent.policy eval)
-                onehot = F.one_hot(lg.argmax(-1), K).float().reshape(1, S * K)
+                onehot = rssm.mode_stoch(lg).float().reshape(1, S * K)
                 fwd.action = int(agent.actor.net(torch.cat([h[None], onehot], -1)).argmax(-1)[0])
         attr, delta = IntegratedGradients(fwd).attribute(inp.clone(), baselines=base, n_steps=n_steps,
                                                          method=method, return_convergence_delta=True)
@@ -174,6 +182,11 @@ def latent_attribution(agent, deter: Any, post_logits: Any, target: str = "actio
 
 
 # ---- what does a latent class mean ---------------------------------------------------------------
+def _need_classes(rssm) -> None:
+    if rssm.latent_kind != "categorical":
+        raise ValueError(f"this agent's latents are {rssm.latent_kind} (DreamerV1): they have no classes to switch")
+
+
 def _onehot_stoch(agent, stoch: Any) -> torch.Tensor:
     rssm = agent.wm.rssm
     z = _to_tensor(stoch, agent.device)
@@ -197,6 +210,7 @@ def class_effect(agent, deter: Any, stoch_onehot: Any, variable: int, cls: int) 
     Switching to the class the variable already has gives exactly zero.
     """
     rssm = agent.wm.rssm
+    _need_classes(rssm)
     if not 0 <= int(variable) < rssm.stoch_size:
         raise ValueError(f"variable {variable} out of range for {rssm.stoch_size} latent variables")
     if not 0 <= int(cls) < rssm.classes:
@@ -215,6 +229,7 @@ def class_effect(agent, deter: Any, stoch_onehot: Any, variable: int, cls: int) 
 def class_effects(agent, deter: Any, stoch_onehot: Any, variable: int) -> np.ndarray:
     """:func:`class_effect` for every class of ``variable``: ``[classes, C, 64, 64]`` (one batched decode)."""
     rssm = agent.wm.rssm
+    _need_classes(rssm)
     if not 0 <= int(variable) < rssm.stoch_size:
         raise ValueError(f"variable {variable} out of range for {rssm.stoch_size} latent variables")
     h = _to_tensor(deter, agent.device).float().reshape(1, -1)

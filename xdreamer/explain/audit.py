@@ -386,6 +386,11 @@ def run_audit(agent, env, methods: Sequence[str] = DEFAULT_METHODS, seeds: Seque
             _editor(env)
         except NotImplementedError as exc:
             skipped["objects"] = str(exc)
+    if agent.wm.rssm.latent_kind != "categorical":
+        for m in LATENT_METHODS:
+            if m in methods:
+                skipped[m] = (f"the latent checks switch categorical classes; this agent's latents are "
+                              f"{agent.wm.rssm.latent_kind} (DreamerV1)")
     chosen = collect_states(agent, env, seeds, steps, states, trace, max_steps, progress)
     todo = [m for m in methods if m not in skipped]
     blocks = {"pixel": cascade_blocks(agent), "latent": cascade_blocks(agent, "latent")}

@@ -71,15 +71,18 @@ def start_state(agent, trace: Trace, steps) -> State:
     """The posterior ``State`` the agent acted on at ``steps`` (int or int array) -> ``[B]``."""
     steps = np.atleast_1d(np.asarray(steps, dtype=np.int64))
     dev = agent.device
+    from .trace import acted_latent
+
+    rssm = agent.wm.rssm
     deter = torch.as_tensor(trace.arrays["deter"][steps], device=dev, dtype=torch.float32)
-    classes = torch.as_tensor(trace.arrays["post_class"][steps], device=dev, dtype=torch.long)
     logits = torch.as_tensor(trace.arrays["post_logits"][steps], device=dev, dtype=torch.float32)
-    n_classes = logits.shape[-1]
-    if deter.shape[-1] != agent.wm.rssm.deter_size or logits.shape[-2:] != (agent.wm.rssm.stoch_size, n_classes) \
-            or n_classes != agent.wm.rssm.classes:
+    gaussian = "post_stoch" in trace.arrays
+    width = 2 if gaussian else rssm.classes  # Gaussian logits hold (mean, std)
+    if deter.shape[-1] != rssm.deter_size or tuple(logits.shape[-2:]) != (rssm.stoch_size, width) \
+            or gaussian != (rssm.latent_kind == "gaussian"):
         raise ValueError(f"trace latent shapes (deter {tuple(deter.shape[1:])}, stoch {tuple(logits.shape[1:])}) "
                          "do not fit this agent's world model")
-    return State(deter, F.one_hot(classes, n_classes).float(), logits)
+    return State(deter, torch.as_tensor(acted_latent(trace.arrays, steps), device=dev), logits)
 
 
 def _action_matrix(agent, actions, what: str) -> torch.Tensor:
@@ -215,6 +218,9 @@ def intervene(agent, trace: Trace, step: int, variable: int, cls: int | str, hor
     step = trace.check_step(step)
     horizon = _check_horizon(horizon)
     rssm = agent.wm.rssm
+    if rssm.latent_kind != "categorical":
+        raise ValueError(f"intervene switches a categorical variable's class; this agent's latents are "
+                         f"{rssm.latent_kind} (DreamerV1): they have no classes")
     if isinstance(variable, bool) or not isinstance(variable, (int, np.integer)) or not 0 <= variable < rssm.stoch_size:
         raise ValueError(f"variable must be an integer in [0, {rssm.stoch_size}), got {variable!r}")
     variable = int(variable)

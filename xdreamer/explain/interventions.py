@@ -64,6 +64,12 @@ def aggregate_posterior(post_class: Any, classes: int) -> np.ndarray:
     return onehot.mean(0)
 
 
+def _categorical(rssm) -> None:
+    if rssm.latent_kind != "categorical":
+        raise ValueError(f"the intervention check switches categorical classes; this agent's latents are "
+                         f"{rssm.latent_kind} (DreamerV1)")
+
+
 def _probs(agent, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Actor probabilities ``[N, A]`` at ``h`` ``[1, deter]`` and one-hot ``z`` ``[N, stoch, classes]``."""
     feat = torch.cat([h.expand(z.shape[0], -1), z.flatten(1)], -1)
@@ -97,6 +103,7 @@ def variable_effects(agent, deter: Any, z: Any, marginals: Any, action: int | No
     the agent acted on ``[stoch, classes]`` (or indices ``[stoch]``), ``marginals`` the aggregate posterior
     ``[stoch, classes]``; ``action`` the explained action (default: the actor's mode)."""
     rssm = agent.wm.rssm
+    _categorical(rssm)
     S, K = rssm.stoch_size, rssm.classes
     h = _to_tensor(deter, agent.device).float().reshape(1, -1)
     if h.shape[1] != rssm.deter_size:
@@ -187,6 +194,7 @@ def intervention_check(agent, trace, steps: Sequence[int] | None = None, k: int 
 
     a = trace.arrays
     rssm = agent.wm.rssm
+    _categorical(rssm)
     S, K = rssm.stoch_size, rssm.classes
     if not agent.spec.discrete:
         raise ValueError("the intervention check explains the chosen action's probability; it needs discrete actions")

@@ -183,7 +183,7 @@ def as_state(agent, prev_state: Any) -> State:
         if stoch is None:
             if logits is None:
                 raise ValueError("a previous state needs 'stoch' or 'logits'")
-            stoch = F.one_hot(logits.argmax(-1), rssm.classes).float()
+            stoch = rssm.mode_stoch(logits).float()
         stoch = _to_tensor(stoch, device).float()
         prev_state = State(deter, stoch, stoch.clone() if logits is None else logits)
     if not isinstance(prev_state, tuple) or len(prev_state) != 3:
@@ -192,7 +192,7 @@ def as_state(agent, prev_state: Any) -> State:
     if deter.dim() == 1:
         deter, stoch, logits = deter[None], stoch[None], logits[None]
     if stoch.dim() == 2:  # flat [1, S*K]
-        stoch, logits = (x.reshape(1, rssm.stoch_size, rssm.classes) for x in (stoch, logits))
+        stoch, logits = (x.reshape(1, rssm.stoch_size, -1) for x in (stoch, logits))
     if deter.shape != (1, rssm.deter_size) or stoch.shape != (1, rssm.stoch_size, rssm.classes):
         raise ValueError(f"previous state has deter {tuple(deter.shape)} and stoch {tuple(stoch.shape)}; this "
                          f"model needs deter ({rssm.deter_size},) and stoch ({rssm.stoch_size}, {rssm.classes})")
@@ -254,7 +254,7 @@ class PixelForward:
         embed = wm.encode(frame.float() - 0.5)
         post, _ = wm.rssm.obs_step(prev, self.prev_action.expand(n, -1), embed, self.is_first.expand(n),
                                    sample=False)
-        return wm.feat(State(post.deter, post.logits.softmax(-1), post.logits))
+        return wm.feat(State(post.deter, wm.rssm.relaxed_stoch(post.logits), post.logits))
 
     def outputs(self, feat: torch.Tensor) -> torch.Tensor:
         """Actor logits ``[N, A]`` (discrete) or the pre-tanh means (continuous)."""
@@ -468,8 +468,10 @@ def trace_inputs(trace, step: int) -> dict[str, Any]:
     same_episode = step > 0 and arrays["episode"][step - 1] == arrays["episode"][step]
     prev_state = prev_action = None
     if not is_first and same_episode:
+        from .trace import acted_latent
+
         logits = np.asarray(arrays["post_logits"][step - 1], np.float32)
-        stoch = np.eye(logits.shape[-1], dtype=np.float32)[np.asarray(arrays["post_class"][step - 1])]
+        stoch = acted_latent(arrays, step - 1)
         prev_state = {"deter": np.asarray(arrays["deter"][step - 1], np.float32), "stoch": stoch, "logits": logits}
         prev_action = np.asarray(arrays["action_vec"][step - 1], np.float32)
     elif not is_first:

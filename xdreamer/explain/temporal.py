@@ -86,7 +86,7 @@ class SequenceForward:
         for j in range(W):
             post, _ = wm.rssm.obs_step(state, self.actions[j:j + 1].expand(n, -1), embed[:, j],
                                        self.is_first[j:j + 1].expand(n), sample=False)
-            state = State(post.deter, post.logits.softmax(-1), post.logits) if relaxed else post
+            state = State(post.deter, wm.rssm.relaxed_stoch(post.logits), post.logits) if relaxed else post
         return self.agent.actor.net(wm.feat(state)).float().softmax(-1)
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,9 @@ step t (DreamerV2 alignment: step t holds o_t, the action a_{t-1} that led to it
     post_logits, prior_logits   float [N, stoch, classes]
     post_class, prior_class     int [N, stoch]  class index of the posterior sample (the one-hot the
                                                 agent acted on) and of the prior's mode
+    post_stoch       float [N, stoch]       Gaussian latents only (DreamerV1): the values the agent acted on;
+                                            there post/prior_logits hold (mean, std) [N, stoch, 2] and
+                                            post/prior_class are all 0
     deter            float [N, deter]
     recon            uint8 [N, C, 64, 64]   decoded posterior
     recon_sqerr      float16 [N, C, 64, 64] per-pixel squared error in [0, 1] pixel units
@@ -148,6 +151,16 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
     return ((image.float() + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
+def acted_latent(arrays: dict, steps) -> np.ndarray:
+    """The stochastic latent the agent acted on at ``steps`` (int or int array): float32 ``[..., stoch, K]`` as the
+    RSSM's ``stoch`` holds it -- the one-hot of ``post_class`` (categorical; K classes) or, for Gaussian latents
+    (DreamerV1; a trace with ``post_stoch``), the recorded values ``[..., stoch, 1]``."""
+    if "post_stoch" in arrays:
+        return np.asarray(arrays["post_stoch"][steps], np.float32)[..., None]
+    classes = arrays["post_logits"].shape[-1]
+    return np.eye(classes, dtype=np.float32)[np.asarray(arrays["post_class"][steps])]
+
+
 @torch.no_grad()
 def record(agent, env, episodes: int = 1, seed: int = 0, policy: str = "mode", max_steps: int | None = None,
            progress: bool = False, on_step: Callable[[int], None] | None = None) -> Trace:
@@ -173,6 +186,7 @@ def record(agent, env, episodes: int = 1, seed: int = 0, policy: str = "mode", m
     spec = env.spec
     explore = policy == "sample"
     wm, rssm, actor = agent.wm, agent.wm.rssm, agent.actor
+    gaussian = rssm.latent_kind == "gaussian"
     was_training = agent.training
     agent.eval()
     rows: dict[str, list] = {}
@@ -226,13 +240,16 @@ def record(agent, env, episodes: int = 1, seed: int = 0, policy: str = "mode", m
                         action_vec=action[0].cpu().numpy(), entropy=entropy, reward=float(obs["reward"]),
                         post_logits=latent.logits[0].cpu().numpy(), prior_logits=prior.logits.float()[0].cpu().numpy(),
                         post_class=latent.stoch[0].argmax(-1).cpu().numpy(),
-                        prior_class=prior.logits.float()[0].argmax(-1).cpu().numpy(),
+                        prior_class=(np.zeros(rssm.stoch_size, np.int64) if gaussian
+                                     else prior.logits.float()[0].argmax(-1).cpu().numpy()),
                         deter=latent.deter[0].cpu().numpy(),
                         surprise=float(rssm.kl(latent.logits, prior.logits.float())[0]),
                         is_first=bool(obs["is_first"]), is_last=bool(obs["is_last"]),
                         is_terminal=bool(obs["is_terminal"]), episode=index, t=t)
                     if probs is not None:
                         add(action_probs=probs)
+                    if gaussian:
+                        add(post_stoch=latent.stoch[0, :, 0].cpu().numpy())
                     for name in spec.object_names:
                         box = obs.get("objects", {}).get(name)
                         add(**{f"objects/{name}": np.full(4, np.nan, np.float32) if box is None
@@ -437,6 +454,10 @@ def _check_values(path: pathlib.Path, arrays: dict[str, np.ndarray], meta: dict,
                      f"outside 0..{classes - 1}")
     if arrays["deter"].ndim != 2:
         fail(f"deter must be [steps, units], got shape {arrays['deter'].shape}")
+    if "post_stoch" in arrays:  # Gaussian latents (DreamerV1): the values acted on, beside (mean, std) logits
+        a = arrays["post_stoch"]
+        if a.dtype.kind != "f" or a.shape != (n, stoch) or classes != 2 or not np.all(np.isfinite(a)):
+            fail(f"post_stoch must be finite floats of shape ({n}, {stoch}) beside (mean, std) logits")
     for key in ("episode", "t"):
         if key in arrays and (arrays[key].dtype.kind not in _INT_KINDS or (arrays[key].size and arrays[key].min() < 0)):
             fail(f"{key} must be non-negative integers")
