@@ -53,6 +53,7 @@ def test_detector_finds_objects_and_scores_a_missing_one_as_worst(runs):
         centre = boxes[:, :2] + boxes[:, 2:] / 2
         err = position_error(found[name], centre)
         assert np.nanmedian(err) < 0.6 and np.isfinite(err).mean() > 0.95, name
+        assert fid.detector_check[name]["found"] > 0.95 and fid.detector_check[name]["median_px"] < 0.6
     # Erasing the objects leaves nothing to find: a dropped object scores the frame's diagonal, never better
     # than a badly placed one.
     erased = det.erase(frames[:10], {n: trace.arrays[f"objects/{n}"][:10] for n in det.objects})

@@ -189,6 +189,21 @@ class _quiet:
         return self._ctx.__exit__(*exc)
 
 
+def check_detector(detector: ObjectDetector, trace: Trace) -> dict[str, dict[str, float]]:
+    """The detector on ``trace``'s real frames against its ground-truth boxes: per object the fraction of boxed
+    steps where it finds the object (``found``) and the median distance to the box centre there (``median_px``)."""
+    located = detector.locate(trace.arrays["frame"])
+    out = {}
+    for name in detector.objects:
+        boxes = trace.arrays[f"objects/{name}"].astype(np.float64)
+        err = position_error(located[name], boxes[:, :2] + boxes[:, 2:] / 2)
+        err = err[np.isfinite(err)]
+        hit = err[err < MISSING_PX]
+        out[name] = {"found": float(len(hit) / len(err)) if len(err) else float("nan"),
+                     "median_px": float(np.median(hit)) if len(hit) else float("nan")}
+    return out
+
+
 def position_error(found: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Euclidean distance ``[...]`` between centroids ``[..., 2]``: NaN where the reference is not found (the
     step is not scored), ``MISSING_PX`` where only ``found`` is missing."""
@@ -207,6 +222,10 @@ class Fidelity:
     ``object_px`` key -> ``[S, O, H]`` centroid error in px (keys ``OBJECT_KEYS``; NaN where not scored);
     ``agreement`` bool ``[S, H]``: the actor dream's action into step k equals the recorded a_{t+k-1} (k = 1 is
     the recorded a_t by construction); ``q``, ``q_actor``, ``value``, ``real_return`` ``[S]``.
+    ``detector_check`` name -> {"found", "median_px"}: the detector on the trace's real frames against the
+    ground-truth box centres (how often it finds the object where a box is, and how far from the box centre).
+    Where it does not find an object's box centre on real frames (Atari objects among moving scenery), that
+    object's numbers measure the detector, not the dream.
     """
 
     steps: np.ndarray
@@ -221,6 +240,7 @@ class Fidelity:
     value: np.ndarray
     real_return: np.ndarray
     detector: ObjectDetector
+    detector_check: dict[str, dict[str, float]]
 
     def object_mean(self, key: str, obj: str, first: int | None = None) -> float:
         """Mean centroid error of ``obj`` over every scored (step, k <= ``first``) pair (NaN if none)."""
@@ -259,7 +279,7 @@ class Fidelity:
             "missing": {o: {k: self.missing_frac(k, o, first) for k in OBJECT_KEYS} for o in self.objects},
             "scored": {o: int(np.isfinite(self.object_px["recorded"][:, i, :first]).sum())
                        for i, o in enumerate(self.objects)},
-            "agreement": self.agreement_frac(first),
+            "agreement": self.agreement_frac(first), "detector_check": self.detector_check,
             "q_abs_error": {"dream_q": mae(self.q), "dream_q_actor": mae(self.q_actor), "critic_value": mae(self.value)},
             "per_k": {f"k{k + 1}": {"pixel_mae": {key: self.pixel_mean_at(key, k) for key in PIXEL_KEYS},
                                     "object_px": {o: {key: self.object_mean_at(key, o, k) for key in OBJECT_KEYS}
@@ -367,6 +387,7 @@ def fidelity(agent, trace: Trace, steps: Sequence[int] | None = None, horizon: i
     from ..report.detectors import lambda_returns  # the one realised lambda-return (a library function)
 
     real_return = lambda_returns(trace)[steps].astype(np.float32)
-    return Fidelity(steps=steps, horizon=H, objects=objects, valid=valid, agreement=agreement,
+    return Fidelity(detector_check=check_detector(detector, trace), steps=steps, horizon=H, objects=objects, valid=valid, agreement=agreement,
                     pixel_mae=pixel_mae, object_px=object_px, q=q, q_actor=q_actor,
                     value=a["value"][steps].astype(np.float32), real_return=real_return, detector=detector)
+
