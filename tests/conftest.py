@@ -48,6 +48,23 @@ def random_batch(spec, batch: int, length: int, seed: int = 0) -> dict:
     }
 
 
+def analysis_commands(ckpt, trace, out, saliency_method: str = "saliency") -> list[list[str]]:
+    """The CLI's analysis entry points on a checkpoint of any member (issue #29): record a 10-step trace, then
+    whatif (dream + grounded), saliency with the latent attribution, highlights, report and audit from it."""
+    ckpt, trace = str(ckpt), str(trace)
+    return [["record", ckpt, "--episodes", "1", "--max-steps", "10", "--out", trace, "--no-progress"],
+            ["whatif", ckpt, "--trace", trace, "--step", "3", "--horizon", "4", "--grounded",
+             "--json", str(out / "w.json"), "--no-progress"],
+            ["saliency", ckpt, "--trace", trace, "--step", "4", "--method", saliency_method, "--latent",
+             "--out", str(out / "s.png"), "--json", str(out / "s.json")],
+            ["highlights", ckpt, "--trace", trace, "--k", "2", "--horizon", "3", "--min-gap", "2",
+             "--json", str(out / "h.json"), "--no-progress"],
+            ["report", ckpt, "--episodes", "1", "--max-steps", "20", "--no-clips", "--out", str(out / "report"),
+             "--no-progress"],
+            ["audit", ckpt, "--trace", trace, "--steps", "2", "5", "--methods", "saliency", "latent_ig",
+             "--out", str(out / "audit"), "--no-progress"]]
+
+
 def pytest_terminal_summary(terminalreporter):
     """Print the lines tests record as the user property "time limit" (the learning test's calibrated limit,
     tests/test_learning.py, #31), so they show in every run, not only with -s or on failure."""

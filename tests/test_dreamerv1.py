@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_batch
+from conftest import analysis_commands, random_batch
 from xdreamer import checkpoint, explain
 from xdreamer.agent import Agent
 from xdreamer.behavior import lambda_return
@@ -174,18 +174,7 @@ def test_analysis_layer_on_a_dreamerv1_agent(tmp_path, v1_cfg, toy_spec):
     agent = Agent(v1_cfg, toy_spec)
     ckpt = checkpoint.save(tmp_path / "ckpt", agent, steps=0)
     trace_path = tmp_path / "t.npz"
-    runs = [["record", str(ckpt), "--episodes", "1", "--max-steps", "10", "--out", str(trace_path), "--no-progress"],
-            ["whatif", str(ckpt), "--trace", str(trace_path), "--step", "3", "--horizon", "4", "--grounded",
-             "--json", str(tmp_path / "w.json"), "--no-progress"],
-            ["saliency", str(ckpt), "--trace", str(trace_path), "--step", "4", "--method", "integrated_gradients",
-             "--latent", "--out", str(tmp_path / "s.png"), "--json", str(tmp_path / "s.json")],
-            ["highlights", str(ckpt), "--trace", str(trace_path), "--k", "2", "--horizon", "3", "--min-gap", "2",
-             "--json", str(tmp_path / "h.json"), "--no-progress"],
-            ["report", str(ckpt), "--episodes", "1", "--max-steps", "20", "--no-clips", "--out",
-             str(tmp_path / "report"), "--no-progress"],
-            ["audit", str(ckpt), "--trace", str(trace_path), "--steps", "2", "5", "--methods", "saliency", "latent_ig",
-             "--out", str(tmp_path / "audit"), "--no-progress"]]
-    for argv in runs:
+    for argv in analysis_commands(ckpt, trace_path, tmp_path, saliency_method="integrated_gradients"):
         assert main(argv) == 0, argv
     trace = explain.load_trace(trace_path)
     a = trace.arrays

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_batch
+from conftest import analysis_commands, random_batch
 from xdreamer import checkpoint
 from xdreamer.agent import Agent
 from xdreamer.behavior import lambda_return
@@ -163,19 +163,7 @@ def test_cli_analysis_commands_on_a_dreamerv3_agent(tmp_path, v3_cfg, toy_spec):
 
     agent = Agent(v3_cfg, toy_spec)
     ckpt = checkpoint.save(tmp_path / "ckpt", agent, steps=0)
-    trace = tmp_path / "t.npz"
-    runs = [["record", str(ckpt), "--episodes", "1", "--max-steps", "10", "--out", str(trace), "--no-progress"],
-            ["whatif", str(ckpt), "--trace", str(trace), "--step", "3", "--horizon", "4", "--grounded",
-             "--json", str(tmp_path / "w.json"), "--no-progress"],
-            ["saliency", str(ckpt), "--trace", str(trace), "--step", "4", "--method", "saliency", "--latent",
-             "--out", str(tmp_path / "s.png"), "--json", str(tmp_path / "s.json")],
-            ["highlights", str(ckpt), "--trace", str(trace), "--k", "2", "--horizon", "3", "--min-gap", "2",
-             "--json", str(tmp_path / "h.json"), "--no-progress"],
-            ["report", str(ckpt), "--episodes", "1", "--max-steps", "20", "--no-clips", "--out",
-             str(tmp_path / "report"), "--no-progress"],
-            ["audit", str(ckpt), "--trace", str(trace), "--steps", "2", "5", "--methods", "saliency", "latent_ig",
-             "--out", str(tmp_path / "audit"), "--no-progress"]]
-    for argv in runs:
+    for argv in analysis_commands(ckpt, tmp_path / "t.npz", tmp_path):
         assert main(argv) == 0, argv
     data = json.loads((tmp_path / "w.json").read_text())
     assert len(data["dream"]["q"]) == toy_spec.num_actions and len(data["grounded"]["real_return"]) == 3

@@ -151,11 +151,7 @@ class WorldModelV1(WorldModel):
         metrics = {"image_loss": image_loss, "reward_loss": reward_loss, "kl_loss": kl_loss, "kl": kl_value.mean(),
                    "prior_entropy": self.rssm.entropy(prior.logits).mean(),
                    "post_entropy": self.rssm.entropy(post.logits).mean()}
-        if self.discount_head is not None:  # pcont (off by default in DreamerV1): Bernoulli, scale pcont_scale
-            logits = self.discount_head(feat).squeeze(-1)
-            discount_loss = F.binary_cross_entropy_with_logits(logits, inp["discount"])
-            loss = loss + cfg.discount_scale * discount_loss
-            metrics["discount_loss"] = discount_loss
+        loss = self.add_discount_loss(loss, feat, inp, metrics)  # pcont: off by default in DreamerV1
         metrics["model_loss"] = loss
         return loss, post, metrics
 

@@ -122,14 +122,20 @@ class WorldModel(nn.Module):
         metrics = {"image_loss": image_loss, "reward_loss": reward_loss, "kl_loss": kl_loss,
                    "kl": kl_value.mean(), "prior_entropy": _entropy(prior.logits).mean(),
                    "post_entropy": _entropy(post.logits).mean()}
-        if self.discount_head is not None:
-            # Bernoulli likelihood with soft target gamma * (1 - is_terminal), scale 5.
-            logits = self.discount_head(feat).squeeze(-1)
-            discount_loss = F.binary_cross_entropy_with_logits(logits, inp["discount"])
-            loss = loss + cfg.discount_scale * discount_loss
-            metrics["discount_loss"] = discount_loss
+        loss = self.add_discount_loss(loss, feat, inp, metrics)
         metrics["model_loss"] = loss
         return loss, post, metrics
+
+    def add_discount_loss(self, loss: torch.Tensor, feat: torch.Tensor, inp: Mapping[str, torch.Tensor],
+                          metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``loss`` plus the discount head's Bernoulli likelihood of the soft target gamma * (1 - is_terminal),
+        times ``discount_scale`` (dreamerv2 5; DreamerV1's pcont 10), where there is a discount head."""
+        if self.discount_head is None:
+            return loss
+        logits = self.discount_head(feat).squeeze(-1)
+        discount_loss = F.binary_cross_entropy_with_logits(logits, inp["discount"])
+        metrics["discount_loss"] = discount_loss
+        return loss + self.cfg.discount_scale * discount_loss
 
 
 class EmbedBatchNorm(nn.Module):
