@@ -429,7 +429,8 @@ def bench_env(env_id: str, steps: int) -> dict[str, Any]:
 def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
                   precisions: tuple[str, ...] = ("float32",), compiles: tuple[str, ...] = ("off",),
                   envs: tuple[str, ...] = ("toy:catch", "atari:Pong"), env_steps: int = 2000,
-                  report_episodes: int = 10, profile: bool = False, device: str = "cpu") -> dict[str, Any]:
+                  report_episodes: int = 10, profile: bool = False, device: str = "cpu",
+                  worldmodels: tuple[str, ...] = ("worldmodels", "worldmodels-cpu")) -> dict[str, Any]:
     check_device(device)
     results: dict[str, Any] = {"machine": _machine(device), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                "presets": {}, "envs": {}}
@@ -455,6 +456,11 @@ def run_benchmark(presets: list[str], out: str | os.PathLike, repeats: int = 3,
     for env_id in envs:
         print(f"bench: env {env_id} ...", file=sys.stderr, flush=True)
         results["envs"][env_id] = bench_env(env_id, env_steps)
+    if worldmodels:  # World Models (issue #30): V, M and C updates per preset, CarRacing steps/s (on the CPU)
+        from .worldmodels.bench import run as bench_worldmodels
+
+        print("bench: worldmodels ...", file=sys.stderr, flush=True)
+        results["worldmodels"] = bench_worldmodels(worldmodels, repeats)
     if report_episodes:  # `xdreamer report` over a fresh small-preset toy:catch agent x report_episodes episodes
         from .report import bench_report
 
@@ -481,6 +487,10 @@ def summary(results: dict[str, Any]) -> str:
     for env_id, r in results["envs"].items():
         lines.append(f"env {env_id}: {r['env_steps_per_s']:,.0f} steps/s, {r['replay_bytes_per_step']:.0f} B per "
                      f"stored step, a 16x50 batch in {1e3 * r['replay_sample_16x50_s']:.1f} ms")
+    if "worldmodels" in results:
+        from .worldmodels.bench import summary_lines
+
+        lines.extend(summary_lines(results["worldmodels"]))
     if "report_s" in results:
         lines.append(f"report: {results['report_s']:.1f} s")
     return "\n".join(lines)

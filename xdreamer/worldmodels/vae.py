@@ -3,8 +3,8 @@
 Architecture as hardmaru/WorldModelsExperiments ``carracing/vae/vae.py``: four stride-2 4x4 convs with 32, 64, 128
 and 256 channels (ReLU; ``depth`` x 1, 2, 4, 8) take a 64x64 frame to 2x2x256, two dense layers give the mean and
 log-variance of z; the decoder maps z to a 1x1x1024 map and four stride-2 deconvs (5, 5, 6, 6; 128, 64, 32, C
-channels; ReLU, sigmoid last) back to 64x64. Loss (vae.py): the squared error summed over pixels plus
-max(KL, kl_tolerance x z) per frame, both averaged over the batch.
+channels; ReLU, sigmoid last, or linear: ``wm_vae_output``) back to 64x64. Loss (vae.py): the squared error summed
+over pixels plus max(KL, kl_tolerance x z) per frame, both averaged over the batch.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from torch.nn import functional as F
 class ConvVAE(nn.Module):
     """Frames ``[B, C, 64, 64]`` in [0, 1] <-> latents z ``[B, z]``."""
 
-    def __init__(self, channels: int, z: int = 32, depth: int = 32, kl_floor: float = 0.0) -> None:
+    def __init__(self, channels: int, z: int = 32, depth: int = 32, kl_floor: float = 0.0,
+                 output: str = "sigmoid") -> None:
         super().__init__()
         self.channels, self.z = channels, z
         self.kl_floor = kl_floor  # kl_tolerance x z (vae.py): the KL term's floor per frame
@@ -33,7 +34,8 @@ class ConvVAE(nn.Module):
         self.expand = nn.Linear(z, 32 * d)  # vae.py: dense 1024 = 4 x 256 for depth 32
         self.decoder = nn.Sequential(
             nn.ConvTranspose2d(32 * d, 4 * d, 5, 2), nn.ReLU(), nn.ConvTranspose2d(4 * d, 2 * d, 5, 2), nn.ReLU(),
-            nn.ConvTranspose2d(2 * d, d, 6, 2), nn.ReLU(), nn.ConvTranspose2d(d, channels, 6, 2), nn.Sigmoid())
+            nn.ConvTranspose2d(2 * d, d, 6, 2), nn.ReLU(), nn.ConvTranspose2d(d, channels, 6, 2),
+            nn.Sigmoid() if output == "sigmoid" else nn.Identity())
 
     def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of q(z | frame), each ``[B, z]``, for frames ``[B, C, 64, 64]`` in [0, 1]."""
@@ -42,7 +44,8 @@ class ConvVAE(nn.Module):
         return self.mean(hidden), self.logvar(hidden)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Reconstructed frames ``[B, C, 64, 64]`` in [0, 1] for latents ``[B, z]``."""
+        """Reconstructed frames ``[B, C, 64, 64]`` for latents ``[B, z]``: in [0, 1] with the sigmoid output, the
+        mean of a unit-variance Gaussian with the linear one (clip it to [0, 1] to show it)."""
         assert z.shape[-1] == self.z, z.shape
         return self.decoder(self.expand(z)[:, :, None, None])
 
@@ -60,7 +63,7 @@ class ConvVAE(nn.Module):
 
 def build(cfg, channels: int) -> ConvVAE:
     """The VAE of ``cfg`` (``wm_z``, ``wm_vae_depth``, ``wm_kl_tolerance``) for frames with ``channels``."""
-    return ConvVAE(channels, cfg.wm_z, cfg.wm_vae_depth, cfg.wm_kl_tolerance * cfg.wm_z)
+    return ConvVAE(channels, cfg.wm_z, cfg.wm_vae_depth, cfg.wm_kl_tolerance * cfg.wm_z, cfg.wm_vae_output)
 
 
 def to_unit(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
