@@ -1,6 +1,7 @@
 """Dream fidelity on objects (issue #27, item 5) with negative controls (item 7): the detector on known frames, and
 the measure on the seeing agent against its ball-blind twin and a randomised copy, which it must separate."""
 
+import copy
 import pathlib
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from xdreamer import checkpoint
 from xdreamer.explain import record
 from xdreamer.explain.audit import randomised_copy
-from xdreamer.explain.fidelity import MISSING_PX, fidelity, object_detector, position_error
+from xdreamer.explain.fidelity import MISSING_PX, check_detector, fidelity, object_detector, position_error
 from xdreamer.report import detectors as D
 from xdreamer.report.jobs import dream_infidelity, make_env_for
 from xdreamer.report.probes import probe_table, samples_from_trace
@@ -53,7 +54,19 @@ def test_detector_finds_objects_and_scores_a_missing_one_as_worst(runs):
         centre = boxes[:, :2] + boxes[:, 2:] / 2
         err = position_error(found[name], centre)
         assert np.nanmedian(err) < 0.6 and np.isfinite(err).mean() > 0.95, name
-        assert fid.detector_check[name]["found"] > 0.95 and fid.detector_check[name]["median_px"] < 0.6
+    # A paddle that never moves covers the same pixels on every frame: the background there is not its own value.
+    still = copy.deepcopy(trace)
+    still.arrays["frame"][:, :, 60:63, :] = 0
+    still.arrays["frame"][:, :, 60:63, 26:38] = 255
+    still.arrays["objects/paddle"][:] = [26, 60, 12, 3]
+    check = check_detector(object_detector(still), still)["paddle"]
+    assert check["found"] == 1.0 and check["median_px"] < 0.6, check
+    # ... and on every agent's episodes, including a paddle that hardly moves (its box covers the same pixels on
+    # nearly every frame, so the background there cannot come from those frames).
+    for _, _, f in runs.values():
+        for name in det.objects:
+            assert f.detector_check[name]["found"] > 0.95 and f.detector_check[name]["median_px"] < 0.6, \
+                f.detector_check
     # Erasing the objects leaves nothing to find: a dropped object scores the frame's diagonal, never better
     # than a badly placed one.
     erased = det.erase(frames[:10], {n: trace.arrays[f"objects/{n}"][:10] for n in det.objects})

@@ -125,8 +125,8 @@ def _grow(mask: np.ndarray, px: int) -> np.ndarray:
 def object_detector(trace: Trace, margin: int = 2) -> ObjectDetector:
     """Build the detector from a trace's real frames and ground-truth boxes.
 
-    Background: per pixel, the median of the frames where no object box (grown by 1 px) covers it (the frame's
-    overall median where boxes always do). Region of an object: its track (every pixel its box covered in the
+    Background: per pixel, the median of the frames where no object box (grown by 1 px) covers it (where boxes
+    always do, the median of every uncovered pixel of every frame). Region of an object: its track (every pixel its box covered in the
     trace) grown by ``margin`` px, minus the other objects' tracks. Threshold: ``HALF_MAX`` of the object's
     median contrast inside its box on the real frames; at most ``MAX_AREA`` times its median box area above it."""
     frames = trace.arrays["frame"]
@@ -148,7 +148,11 @@ def object_detector(trace: Trace, margin: int = 2) -> ObjectDetector:
     masked = np.where(covered[:, None], np.nan, pixels)
     with np.errstate(all="ignore"), _quiet():
         background = np.nanmedian(masked, axis=0)
-    background = np.where(np.isfinite(background), background, np.median(pixels, axis=0))
+    # A pixel some box covers on every frame (a paddle that never leaves its spot) takes the median of all
+    # uncovered pixels: the object's own value there would make it invisible to the detector.
+    level = np.nanmedian(masked.transpose(1, 0, 2, 3).reshape(masked.shape[1], -1), axis=1) \
+        if (~covered).any() else np.median(pixels, axis=(0, 2, 3))
+    background = np.where(np.isfinite(background), background, level[:, None, None])
     regions, threshold, max_pixels = {}, {}, {}
     for name in names:
         others = np.zeros((size, size), bool)
@@ -244,9 +248,7 @@ class Fidelity:
 
     def object_mean(self, key: str, obj: str, first: int | None = None) -> float:
         """Mean centroid error of ``obj`` over every scored (step, k <= ``first``) pair (NaN if none)."""
-        err = self.object_px[key][:, self.objects.index(obj), :first]
-        err = err[np.isfinite(err)]
-        return float(err.mean()) if err.size else float("nan")
+        return _finite_mean(self.object_px[key][:, self.objects.index(obj), :first])
 
     def missing_frac(self, key: str, obj: str, first: int | None = None) -> float:
         """Fraction of scored pairs where the object is missing from the frame ``key`` draws."""
@@ -255,9 +257,8 @@ class Fidelity:
         return float((err >= MISSING_PX).mean()) if err.size else float("nan")
 
     def pixel_mean(self, key: str, first: int | None = None) -> float:
-        err = self.pixel_mae[key][:, :first]
-        err = err[np.isfinite(err)]
-        return float(err.mean()) if err.size else float("nan")
+        """Mean whole-frame MAE of ``key`` over every valid (step, k <= ``first``) pair."""
+        return _finite_mean(self.pixel_mae[key][:, :first])
 
     def agreement_frac(self, first: int | None = None) -> float:
         """Fraction of valid imagined steps 2..``first`` where the actor dream chose the recorded action."""
@@ -281,22 +282,17 @@ class Fidelity:
                        for i, o in enumerate(self.objects)},
             "agreement": self.agreement_frac(first), "detector_check": self.detector_check,
             "q_abs_error": {"dream_q": mae(self.q), "dream_q_actor": mae(self.q_actor), "critic_value": mae(self.value)},
-            "per_k": {f"k{k + 1}": {"pixel_mae": {key: self.pixel_mean_at(key, k) for key in PIXEL_KEYS},
-                                    "object_px": {o: {key: self.object_mean_at(key, o, k) for key in OBJECT_KEYS}
-                                                  for o in self.objects}}
+            "per_k": {f"k{k + 1}": {"pixel_mae": {key: _finite_mean(self.pixel_mae[key][:, k]) for key in PIXEL_KEYS},
+                                    "object_px": {o: {key: _finite_mean(self.object_px[key][:, i, k])
+                                                      for key in OBJECT_KEYS} for i, o in enumerate(self.objects)}}
                       for k in range(first)},
         }
         return _clean(out)
 
-    def pixel_mean_at(self, key: str, k: int) -> float:
-        err = self.pixel_mae[key][:, k]
-        err = err[np.isfinite(err)]
-        return float(err.mean()) if err.size else float("nan")
 
-    def object_mean_at(self, key: str, obj: str, k: int) -> float:
-        err = self.object_px[key][:, self.objects.index(obj), k]
-        err = err[np.isfinite(err)]
-        return float(err.mean()) if err.size else float("nan")
+def _finite_mean(a: np.ndarray) -> float:
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else float("nan")
 
 
 def _clean(d: Any) -> Any:
