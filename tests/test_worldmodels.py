@@ -6,7 +6,6 @@ mean-frame baseline, M's held-out NLL falls below the unconditional baseline, C 
 from __future__ import annotations
 
 import json
-import pathlib
 import subprocess
 import sys
 
@@ -48,7 +47,8 @@ def test_presets_pick_the_member_and_bad_values_are_one_line_errors():
     assert cfg.algo == "worldmodels" and cfg.wm_controller == "cmaes"
     paper = build_config(["worldmodels"])
     assert (paper.wm_z, paper.wm_rnn, paper.wm_mixtures, paper.wm_popsize, paper.wm_cma_rollouts) == (32, 256, 5, 64, 16)
-    for key, value in (("wm_controller", "banana"), ("wm_temperature", "0"), ("wm_popsize", "1"), ("wm_rnn", "-3")):
+    bad = (("wm_controller", "banana"), ("wm_temperature", "0"), ("wm_popsize", "1"), ("wm_rnn", "-3"))
+    for key, value in bad:
         with pytest.raises(ConfigError, match=key):
             build_config(DEBUG, {key: value})
 
@@ -233,7 +233,7 @@ def test_carracing_is_cropped_to_64x64_and_still_branches():
         env.close(), native.close()
 
 
-# ---- the CLI -----------------------------------------------------------------------------------------------------------
+# ---- the CLI ---------------------------------------------------------------------------------------------------
 def _sets(values: dict) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()]
 

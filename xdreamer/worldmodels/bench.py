@@ -5,7 +5,7 @@ Per preset (``worldmodels`` = the paper's sizes, ``worldmodels-cpu``, ...) on ra
 (``wm_rnn_batch`` x ``wm_rnn_seq``), one PPO update (``wm_ppo_epochs`` epochs over ``wm_ppo_horizon`` steps), one
 CMA-ES ask/tell of the population, and one step of ``wm_popsize x wm_cma_rollouts`` dreams (M, the temperature
 sample and C for every candidate's rollouts: a dream generation costs this times the episode length). The first
-call of each is a warm-up. ``python -m xdreamer.worldmodels.bench`` prints the JSON.
+call of each is a warm-up. ``python -m xdreamer.worldmodels.bench [PRESET ...]`` prints the JSON.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads inside the functions, after ``share_cpu`` (see ``__main__``)
+    import torch
 
 
 def _best_s(fn: Callable[[], Any], repeats: int) -> float:
@@ -29,9 +31,25 @@ def _best_s(fn: Callable[[], Any], repeats: int) -> float:
     return min(times)
 
 
+def _adam_step(module: torch.nn.Module, lr: float, loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    """One Adam update of ``module`` on ``loss_fn()`` per call (what V's and M's training loops do per batch)."""
+    import torch
+
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+
+    def step() -> None:
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def bench_updates(preset: str, repeats: int = 3) -> dict[str, Any]:
     """Seconds per V, M, PPO and CMA-ES update and per dream step at ``preset``'s sizes (CarRacing's spec)."""
     import cma
+    import torch
 
     from ..config import build_config
     from ..envs import EnvSpec
@@ -46,13 +64,7 @@ def bench_updates(preset: str, repeats: int = 3) -> dict[str, Any]:
     agent = WorldModelsAgent(cfg, spec, device="cpu")
     rng = np.random.default_rng(0)
     frames = torch.rand(cfg.wm_vae_batch, 3, 64, 64)
-    vae_opt = torch.optim.Adam(agent.vae.parameters(), lr=cfg.wm_vae_lr)
-
-    def vae_step():
-        loss, _ = agent.vae.loss(frames)
-        vae_opt.zero_grad()
-        loss.backward()
-        vae_opt.step()
+    vae_step = _adam_step(agent.vae, cfg.wm_vae_lr, lambda: agent.vae.loss(frames)[0])
 
     steps = cfg.wm_rnn_seq + 1
     series = [{"mean": rng.standard_normal((steps, cfg.wm_z)).astype(np.float32),
@@ -60,13 +72,7 @@ def bench_updates(preset: str, repeats: int = 3) -> dict[str, Any]:
                "action": rng.uniform(-1, 1, (steps, 3)).astype(np.float32),
                "reward": rng.standard_normal(steps).astype(np.float32), "is_terminal": np.zeros(steps, np.float32)}]
     batch = windows(series, cfg.wm_rnn_batch, cfg.wm_rnn_seq, rng)
-    mdn_opt = torch.optim.Adam(agent.mdn.parameters(), lr=cfg.wm_rnn_lr)
-
-    def mdn_step():
-        loss, _ = agent.mdn.loss(batch)
-        mdn_opt.zero_grad()
-        loss.backward()
-        mdn_opt.step()
+    mdn_step = _adam_step(agent.mdn, cfg.wm_rnn_lr, lambda: agent.mdn.loss(batch)[0])
 
     n = cfg.wm_ppo_horizon
     ppo_data = {"feat": torch.randn(n, agent.feat_dim), "raw": torch.randn(n, 3), "logp": torch.full((n,), -3.0),
@@ -103,8 +109,8 @@ def bench_updates(preset: str, repeats: int = 3) -> dict[str, Any]:
 
 
 def bench_carracing(steps: int = 300) -> dict[str, Any]:
-    """CarRacing-v3 steps/s through the env layer alone, and with World Models' view (crop, 64x64) and a paper-size
-    agent acting (V, C, M per step), under Brownian random actions."""
+    """CarRacing-v3 steps/s through World Models' view (the env layer, crop, 64x64) under Brownian random actions,
+    and with a paper-size agent acting (V, C and M per step)."""
     from ..config import build_config
     from .agent import WorldModelsAgent
     from .envs import make_env
@@ -151,5 +157,9 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
 
 
 if __name__ == "__main__":
+    from ..threads import share_cpu
+
+    share_cpu()  # OpenMP's passive wait before torch loads, as the CLI does (#31): spinning threads on a shared
+    # machine made a single acting step 0.0018 or 0.15 s at random here
     presets = tuple(sys.argv[1:]) or ("worldmodels", "worldmodels-cpu")
     print(json.dumps(run(presets), indent=2))

@@ -66,8 +66,9 @@ def dream(agent: WorldModelsAgent, z: torch.Tensor, state: WMState | None, first
         action = first if t == 0 else agent.controller.act(torch.cat([z, lstm[0]], -1))
         out, lstm = agent.mdn.step(z, agent.action_input(action), lstm)
         z = sample(out, temperature, generator)
+        mixture = torch.softmax(out.logpi / temperature, -1)
         for seq, value in ((zs, z), (hs, lstm[0]), (actions, action), (rewards, out.reward),
-                           (dones, torch.sigmoid(out.done_logit)), (mixtures, torch.softmax(out.logpi / temperature, -1))):
+                           (dones, torch.sigmoid(out.done_logit)), (mixtures, mixture)):
             seq.append(value)
     done_prob = torch.stack(dones, 1)
     ended = (done_prob > DONE_THRESHOLD).float()

@@ -31,7 +31,7 @@ import torch
 from .. import checkpoint as shared
 from ..config import Config, check_device, read_config_file
 from ..evaluation import evaluate
-from ..replay import Replay
+from ..replay import Replay, save_episode as save_npz
 from ..training import RUNTIME_KEYS as SHARED_RUNTIME_KEYS, TrainResult, configure_cpu, seed_everything
 from . import settings
 from .agent import WorldModelsAgent
@@ -160,7 +160,7 @@ class WorldModelsRun:
                   **{k: np.concatenate([self._action_input(e["action"]) if k == "action" else e[k]
                                         for e in episodes]).astype(np.float32)
                      for k in ("action", "reward", "is_terminal")}}
-        _save_npz(series_file, series)
+        save_npz(series_file, series)  # the replay's atomic compressed .npz writer
 
     def _action_input(self, action: np.ndarray) -> np.ndarray:
         if self.env.spec.discrete:
@@ -310,17 +310,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def _save_npz(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
-    tmp = shared.temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _load_series(path: pathlib.Path, z: int, action_dim: int) -> dict[str, np.ndarray]:
