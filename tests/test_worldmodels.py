@@ -65,7 +65,7 @@ def test_shapes():
     assert out.logpi.shape == out.mean.shape == out.logstd.shape == (5, 7, agent.cfg.wm_z, k)
     assert out.reward.shape == out.done_logit.shape == (5, 7) and h.shape == c.shape == (5, agent.cfg.wm_rnn)
     assert torch.allclose(out.logpi.exp().sum(-1), torch.ones(5, 7, agent.cfg.wm_z), atol=1e-5)
-    loss, metrics = agent.mdn.loss(mdnrnn.windows([_episode(10)], 2, 4, np.random.default_rng(0)))
+    loss, metrics = agent.mdn.loss(mdnrnn.windows([_episode(10, agent.cfg.wm_z)], 2, 4, np.random.default_rng(0)))
     assert torch.isfinite(loss) and set(metrics) == {"mdn/nll", "mdn/reward_mse", "mdn/done_bce"}
 
 
