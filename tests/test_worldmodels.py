@@ -6,6 +6,7 @@ mean-frame baseline, M's held-out NLL falls below the unconditional baseline, C 
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -340,3 +341,19 @@ def test_each_stage_learns_on_the_toy_game(tmp_path):
         scores.append(evaluate(agent, env, 20, seed=cfg.seed).mean)
     agent.controller.set_flat(weights)
     assert trained >= random_policy + 0.5 and trained >= np.mean(scores) + 0.25, (trained, random_policy, scores)
+
+
+def test_bundled_toy_agent_reproduces_its_manifest():
+    """checkpoints/worldmodels/catch-lanes (checkpoints/README.md) loads and replays its first 3 evaluation episodes
+    exactly (a folder one level down, so that the Dreamer bundle tests, which load every checkpoints/*/, skip it)."""
+    from xdreamer.evaluation import evaluate
+    from xdreamer.worldmodels.checkpoint import load
+    from xdreamer.worldmodels.envs import make_env
+
+    folder = pathlib.Path(__file__).resolve().parents[1] / "checkpoints" / "worldmodels" / "catch-lanes"
+    agent = load(folder)
+    manifest = agent.manifest
+    assert manifest["eval"]["mean"] > manifest["eval_random"]["mean"] + 0.5
+    result = evaluate(agent, make_env(agent.cfg, seed=agent.cfg.seed + 1), 3, seed=manifest["eval"]["seed"])
+    assert result.returns == manifest["eval"]["returns"][:3]
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 2 << 20
