@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..agent import resolve_device
 from ..config import Config
 from ..envs import EnvSpec
 from .controller import Controller, Critic
@@ -45,10 +46,7 @@ class WorldModelsAgent(nn.Module):
         ppo = cfg.wm_controller == "ppo"
         self.controller = Controller(self.feat_dim, spec.num_actions, spec.discrete, stochastic=ppo)
         self.critic = Critic(self.feat_dim) if ppo else None
-        if device is None:
-            device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else (
-                "cpu" if cfg.device == "auto" else cfg.device)
-        self.device = torch.device(device)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device or cfg.device)
         self.to(self.device)
         self.updates = 0  # V, M and C updates (the manifest's ``updates``)
         self.eval()

@@ -118,7 +118,7 @@ def ppo_update(agent, opt: torch.optim.Optimizer, data: dict[str, torch.Tensor],
             for key, value in (("ppo/policy_loss", policy_loss), ("ppo/value_loss", value_loss),
                                ("ppo/entropy", entropy),
                                ("ppo/clip_frac", ((ratio - 1).abs() > cfg.wm_ppo_clip).float().mean())):
-                sums[key] += float(value)
+                sums[key] += float(value.detach())
             steps += 1
     return {k: v / max(steps, 1) for k, v in sums.items()}
 

@@ -208,14 +208,17 @@ class WorldModelsRun:
         if isinstance(record, dict) and path.exists():
             load_module(path, self._controller_module())
             resume = record.get("progress")
-        total = self.cfg.wm_generations if self.cfg.wm_controller == "cmaes" else self.cfg.wm_ppo_iterations
+        key = "generation" if self.cfg.wm_controller == "cmaes" else "iteration"
+        total = self.cfg.wm_generations if key == "generation" else self.cfg.wm_ppo_iterations
+        if resume is not None and int(resume.get(key, 0)) >= total:
+            return  # nothing left to train (no worker processes started)
         start = time.time()
 
         def save_progress(progress: dict[str, Any]) -> None:
             save_module(path, self._controller_module())
-            done = progress.get("generation", progress.get("iteration")) >= total
+            done = progress.get(key, 0) >= total
             self._mark("controller", {"done": done, "controller": self.cfg.wm_controller, "dream": self.cfg.wm_dream,
-                                      "updates": progress.get("generation", progress.get("iteration")),
+                                      "updates": progress.get(key, 0),
                                       "progress": _jsonable(progress),
                                       "seconds": round(time.time() - start + _seconds(record), 1)})
 
