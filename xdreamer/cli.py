@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure update and env speed; writes JSON")
     p.add_argument("--presets", nargs="+", default=["atari", "small", "debug"],
                    help="presets to measure, each one name or several joined by + in the order applied "
-                        "(small+toy: the toy-game learning preset)")
+                        "(small+toy: the toy-game learning preset; worldmodels, worldmodels-cpu: World Models' V, M "
+                        "and C updates and CarRacing steps/s)")
     p.add_argument("--repeats", type=int, default=3, help="timed updates per preset")
     p.add_argument("--precision", nargs="+", default=["float32"], choices=PRECISIONS,
                    help="precisions to measure (bfloat16 = CPU/CUDA autocast)")

@@ -1,4 +1,5 @@
-"""``xdreamer bench``'s World Models rows: V, M and C update speed per preset, and CarRacing env steps/s.
+"""``xdreamer bench --presets worldmodels worldmodels-cpu``: World Models' rows, V, M and C update speed per preset
+and CarRacing env steps/s (the default presets are Dreamer's and do not run these).
 
 Per preset (``worldmodels`` = the paper's sizes, ``worldmodels-cpu``, ...) on random data of the preset's shapes
 (64x64 RGB frames, CarRacing's 3 continuous actions): one V update (batch ``wm_vae_batch``), one M update
@@ -58,7 +59,7 @@ def bench_updates(preset: str, repeats: int = 3) -> dict[str, Any]:
     from .mdnrnn import windows
     from .ppo import ppo_update
 
-    cfg = build_config([preset], {"device": "cpu", "wm_controller": "ppo"})
+    cfg = build_config(preset.split("+"), {"device": "cpu", "wm_controller": "ppo"})
     spec = EnvSpec("gym:CarRacing-v3", (3, 64, 64), False, 3, max_steps=1000)
     torch.manual_seed(0)
     agent = WorldModelsAgent(cfg, spec, device="cpu")
@@ -139,6 +140,7 @@ def bench_carracing(steps: int = 300) -> dict[str, Any]:
 
 def run(presets: tuple[str, ...] = ("worldmodels", "worldmodels-cpu"), repeats: int = 3,
         carracing_steps: int = 300) -> dict[str, Any]:
+    """Every preset's update timings (a preset may be several joined by ``+``) and CarRacing's steps/s."""
     return {"updates": {p: bench_updates(p, repeats) for p in presets},
             "carracing": bench_carracing(carracing_steps)}
 
