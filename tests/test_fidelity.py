@@ -10,7 +10,8 @@ import pytest
 from xdreamer import checkpoint
 from xdreamer.explain import record
 from xdreamer.explain.audit import randomised_copy
-from xdreamer.explain.fidelity import MISSING_PX, check_detector, fidelity, object_detector, position_error
+from xdreamer.explain.fidelity import (MISSING_PX, check_detector, fidelity, object_detector, position_error,
+                                       reliable_objects)
 from xdreamer.report import detectors as D
 from xdreamer.report.jobs import dream_infidelity, make_env_for
 from xdreamer.report.probes import probe_table, samples_from_trace
@@ -61,6 +62,11 @@ def test_detector_finds_objects_and_scores_a_missing_one_as_worst(runs):
     still.arrays["objects/paddle"][:] = [26, 60, 12, 3]
     check = check_detector(object_detector(still), still)["paddle"]
     assert check["found"] == 1.0 and check["median_px"] < 0.6, check
+    # A detector that finds an object away from its boxes (here: boxes moved 10 px) is no evidence about dreams.
+    assert reliable_objects(check_detector(det, trace)) == ["ball", "paddle"]
+    shifted = copy.deepcopy(trace)
+    shifted.arrays["objects/ball"][:, 0] = np.clip(shifted.arrays["objects/ball"][:, 0] + 10, 0, 60)
+    assert reliable_objects(check_detector(object_detector(shifted), shifted)) == ["paddle"]
     # ... and on every agent's episodes, including a paddle that hardly moves (its box covers the same pixels on
     # nearly every frame, so the background there cannot come from those frames).
     for _, _, f in runs.values():

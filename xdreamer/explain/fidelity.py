@@ -45,12 +45,15 @@ from ..envs.base import box_slices
 from .dreams import _check_horizon, dream, start_state
 from .trace import Trace, _to_uint8, check_trace_matches
 
-__all__ = ["ObjectDetector", "object_detector", "Fidelity", "fidelity", "MISSING_PX", "PIXEL_KEYS", "OBJECT_KEYS"]
+__all__ = ["ObjectDetector", "object_detector", "check_detector", "reliable_objects", "Fidelity", "fidelity",
+           "position_error", "MISSING_PX", "PIXEL_KEYS", "OBJECT_KEYS"]
 
 MISSING_PX = 64 * math.sqrt(2)  # the 64x64 frame's diagonal: a dropped object scores no better than any placement
 HALF_MAX = 0.5  # detection threshold as a fraction of the object's contrast (full width at half maximum)
 MIN_CONTRAST = 0.05  # objects fainter than this against the background are not scored (no reliable detection)
 MAX_AREA = 4.0  # ours: more pixels than 4x the object's own area above threshold is no object but a changed frame
+# ours: an object's dream error is evidence only where the detector finds its box centre on most real frames, closely
+RELIABLE_FOUND, RELIABLE_PX = 0.8, 2.0
 PIXEL_KEYS = ("recorded", "actor", "repeat", "erased", "recon")
 OBJECT_KEYS = ("recorded", "actor", "stay", "recon")
 
@@ -206,6 +209,13 @@ def check_detector(detector: ObjectDetector, trace: Trace) -> dict[str, dict[str
         out[name] = {"found": float(len(hit) / len(err)) if len(err) else float("nan"),
                      "median_px": float(np.median(hit)) if len(hit) else float("nan")}
     return out
+
+
+def reliable_objects(check: dict[str, dict[str, float]]) -> list[str]:
+    """Objects of a ``check_detector`` result whose dream errors are evidence: found on at least ``RELIABLE_FOUND``
+    of the real frames with a box, at most ``RELIABLE_PX`` (median) from the box centre."""
+    return [name for name, c in check.items()
+            if c["found"] >= RELIABLE_FOUND and c["median_px"] <= RELIABLE_PX]
 
 
 def position_error(found: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -104,18 +104,20 @@ def dream_infidelity(agent, env, trace, steps, horizon: int = 15, tol: float = 0
     is model error, not policy divergence; the actor continues where the episode's record ends), execute the
     same branch in the real simulator (``explain.ground``) and compare them over the imagined steps: ``value``
     = mean pixel MSE of dream vs real frames; score by ``detectors.dream_score``: the worst object's mean
-    centroid error (``explain.fidelity`` detector, a missing object at its ``MISSING_PX``) / ``object_px`` where
-    the env has object boxes, else pixel MSE / ``tol``. Returns (events DataFrame of the flagged steps, {step:
+    centroid error (``explain.fidelity`` detector, a missing object at its ``MISSING_PX``) / ``object_px`` over
+    the objects the detector finds reliably on the episode's real frames (``fidelity.reliable_objects``), else
+    pixel MSE / ``tol``. Returns (events DataFrame of the flagged steps, {step:
     (real frames, dream frames, valid)}, measurements [(step, pixel MSE, worst in-box MSE, worst object px)])."""
     import pandas as pd
 
-    from ..explain.fidelity import object_detector, position_error
+    from ..explain.fidelity import check_detector, object_detector, position_error, reliable_objects
     from ..explain.grounded import ground
 
     try:
         detector = object_detector(trace)
+        judged = reliable_objects(check_detector(detector, trace))
     except ValueError:  # no object boxes in this env: the whole-frame error is all there is
-        detector = None
+        detector, judged = None, []
     rows, frames, measured = [], {}, []
     episode = trace.arrays["episode"]
     for step in steps:
@@ -137,7 +139,7 @@ def dream_infidelity(agent, env, trace, steps, horizon: int = 15, tol: float = 0
         if detector is not None:
             real_at = detector.locate(g.real_frames[0, 1:][valid])
             dream_at = detector.locate(g.dream.frames[0, 1:][valid])
-            for name in detector.objects:
+            for name in judged:
                 err = position_error(dream_at[name], real_at[name])
                 if np.isfinite(err).any():
                     px[name] = float(np.nanmean(err))
