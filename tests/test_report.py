@@ -137,6 +137,11 @@ def test_blind_spot_detector_finds_blanked_ball(trace):
         v = verdicts_table(episodes, objects, one, scores).iloc[0]
         assert v["verdict"] == "cannot see it (perception)", v["evidence"]
         assert "not every coordinate is decodable from the latent (R2 ball_x 0.10, ball_y 0.87" in v["evidence"]
+    # Probes held out by episode say how many episodes they were fitted on when that is few.
+    few = probes(0.9).assign(split="episode", train_episodes=1, test_episodes=1)
+    assert "fitted on only 1 episode(s)" in verdicts_table(episodes, objects, few, scores).iloc[0]["evidence"]
+    assert "fitted on only" not in verdicts_table(episodes, objects, few.assign(train_episodes=8),
+                                                  scores).iloc[0]["evidence"]
     # A game where no positive reward was ever found is exploration.
     episodes["positive_rewards"] = 0
     v = verdicts_table(episodes, objects_table([{**analyse(clean(trace)), "checkpoint": "c", "episode": 0}]),

@@ -45,7 +45,7 @@ FEATURE_SETS = ("deter", "stoch", "feat", "pixels")
 TYPE_RESOLUTION = 0.5  # px: box centres of the toy games lie on half pixels
 CONTROL_SEED = 0
 PROBE_COLUMNS = ["variable", "features", "r2", "train_r2", "control_r2", "selectivity", "lambda", "n_train",
-                 "n_test", "split", "solver"]
+                 "n_test", "split", "train_episodes", "test_episodes", "solver"]
 
 
 @dataclasses.dataclass
@@ -237,17 +237,20 @@ def target_names(samples: dict[str, np.ndarray]) -> list[str]:
 
 def probe_table(samples: dict[str, np.ndarray], classes: int, test: np.ndarray | None = None) -> pd.DataFrame:
     """R^2 of every (object variable, feature set) probe on the held-out split (``heldout_split`` by default),
-    with its control task. Columns: ``PROBE_COLUMNS`` (``split``: episode, block or given)."""
+    with its control task. Columns: ``PROBE_COLUMNS`` (``split``: episode, block or given; how many episodes
+    the fit and the score saw)."""
     feats = feature_sets(samples, classes)
     if test is None:
         test, split = heldout_split(samples)
     else:
         test, split = np.asarray(test, bool), "given"
+    episode = samples.get("episode", np.zeros(len(test), np.int64))
+    groups = {"train_episodes": len(np.unique(episode[~test])), "test_episodes": len(np.unique(episode[test]))}
     rows = []
     for var in target_names(samples):
         y = np.asarray(samples[var], np.float64)
         for name in FEATURE_SETS:
-            rows.append({"variable": var, "features": name, **probe(feats[name], y, test), "split": split})
+            rows.append({"variable": var, "features": name, **probe(feats[name], y, test), "split": split, **groups})
     return pd.DataFrame(rows, columns=PROBE_COLUMNS)
 
 

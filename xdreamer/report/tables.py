@@ -12,6 +12,10 @@ from .jobs import make_env_for
 from .probes import concat_samples, probe_table
 from .scores import reference
 
+# ours: catch-lanes' probes fitted on 1 episode (of 2) miss its ball column (R2 -0.10; docs/fidelity.md), fitted on
+# 3 (of 4) they find it (0.77): fewer than this many fitting episodes is said beside the verdict
+MIN_TRAIN_EPISODES = 3
+
 # checkpoint_path and record_seed let a reader (the explainer app's "Open this case", #31) re-record the case's
 # episode: ``explain.record(checkpoint, env, episodes=1, seed=record_seed)`` replays it (mode policy), so the
 # case is that recording's step with ``t == step``. record_seed is empty for episodes taken from a saved trace.
@@ -186,6 +190,10 @@ def verdicts_table(episodes: pd.DataFrame, objects: pd.DataFrame, probes: pd.Dat
             if "block" in splits:
                 notes.append("probes held out by blocks of steps within one episode (one episode per checkpoint: "
                              "held-out steps are not independent of the fit)")
+            if "episode" in splits and "train_episodes" in pr and int(pr["train_episodes"].min()) < MIN_TRAIN_EPISODES:
+                notes.append(f"probes held out by episode but fitted on only {int(pr['train_episodes'].min())} "
+                             f"episode(s): a position's values may not all occur in the fit (report with "
+                             f"--episodes {MIN_TRAIN_EPISODES + 1} or more)")
         obj = objects[objects["env"] == env_id]
         for name, og in obj.groupby("object", sort=False):
             present = og["present_steps"].sum()
