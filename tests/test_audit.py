@@ -261,6 +261,7 @@ def test_app_shows_the_audit_verdict_beside_the_map(tmp_path):
     at.session_state["source"] = str(ckpt)
     at.session_state["step"] = 5
     at.run()
+    at.selectbox(key="saliency_method").set_value("saliency").run()  # the default is signed IG (#27)
     assert not at.exception and not at.error
     verdict = data["methods"]["saliency"]["verdict"]
     shown = [e.value for kind in ("warning", "success", "info") for e in getattr(at, kind) if "sanity" in e.value]
