@@ -211,6 +211,19 @@ def test_cmaes_fitness_is_the_same_with_one_or_two_worker_processes():
     assert len(set(a.round(6))) > 1  # different controllers, different returns
 
 
+def test_cmaes_steps_cut_each_candidates_rollout():
+    from xdreamer.worldmodels.cmaes import Evaluator
+
+    agent = agent_for(wm_cma_rollouts=2, wm_cma_steps=5, wm_workers=1)
+    solutions = np.random.default_rng(0).normal(0, 0.5, (3, agent.controller.get_flat().numel()))
+    evaluate = Evaluator(agent, agent.cfg, None)
+    try:
+        evaluate(solutions, 0)
+    finally:
+        evaluate.close()
+    assert evaluate.env_steps == 3 * 2 * 5  # toy:catch's episodes are far longer than 5 steps
+
+
 # ---- CarRacing's World Models view ---------------------------------------------------------------------------------
 def test_carracing_is_cropped_to_64x64_and_still_branches():
     import cv2

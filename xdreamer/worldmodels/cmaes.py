@@ -58,13 +58,15 @@ def evaluate_task(context: dict, flat: np.ndarray, seeds: list[int], dream_seed:
         from .dream import DreamEnv
 
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence(dream_seed).generate_state(1)[0]))
-        env = DreamEnv(agent, context["starts"], cfg.wm_temperature, agent.spec.max_steps or cfg.time_limit, generator)
+        limit = agent.spec.max_steps or cfg.time_limit
+        limit = min(limit, cfg.wm_cma_steps) if cfg.wm_cma_steps else limit
+        env = DreamEnv(agent, context["starts"], cfg.wm_temperature, limit, generator)
         return env.returns(rows)
     from .envs import make_env
     from .rollouts import lockstep_returns, make_envs
 
     envs = make_envs(lambda: make_env(cfg), len(rows), context["envs"])
-    return lockstep_returns(agent, rows, envs, seeds)
+    return lockstep_returns(agent, rows, envs, seeds, max_steps=cfg.wm_cma_steps or None)
 
 
 def _worker_task(flat: np.ndarray, seeds: list[int], dream_seed: list[int] | None) -> np.ndarray:

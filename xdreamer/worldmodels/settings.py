@@ -52,6 +52,9 @@ class WorldModelsFields:
     wm_popsize: int = 64  # paper §3: population 64
     wm_cma_rollouts: int = 16  # paper §3: each candidate's fitness is its mean return over 16 rollouts
     wm_cma_sigma: float = 0.1  # carracing/train.py sigma_init 0.1
+    # Cut each candidate's rollout after this many agent steps (its return so far is the fitness); 0 = whole
+    # episodes, as the paper. Ours: a CPU budget for CMA-ES in the real env (CarRacing's 1,000-step episodes).
+    wm_cma_steps: int = 0
     # hardmaru/WorldModelsExperiments carracing/README: about 200 generations (about 4 days on 64 cores) reach
     # about 890 (shared/reference/dreamer-implementations.md §7).
     wm_generations: int = 200
@@ -123,6 +126,7 @@ def schema_rules(Int: Callable[..., Any], Float: Callable[..., Any], Choice: Cal
         "wm_popsize": Int(2, 100_000),  # CMA-ES needs two candidates to rank
         "wm_cma_rollouts": count,
         "wm_cma_sigma": Float(0.0, 100.0, lo_open=True),
+        "wm_cma_steps": Int(0, 10**9),
         "wm_generations": Int(0, 10**9),
         "wm_workers": Int(0, 1024),
         "wm_ppo_lr": rate,
