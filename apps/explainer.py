@@ -516,25 +516,46 @@ def pick_class(agent, ctx, trace, step: int, variable: int, probs: np.ndarray) -
 
 
 def gaussian_latent_panel(agent, ctx, trace, step: int) -> None:
-    """DreamerV1's Gaussian latents (#29): per dimension the posterior mean +- std beside the prior's, and the
-    attribution of the decision to each dimension (IG from the prior mean); no classes to switch."""
+    """Gaussian latents (DreamerV1 #29, World Models #30): per dimension the posterior mean +- std beside the
+    prior's, World Models' mixture weights, and the attribution of the decision to each dimension (IG from the prior
+    mean); no classes to switch."""
     import pandas as pd
 
     a = trace.arrays
     post, prior = np.asarray(a["post_logits"][step]), np.asarray(a["prior_logits"][step])
-    st.info("Gaussian latents (DreamerV1): each of the stochastic state's dimensions is a Gaussian, not a class. "
-            "Shown per dimension: the posterior and prior means and standard deviations, and what the decision "
-            "owes to each dimension.")
+    world_models = "prior_mixture" in a
+    if world_models:
+        st.info("World Models: z is V's Gaussian posterior q(z | frame), one Gaussian per dimension and no classes to "
+                "switch; M predicts each dimension as a mixture of Gaussians from its memory h. Shown per dimension: "
+                "the posterior mean and std beside the mixture's (its moment-matched mean and std), M's mixture "
+                "weights, and what the decision owes to each dimension.")
+    else:
+        st.info("Gaussian latents (DreamerV1): each of the stochastic state's dimensions is a Gaussian, not a class. "
+                "Shown per dimension: the posterior and prior means and standard deviations, and what the decision "
+                "owes to each dimension.")
     left, right = st.columns(2)
     left.markdown(f"**Posterior and prior at step {step}** ({post.shape[0]} dimensions)")
     left.bar_chart(pd.DataFrame({"posterior mean": post[:, 0], "prior mean": prior[:, 0],
                                  "posterior std": post[:, 1], "prior std": prior[:, 1]}), height=220, stack=False)
     left.caption(E(f"the value the agent acted on: {np.round(a['post_stoch'][step], 2).tolist()}"))
+    if world_models:
+        mix = np.asarray(a["prior_mixture"][step], np.float64)
+        left.markdown(f"**M's mixture weights at step {step}** (rows: z dimensions, columns: components)")
+        left.dataframe(pd.DataFrame(mix, columns=[f"k{k}" for k in range(mix.shape[1])]).style.format("{:.2f}")
+                       .background_gradient(axis=None, vmin=0.0, vmax=1.0), height=220)
     with right:
         if agent is None:
             st.info("Latent attribution needs the checkpoint the trace was recorded with.")
             return
-        targets = ("action", "value") if agent.spec.discrete else ("value",)
+        critic = getattr(agent, "has_critic", True)
+        targets = tuple(t for t in ("action", "value") if (t != "action" or agent.spec.discrete)
+                        and (t != "value" or critic))
+        if not critic:
+            st.caption("This agent has no value function (World Models' C trained by CMA-ES): the value is not "
+                       "attributed.")
+        if not targets:
+            st.info("Latent attribution explains a discrete action or a value; this agent has neither.")
+            return
         target = st.selectbox("attributed output", targets, key="latent_target")
         try:
             attribution = latent_attr(ctx, agent, trace, step, target)

@@ -172,8 +172,11 @@ def test_checkpoint_round_trip_and_hostile_files(tmp_path):
         action_b, state_b = loaded.act(obs, state_b)
         assert action_a == action_b
         obs = env.step(action_a)
+    from xdreamer.worldmodels.analysis import WorldModelsView
+
+    assert isinstance(shared.load(path), WorldModelsView)  # the shared loader gives the analysis view (#30)
     with pytest.raises(CheckpointError, match="World Models"):
-        shared.load(path)  # the Dreamer loader refuses it in one line
+        shared.load(path, trainer=True)  # but no Dreamer trainer state, in one line
     manifest = json.loads((path / "manifest.json").read_text())
     (path / "manifest.json").write_text(json.dumps({**manifest, "algo": "dreamerv2"}))
     with pytest.raises(CheckpointError, match="not a World Models checkpoint"):

@@ -423,7 +423,9 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None,
     ``overrides`` may change run-time fields (device, precision); a change that alters the
     architecture fails with the name of the first mismatching tensor. Returns the ``Agent``
     (in eval mode) with ``.manifest`` and ``.path`` set, and, when ``trainer`` is true, the
-    trainer state (optimiser, RNG, counters) as a second value.
+    trainer state (optimiser, RNG, counters) as a second value. A World Models checkpoint (``algo:
+    worldmodels``) is verified by ``xdreamer.worldmodels.load`` and returned as its analysis view
+    (``xdreamer.worldmodels.analysis.WorldModelsView``: the Dreamer agent's interface over V, M and C).
 
     Everything is checked before the model is built (#28): the manifest and config.json against
     ``xdreamer.schema`` (so ``deter: 10^7`` never allocates), the device, the weights file's size against
@@ -434,9 +436,14 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None,
 
     path = resolve(path)
     manifest = read_manifest(path)
-    if manifest.get("algo") == "worldmodels":  # issue #30: a member with its own agent class and loader
-        raise CheckpointError(f"{path} is a World Models checkpoint: load it with xdreamer.worldmodels.load (the "
-                              "analysis commands do not read World Models agents yet)")
+    if manifest.get("algo") == "worldmodels":  # issue #30: its own agent class and loader, seen through a view
+        if trainer:
+            raise CheckpointError(f"{path} is a World Models checkpoint: resume its training with xdreamer train "
+                                  "--resume --logdir <run folder> (its stages keep their own state)")
+        from .worldmodels.analysis import view
+        from .worldmodels.checkpoint import load as load_worldmodels
+
+        return view(load_worldmodels(path, device=device, overrides=overrides))
     weights_file = _regular_file(path, WEIGHTS)
     _regular_file(path, CONFIG)
     try:

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .saliency import _to_tensor, attribution_guard
+from ..rssm import State
+from .saliency import NO_CRITIC, _to_tensor, attribution_guard
 
 LATENT_TARGETS = ("action", "value")
 
@@ -78,18 +79,29 @@ class LatentAttribution:
                 "top_variables": self.top_variables()}
 
 
+def latent_feat(agent, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The world model's feature for h_t ``[N, deter]`` and latents ``z`` ``[N, stoch * classes]`` (or
+    ``[N, stoch, classes]``): ``wm.feat``, whose layout is the member's own ([h, z] in the RSSM, [z, h] for World
+    Models' C)."""
+    rssm = agent.wm.rssm
+    z = z.reshape(z.shape[0], rssm.stoch_size, -1)
+    return agent.wm.feat(State(h, z, z))
+
+
 class LatentForward:
     """``z [N, stoch * classes] -> score [N]`` with h_t fixed, through the agent's own heads."""
 
     def __init__(self, agent, deter: torch.Tensor, target: str = "action", action: int | None = None) -> None:
         if target not in LATENT_TARGETS:
             raise ValueError(f"unknown target {target!r}; use one of {LATENT_TARGETS}")
+        if target == "value" and not getattr(agent, "has_critic", True):
+            raise ValueError(NO_CRITIC)
         if target == "action" and not agent.spec.discrete:
             raise ValueError("latent attribution of the action needs a discrete-action agent; use target='value'")
         self.agent, self.deter, self.target, self.action = agent, deter.reshape(1, -1), target, action
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        feat = torch.cat([self.deter.expand(z.shape[0], -1), z], -1)
+        feat = latent_feat(self.agent, self.deter.expand(z.shape[0], -1), z)
         if self.target == "value":
             return self.agent.ac.value(feat)
         return self.agent.actor.net(feat).log_softmax(-1)[:, self.action]
@@ -164,7 +176,7 @@ def latent_attribution(agent, deter: Any, post_logits: Any, target: str = "actio
             with torch.no_grad():
                 # the agent's own choice: actor mode on the one-hot posterior mode (Agent.policy eval)
                 onehot = rssm.mode_stoch(lg).float().reshape(1, S * K)
-                fwd.action = int(agent.actor.net(torch.cat([h[None], onehot], -1)).argmax(-1)[0])
+                fwd.action = int(agent.actor.net(latent_feat(agent, h[None], onehot)).argmax(-1)[0])
         attr, delta = IntegratedGradients(fwd).attribute(inp.clone(), baselines=base, n_steps=n_steps,
                                                          method=method, return_convergence_delta=True)
         mask = torch.arange(S, device=agent.device).repeat_interleave(K)[None]
@@ -184,7 +196,7 @@ def latent_attribution(agent, deter: Any, post_logits: Any, target: str = "actio
 # ---- what does a latent class mean ---------------------------------------------------------------
 def _need_classes(rssm) -> None:
     if rssm.latent_kind != "categorical":
-        raise ValueError(f"this agent's latents are {rssm.latent_kind} (DreamerV1): they have no classes to switch")
+        raise ValueError(f"this agent's latents are {rssm.latent_kind} (DreamerV1, World Models): they have no classes to switch")
 
 
 def _onehot_stoch(agent, stoch: Any) -> torch.Tensor:
@@ -221,8 +233,8 @@ def class_effect(agent, deter: Any, stoch_onehot: Any, variable: int, cls: int) 
     switched[int(variable)] = F.one_hot(torch.tensor(int(cls), device=agent.device), rssm.classes).float()
     with attribution_guard(agent), torch.no_grad():
         # Two separate, identically shaped calls: the same input gives the bit-identical output.
-        original = agent.wm.decode(torch.cat([h, z.reshape(1, -1)], -1))
-        changed = agent.wm.decode(torch.cat([h, switched.reshape(1, -1)], -1))
+        original = agent.wm.decode(latent_feat(agent, h, z.reshape(1, -1)))
+        changed = agent.wm.decode(latent_feat(agent, h, switched.reshape(1, -1)))
     return (changed - original)[0].cpu().numpy()
 
 
@@ -238,7 +250,7 @@ def class_effects(agent, deter: Any, stoch_onehot: Any, variable: int) -> np.nda
     zs = z[None].repeat(K + 1, 1, 1)
     zs[1:, int(variable)] = torch.eye(K, device=agent.device)
     with attribution_guard(agent), torch.no_grad():
-        images = agent.wm.decode(torch.cat([h.expand(K + 1, -1), zs.flatten(1)], -1))
+        images = agent.wm.decode(latent_feat(agent, h.expand(K + 1, -1), zs.flatten(1)))
     out = (images[1:] - images[:1]).cpu().numpy()
     current = int(z[int(variable)].argmax())
     if torch.equal(z[int(variable)], torch.eye(K, device=agent.device)[current]):

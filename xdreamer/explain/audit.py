@@ -98,6 +98,8 @@ def randomised_copy(agent, seed: int = 0):
     """The negative-control agent: the same architecture freshly initialised (the agent's own initialiser)."""
     from ..agent import Agent
 
+    if hasattr(agent, "fresh"):  # World Models' view builds its own (``worldmodels/analysis.py``)
+        return agent.fresh(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         copy = Agent(agent.cfg, agent.spec, device=agent.device)
@@ -209,7 +211,7 @@ def latent_state(agent, clones: list, method: str, state: AuditState, curve_step
     the agent acted on: cascade similarity; deletion/insertion over latent variables (deleted variables take the
     baseline distribution) against random, surprise and randomised-agent orders; and (``intervention``) the
     Spearman of |attribution| with the on-manifold intervention effects (None where the actor is saturated)."""
-    from .attribution import latent_attribution, prior_logits
+    from .attribution import latent_attribution, latent_feat, prior_logits
     from .interventions import BASELINES, aggregate_posterior, variable_effects
 
     if baseline not in BASELINES:
@@ -237,7 +239,7 @@ def latent_state(agent, clones: list, method: str, state: AuditState, curve_step
               "random_agent": randomised[-1]}
 
     def score(zz: torch.Tensor) -> torch.Tensor:
-        feat = torch.cat([h.expand(zz.shape[0], -1), zz.flatten(1)], -1)
+        feat = latent_feat(agent, h.expand(zz.shape[0], -1), zz.flatten(1))
         return agent.actor.net(feat).softmax(-1)[:, trained.action]
 
     with attribution_guard(agent):
@@ -390,7 +392,7 @@ def run_audit(agent, env, methods: Sequence[str] = DEFAULT_METHODS, seeds: Seque
         for m in LATENT_METHODS:
             if m in methods:
                 skipped[m] = (f"the latent checks switch categorical classes; this agent's latents are "
-                              f"{agent.wm.rssm.latent_kind} (DreamerV1)")
+                              f"{agent.wm.rssm.latent_kind} (DreamerV1, World Models)")
     chosen = collect_states(agent, env, seeds, steps, states, trace, max_steps, progress)
     todo = [m for m in methods if m not in skipped]
     blocks = {"pixel": cascade_blocks(agent), "latent": cascade_blocks(agent, "latent")}

@@ -124,6 +124,8 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_whatif(args: argparse.Namespace) -> int:
+    import torch
+
     from .dreams import whatif
     from .grounded import ground
     from .render import write_whatif_video
@@ -134,7 +136,17 @@ def cmd_whatif(args: argparse.Namespace) -> int:
         alternatives = resolve_actions(args.alternatives, agent.spec, "--alternatives")
         trace = _trace(args, agent, env, max_steps=args.step + args.horizon)
         trace.check_step(args.step)
-        result = whatif(agent, trace, args.step, args.horizon, actions)
+        sample = args.sample or args.temperature is not None
+        if args.temperature is not None:
+            if not hasattr(agent.wm.rssm, "temperature"):
+                raise ValueError(f"--temperature is World Models' dream temperature; this agent is {agent.cfg.algo} "
+                                 "(use --sample to draw its latents)")
+            if not args.temperature > 0:
+                raise ValueError(f"--temperature must be > 0, got {args.temperature}")
+            agent.wm.rssm.temperature = float(args.temperature)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)  # --sample: the same draws for the same seed
+            result = whatif(agent, trace, args.step, args.horizon, actions, sample=sample)
         grounded = ground(agent, env, trace, args.step, actions, args.horizon, dream=result) \
             if args.grounded else None
     finally:
@@ -211,6 +223,12 @@ def add_commands(subparsers) -> None:
                    help="actions shown as alternatives in the video, by name or number (default: up to 4 others)")
     p.add_argument("--horizon", type=int, default=15, help="imagined steps per branch (default 15)")
     p.add_argument("--grounded", action="store_true", help="also run each branch in the real simulator")
+    p.add_argument("--sample", action="store_true",
+                   help="draw the imagined latents (torch seeded from --seed) instead of taking the most likely "
+                        "ones (default)")
+    p.add_argument("--temperature", type=float, default=None, metavar="TAU",
+                   help="World Models only: M's temperature for the dream (implies --sample; default the "
+                        "checkpoint's wm_temperature; the paper's Doom agent trained best at 1.15)")
     p.add_argument("--video", help="output .mp4 (or .gif)")
     p.add_argument("--fps", type=int, default=4, help="frames per second of the video (default 4)")
     p.add_argument("--json", help="output JSON of the numbers")

@@ -118,8 +118,11 @@ def dream(agent, start: State, horizon: int, prefix: torch.Tensor | None = None,
                                      intervene=intervene, sample=sample)
         feat = wm.feat(states)
         reward, discount, value = wm.reward(feat), wm.discount(feat), agent.ac.value(feat)
+        # Without a critic (World Models + CMA-ES: value 0) lambda = 1 makes the target the discounted imagined
+        # reward over the horizon, not a lambda-shrunk one.
+        lam = agent.cfg.discount_lambda if getattr(agent, "has_critic", True) else 1.0
         returns = lambda_return(reward[:, :-1].float(), value[:, :-1].float(), discount[:, :-1].float(),
-                                value[:, -1].float(), agent.cfg.discount_lambda)
+                                value[:, -1].float(), lam)
         frames = _decode(wm, feat) if decode else None
     gamma = agent.cfg.discount ** torch.arange(horizon, device=reward.device, dtype=torch.float32)
     return {"states": states.map(lambda x: x.float()), "actions": actions.float(), "reward": reward.float(),
@@ -220,7 +223,7 @@ def intervene(agent, trace: Trace, step: int, variable: int, cls: int | str, hor
     rssm = agent.wm.rssm
     if rssm.latent_kind != "categorical":
         raise ValueError(f"intervene switches a categorical variable's class; this agent's latents are "
-                         f"{rssm.latent_kind} (DreamerV1): they have no classes")
+                         f"{rssm.latent_kind} (DreamerV1, World Models): they have no classes")
     if isinstance(variable, bool) or not isinstance(variable, (int, np.integer)) or not 0 <= variable < rssm.stoch_size:
         raise ValueError(f"variable must be an integer in [0, {rssm.stoch_size}), got {variable!r}")
     variable = int(variable)

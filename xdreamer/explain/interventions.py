@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .attribution import latent_feat
 from .audit_checks import bootstrap_ci
 from .faithfulness import spearman
 from .objects import SATURATED
@@ -67,12 +68,12 @@ def aggregate_posterior(post_class: Any, classes: int) -> np.ndarray:
 def _categorical(rssm) -> None:
     if rssm.latent_kind != "categorical":
         raise ValueError(f"the intervention check switches categorical classes; this agent's latents are "
-                         f"{rssm.latent_kind} (DreamerV1)")
+                         f"{rssm.latent_kind} (DreamerV1, World Models)")
 
 
 def _probs(agent, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Actor probabilities ``[N, A]`` at ``h`` ``[1, deter]`` and one-hot ``z`` ``[N, stoch, classes]``."""
-    feat = torch.cat([h.expand(z.shape[0], -1), z.flatten(1)], -1)
+    feat = latent_feat(agent, h.expand(z.shape[0], -1), z.flatten(1))
     return agent.actor.net(feat).float().softmax(-1)
 
 

@@ -221,6 +221,10 @@ def as_action_input(agent, prev_action: Any) -> torch.Tensor:
     return a
 
 
+NO_CRITIC = ("this agent has no value function (World Models with a CMA-ES controller): explain its action "
+             "(target action) instead")
+
+
 # ---- the explained function ----------------------------------------------------------------------
 class PixelForward:
     """``frame [N, C, 64, 64] in [0, 1] -> score [N]`` with the recurrent state held fixed.
@@ -234,6 +238,8 @@ class PixelForward:
             raise ValueError(f"unknown target {target!r}; use one of {TARGETS}")
         if score not in SCORES:
             raise ValueError(f"unknown score {score!r}; use one of {SCORES}")
+        if target == "value" and not getattr(agent, "has_critic", True):
+            raise ValueError(NO_CRITIC)
         self.agent, self.target, self.score = agent, target, score
         self.prev_state = as_state(agent, prev_state)
         self.prev_action = as_action_input(agent, prev_action)

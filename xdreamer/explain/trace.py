@@ -11,12 +11,14 @@ step t (DreamerV2 alignment: step t holds o_t, the action a_{t-1} that led to it
     action_vec       float [N, A]           a_t as fed back to the RSSM (one-hot for discrete)
     action_probs     float [N, A]           actor probabilities (discrete only)
     entropy, value, reward, pred_reward, pred_discount, surprise, recon_error   float [N]
+                                            (value is NaN for an agent without a critic: World Models + CMA-ES)
     post_logits, prior_logits   float [N, stoch, classes]
     post_class, prior_class     int [N, stoch]  class index of the posterior sample (the one-hot the
                                                 agent acted on) and of the prior's mode
-    post_stoch       float [N, stoch]       Gaussian latents only (DreamerV1): the values the agent acted on;
-                                            there post/prior_logits hold (mean, std) [N, stoch, 2] and
+    post_stoch       float [N, stoch]       Gaussian latents only (DreamerV1, World Models): the values the agent
+                                            acted on; there post/prior_logits hold (mean, std) [N, stoch, 2] and
                                             post/prior_class are all 0
+    prior_mixture    float [N, z, K]        World Models only: M's mixture weights over z_t
     deter            float [N, deter]
     recon            uint8 [N, C, 64, 64]   decoded posterior
     recon_sqerr      float16 [N, C, 64, 64] per-pixel squared error in [0, 1] pixel units
@@ -187,6 +189,7 @@ def record(agent, env, episodes: int = 1, seed: int = 0, policy: str = "mode", m
     explore = policy == "sample"
     wm, rssm, actor = agent.wm, agent.wm.rssm, agent.actor
     gaussian = rssm.latent_kind == "gaussian"
+    extras = getattr(rssm, "step_extras", None)
     was_training = agent.training
     agent.eval()
     rows: dict[str, list] = {}
@@ -250,6 +253,8 @@ def record(agent, env, episodes: int = 1, seed: int = 0, policy: str = "mode", m
                         add(action_probs=probs)
                     if gaussian:
                         add(post_stoch=latent.stoch[0, :, 0].cpu().numpy())
+                    if extras is not None:  # World Models: M's mixture weights over z_t
+                        add(**extras(prior))
                     for name in spec.object_names:
                         box = obs.get("objects", {}).get(name)
                         add(**{f"objects/{name}": np.full(4, np.nan, np.float32) if box is None
@@ -304,6 +309,7 @@ def _heads(agent, feat: torch.Tensor, frames: list[np.ndarray], add, chunk: int 
     """Value, reward and discount heads and the reconstruction (with its per-pixel squared error against
     ``frames``) for posterior features ``[T, F]``, batched over an episode."""
     wm = agent.wm
+    critic = getattr(agent, "has_critic", True)  # World Models with a CMA-ES C has no value function: NaN
     for lo in range(0, len(feat), chunk):
         f = feat[lo:lo + chunk]
         with agent.autocast():
@@ -313,7 +319,7 @@ def _heads(agent, feat: torch.Tensor, frames: list[np.ndarray], add, chunk: int 
         sqerr = ((recon.float() + 0.5).clamp(0, 1) - target).pow(2)
         recon_u8 = _to_uint8(recon)
         for i in range(len(f)):
-            add(value=float(value[i].float()), pred_reward=float(reward[i].float()),
+            add(value=float(value[i].float()) if critic else float("nan"), pred_reward=float(reward[i].float()),
                 pred_discount=float(discount[i].float()), recon=recon_u8[i],
                 recon_sqerr=sqerr[i].cpu().numpy().astype(np.float16), recon_error=float(sqerr[i].mean()))
 
