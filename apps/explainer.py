@@ -116,11 +116,12 @@ def highlight_moments(ctx: tuple, _agent, _trace, k: int):
 
 
 @st.cache_data(show_spinner="Computing saliency ...", max_entries=256)
-def pixel_saliency(ctx: tuple, _agent, _trace, step: int, method: str, target: str):
+def pixel_saliency(ctx: tuple, _agent, _trace, step: int, method: str, target: str, dimension: int | None = None):
+    """``dimension``: for a continuous-action agent, the action dimension whose pre-tanh mean is explained."""
     from xdreamer.explain.saliency import saliency, trace_inputs
 
     inputs = trace_inputs(_trace, step)
-    action = inputs["action"] if target == "action" else None
+    action = (inputs["action"] if _agent.spec.discrete else dimension) if target == "action" else None
     return saliency(_agent, inputs["frame"], inputs["prev_state"], inputs["prev_action"], target=target,
                     method=method, action=action, is_first=inputs["is_first"])
 
@@ -417,8 +418,15 @@ def frame_panel(agent, ctx, trace, step: int) -> None:
                               index=METHODS.index("integrated_gradients"),
                               help="what attributes the decision to the pixels of this frame (h_t held fixed); the "
                                    "audit verdict beside the map says whether it passes its sanity checks here")
-        targets = TARGETS if agent is None or agent.spec.discrete else ("value",)
+        targets = TARGETS
+        if agent is not None and not getattr(agent, "has_critic", True):  # World Models + CMA-ES: no value
+            targets = tuple(t for t in targets if t != "value")
         target = st.selectbox("explained output", targets, key="saliency_target")
+        dimension = None
+        if target == "action" and not trace.discrete:  # continuous: one action dimension's pre-tanh mean
+            dimension = st.selectbox("action dimension", range(trace.num_actions), key="saliency_dimension",
+                                     format_func=lambda d: trace.action_names[d],
+                                     help="the explained score is this dimension's mean before the tanh squashing")
         signed = method in ui.SIGNED_METHODS and st.toggle(
             "signed map", value=True, key="saliency_signed",
             help="red: the region raises the explained score; blue: it lowers it. Off: the magnitude in jet.")
@@ -426,9 +434,12 @@ def frame_panel(agent, ctx, trace, step: int) -> None:
             st.info("Saliency needs the checkpoint the trace was recorded with.")
         else:
             try:
-                result = pixel_saliency(ctx, agent, trace, step, method, target)
-                explained = (f"the {result.score} of {trace.action_names[result.action]}"
-                             if target == "action" and result.action is not None else f"the {target}")
+                result = pixel_saliency(ctx, agent, trace, step, method, target, dimension)
+                if target == "action" and dimension is not None:
+                    explained = f"the mean of action dimension {trace.action_names[dimension]}"
+                else:
+                    explained = (f"the {result.score} of {trace.action_names[result.action]}"
+                                 if target == "action" and result.action is not None else f"the {target}")
                 caption = (f"{method} of the {target}"
                            + (f" ({E(result.score)} of {E(trace.action_names[result.action])})"
                               if target == "action" and result.action is not None else ""))
