@@ -165,3 +165,17 @@ def test_app_shows_world_models_latents(tmp_path):
     assert any("no value function" in c.value for c in at.caption)
     for panel in ("What-if", "Compare", "Failures"):
         assert_clean(set_panel(open_app(CKPT, step=5), panel))
+
+
+def test_saliency_of_a_continuous_action_names_its_dimension(tmp_path):
+    """A continuous-action agent (the bundled DreamerV1 pendulum; CarRacing's World Models agents alike) is explained
+    per action dimension (its pre-tanh mean): --action picks it; without it, or out of range, one line and exit 2."""
+    from xdreamer.cli import main
+
+    ckpt = str(CKPT.parents[1] / "pendulum-dreamerv1")
+    out = tmp_path / "s.json"
+    assert main(["saliency", ckpt, "--step", "3", "--method", "saliency", "--action", "0", "--json", str(out),
+                 "--out", str(tmp_path / "s.png")]) == 0
+    assert json.loads(out.read_text())["action"] == 0
+    for extra in ([], ["--action", "4"]):
+        assert main(["saliency", ckpt, "--step", "3", "--out", str(tmp_path / "x.png"), *extra]) == 2

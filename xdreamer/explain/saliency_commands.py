@@ -90,6 +90,22 @@ def _json_default(x):
 
 
 # ---- command -----------------------------------------------------------------------------------
+def _dimension(value: str, spec) -> int:
+    """A continuous action's dimension by number or by name (``spec.action_names``), or a one-line ValueError."""
+    names = [str(n).upper() for n in (spec.action_names or [])]
+    text = str(value).strip()
+    if text.upper() in names:
+        return names.index(text.upper())
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if not 0 <= number < spec.num_actions:
+        raise ValueError(f"--action: {text!r} is not an action dimension of {spec.id} (0-{spec.num_actions - 1}"
+                         + (f" or {', '.join(names)})" if names else ")"))
+    return number
+
+
 def _saliency(args: argparse.Namespace) -> int:
     import imageio.v2 as imageio
 
@@ -98,7 +114,13 @@ def _saliency(args: argparse.Namespace) -> int:
     from .saliency import saliency, trace_inputs
 
     agent = checkpoint.load(args.checkpoint, device=args.device, overrides=precision_override(args))
-    chosen = None if args.action is None else resolve_actions([args.action], agent.spec, "--action")[0]
+    if agent.spec.discrete:
+        chosen = None if args.action is None else resolve_actions([args.action], agent.spec, "--action")[0]
+    else:  # continuous actions: --action names the dimension whose pre-tanh mean is explained
+        chosen = _dimension(args.action, agent.spec) if args.action is not None else None
+        if chosen is None and args.target == "action":
+            raise ValueError(f"{agent.spec.id} has continuous actions: choose the dimension to explain with --action "
+                             f"0-{agent.spec.num_actions - 1} (its mean before the tanh), or use --target value")
     if args.video and not args.trace:
         raise ValueError("--video needs --trace (record one with `xdreamer record`)")
     if args.trace:
@@ -207,7 +229,8 @@ def add_commands(subparsers) -> None:
                    help="what to explain: action (the explained action's score, default) or value (the critic's value)")
     p.add_argument("--action", metavar="ACTION",
                    help="action to explain, by name as the outputs print it (e.g. FIRE; any case) or number "
-                        "(default: the recorded / chosen one)")
+                        "(default: the recorded / chosen one); for continuous actions the dimension whose mean "
+                        "(before the tanh) is explained, required there with --target action")
     p.add_argument("--out", help="output .png (overlay) or .npz (arrays) (default "
                                  f"{default_output('saliency-step<STEP>-<METHOD>-<TARGET>.png')})")
     p.add_argument("--video", help="also write a saliency-overlay .mp4/.gif of the whole trace (needs --trace)")
