@@ -16,7 +16,8 @@ from xdreamer.evaluation import evaluate, lockstep_envs
 from xdreamer.training import make_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "checkpoints"
-BUNDLED = sorted(p for p in ROOT.glob("*") if (p / checkpoint.MANIFEST).exists())
+# World Models agents live one level down (checkpoints/worldmodels/<name>, issue #30); xdreamer.load reads them too
+BUNDLED = sorted(p for p in [*ROOT.glob("*"), *ROOT.glob("worldmodels/*")] if (p / checkpoint.MANIFEST).exists())
 RERUN = 3  # episodes re-run per policy: the first RERUN of the recorded seeds ...
 RERUN_STEPS = 6_000  # ... or fewer, so that the recorded lengths of those re-run stay within this many agent
 # steps (at least one episode): an Atari agent that never serves lasts the full 27,000-step limit.
@@ -49,7 +50,7 @@ def test_bundle_sizes():
     assert total <= 100 * 2**20, f"bundled checkpoints total {total / 2**20:.1f} MB > 100 MB"
 
 
-@pytest.mark.parametrize("folder", BUNDLED, ids=[p.name for p in BUNDLED])
+@pytest.mark.parametrize("folder", BUNDLED, ids=[p.relative_to(ROOT).as_posix() for p in BUNDLED])
 def test_bundled_checkpoint_reproduces_its_manifest(folder):
     assert sorted(f.name for f in folder.iterdir()) == sorted(bundle_mod.BUNDLE_FILES)
     manifest = checkpoint.read_manifest(folder)

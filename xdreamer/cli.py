@@ -147,7 +147,7 @@ def _bundle(args: argparse.Namespace) -> int:
     from . import checkpoint
     from .bundle import bundle, markdown_row, update_readme
 
-    record = bundle(args.source, args.out, episodes=args.episodes, seed=args.seed, command=args.command,
+    record = bundle(args.source, args.out, episodes=args.episodes, seed=args.seed, command=args.train_command,
                     progress=not args.no_progress)
     m, r = record["eval_mode"], record["eval_random"]
     print(f"bundled {record['source']} -> {args.out}")
@@ -235,7 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="destination folder, e.g. checkpoints/catch")
     p.add_argument("--episodes", type=int, default=10, help="evaluation episodes, agent and random (default 10)")
     p.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
-    p.add_argument("--command", help="training command to record (default: the run's commands.txt)")
+    # dest: not ``command``, which names the subcommand (#30: ``--command`` clobbered it, and an existing --out
+    # folder was then refused as "a folder")
+    p.add_argument("--command", dest="train_command",
+                   help="training command to record (default: the run's commands.txt)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_bundle)
 
