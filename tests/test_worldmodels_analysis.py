@@ -179,3 +179,19 @@ def test_saliency_of_a_continuous_action_names_its_dimension(tmp_path):
     assert json.loads(out.read_text())["action"] == 0
     for extra in ([], ["--action", "4"]):
         assert main(["saliency", ckpt, "--step", "3", "--out", str(tmp_path / "x.png"), *extra]) == 2
+
+
+def test_bundle_reads_a_world_models_checkpoint_into_an_existing_folder(tmp_path):
+    """``xdreamer bundle`` on a World Models agent, re-bundled in place with ``--command`` (which once clobbered the
+    subcommand's name, so an existing --out folder was refused): the record holds both evaluations and the command."""
+    import shutil
+
+    from xdreamer.cli import main
+
+    folder = tmp_path / "wm"
+    shutil.copytree(CKPT, folder)
+    assert main(["bundle", str(folder), "--out", str(folder), "--episodes", "2", "--no-progress",
+                 "--command", "xdreamer train --preset worldmodels-debug"]) == 0
+    record = checkpoint.read_manifest(folder)["bundle"]
+    assert record["train_commands"] == ["xdreamer train --preset worldmodels-debug"]
+    assert record["eval_mode"]["returns"] == checkpoint.read_manifest(CKPT)["bundle"]["eval_mode"]["returns"][:2]
