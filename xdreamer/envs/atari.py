@@ -22,13 +22,14 @@ encodes as y=0) are reported as NaN. Boxes are [x, y, w, h] in 64x64 frame coord
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from .base import Env, EnvSpec, Obs, State, array_to_rng, box, check_int_fields, make_obs, nan_box, rng_to_array
 
-__all__ = ["AtariEnv", "make_atari", "RAM_OBJECTS"]
+__all__ = ["AtariEnv", "make_atari", "RAM_OBJECTS", "RAM_EDITS", "RamEdit"]
 
 SCREEN_H, SCREEN_W = 210, 160
 
@@ -68,6 +69,67 @@ RAM_OBJECTS: dict[str, dict[str, tuple[_ObjFn, tuple[float, float], tuple[int, i
     # (729/762; least squares slope 1.994). Measured in the overworld only; inside rooms the mapping is assumed.
     "Venture": {
         "player": (lambda r: (_lin(r, 85, 1, -1), _lin(r, 26, 2, 25)), (1, 2), (0, 0, 160, 210)),
+    },
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RamEdit:
+    """How object attribution (``explain/objects.py``, issue #27 item 2) moves or removes one object of a game.
+
+    ``axis``: the axis of a move (the game's paddle axis, for every object of the game, so moves compare like with
+    like). ``ram``: ``(index, RAM units per raw screen px)`` bytes shifted to move the object. ``knob``: paddle games
+    (ALE drives Pong's and Breakout's paddles with a paddle controller whose resistance is ``ALEState``'s first
+    int, not RAM): resistance units per raw px along ``axis``, or 0; ``knob_range``: the resistances over which the
+    paddle's position follows the controller linearly (outside it the game holds the paddle at a wall). ``remove``:
+    ``(index, value)`` bytes held to take the object out of play, or ``()`` where no RAM value means "absent".
+    ``colour`` / ``region`` (raw ``x0, y0, x1, y1``) / ``size`` (raw ``w, h``): the pixel detector that verifies an
+    edit on the raw screen (all pixels of ``colour`` in ``region``; a blob larger than ``size`` + 1 px is
+    ambiguous). ``field``: the raw range of the object's top-left coordinate along ``axis`` where a moved object is
+    still drawn whole (the colours and regions are RAM_OBJECTS' measurement's).
+    """
+
+    axis: str
+    ram: tuple[tuple[int, float], ...]
+    colour: tuple[int, int, int]
+    region: tuple[int, int, int, int]
+    size: tuple[int, int]
+    field: tuple[int, int]
+    knob: float = 0.0
+    knob_range: tuple[int, int] = (0, 0)
+    remove: tuple[tuple[int, int], ...] = ()
+
+
+# Object edits (issue #27, item 2), measured on ale-py 0.12.1 against the bundled agents' seed-0 traces by writing
+# each byte and detecting the object on the raw screen after the 4-frame skip (docs/experiments/atari_objects.py
+# reports the landing rates). Where they differ from RAM_OBJECTS' read-out bytes (AtariARI, Anand et al. 2019), the
+# read-out byte is a copy the game recomputes every frame, so writing it moves nothing:
+#   Pong ball: x ram[49], y ram[54] (AtariARI ball_x/ball_y, slope 1); out of play: ram[54] == 0 (the serve state).
+#   Pong enemy: ram[21] (the AI's paddle position; AtariARI's enemy_y ram[50] is a copy): +8 -> +8 px.
+#   Pong player: ALE paddle resistance (+3,980 units per px down: least squares of ram[60] on the resistance over
+#     the trace's resting frames, 2.51 per 10^4) and ram[60] / ram[51] (the smoothed position and its copy).
+#   Breakout ball: x ram[99], y ram[101] (AtariARI); out of play: ram[101] == 0.
+#   Breakout player: ALE paddle resistance and ram[72] (AtariARI player_x, smoothed). Sweep of the resistance (30 NOOP
+#     frames each): x = 142 at 237,450 ... 8 at 777,450, linear, -4,030 units per px; below ~229,400 the game holds
+#     the paddle at the right wall (x = 144), so a move starts from the wall's resistance, not the controller's.
+# What does not land (docs/bench/atari_objects.json, 200 steps): Pong's enemy AI moves its paddle up to 4 px toward
+# the ball on the frame it is drawn, so a move away from the ball lands 4 px short (63-71 % of enemy moves land); a
+# moved ball that meets a wall or paddle bounces (5-6 % of ball moves miss); holding Breakout's ram[101] = 0 while
+# the ball rises makes the game re-serve it (53 % of Breakout removals land).
+# VideoPinball and Venture have read-out fits only: no edit was verified, so object attribution refuses them.
+RAM_EDITS: dict[str, dict[str, RamEdit]] = {
+    "Pong": {
+        "ball": RamEdit("y", ((54, 1.0),), (236, 236, 236), (0, 34, 160, 194), (2, 4), (34, 190),
+                        remove=((54, 0),)),
+        "player": RamEdit("y", ((60, 1.0), (51, 1.0)), (92, 186, 92), (140, 34, 144, 194), (4, 16), (34, 178),
+                          knob=3980.0, knob_range=(27450, 790196)),
+        "enemy": RamEdit("y", ((21, 1.0),), (213, 130, 74), (16, 34, 20, 194), (4, 16), (34, 178)),
+    },
+    "Breakout": {
+        "ball": RamEdit("x", ((99, 1.0),), (200, 72, 72), (8, 93, 152, 188), (2, 4), (8, 150),
+                        remove=((101, 0),)),
+        "player": RamEdit("x", ((72, 1.0),), (200, 72, 72), (8, 189, 152, 193), (16, 4), (8, 136),
+                          knob=-4030.0, knob_range=(229400, 777000)),
     },
 }
 

@@ -280,8 +280,16 @@ def object_states(agent, env, clones: list, states: list[AuditState]) -> list[di
             out.append({"step": t, "seed": seed, "objects": list(base.objects), "effect": effect.tolist(),
                         "top": base.objects[int(np.nanargmax(effect))] if np.any(effect > 0) else None,
                         "stage_effect": [c.effect()[i].tolist() for c in copies],
-                        "stages": [_rank_similarity(base.tv[i][ok], c.tv[i][ok]) for c in copies]})
+                        "stages": [_rank_similarity(base.tv[i][ok], c.tv[i][ok]) for c in copies],
+                        # edits tried / landed per object (Atari edits are verified on the screen; toy ones land)
+                        "attempted": base.attempted[i].sum(1).tolist(), "landed": base.landed[i].sum(1).tolist()})
     return out
+
+
+def _landing(rows: list[dict], i: int) -> float | None:
+    """Fraction of object i's attempted edits that landed over the audited states (None where none was tried)."""
+    tried = sum(r.get("attempted", [0] * (i + 1))[i] for r in rows)
+    return sum(r.get("landed", [0] * (i + 1))[i] for r in rows) / tried if tried else None
 
 
 def summarise(kind: str, rows: list[dict], blocks, th: Thresholds = THRESHOLDS) -> dict[str, Any]:
@@ -312,7 +320,8 @@ def summarise(kind: str, rows: list[dict], blocks, th: Thresholds = THRESHOLDS) 
                                                   for i, n in enumerate(names)},
                             "median_largest_tv_fully_randomised": {
                                 n: float(np.nanmedian([r["stage_effect"][-1][i] for r in rows]))
-                                for i, n in enumerate(names)}}
+                                for i, n in enumerate(names)},
+                            "edit_landing_rate": {n: _landing(rows, i) for i, n in enumerate(names)}}
     return {"kind": kind, "verdict": combine([c["verdict"] for c in checks.values() if "verdict" in c]),
             "checks": checks, "states": rows}
 

@@ -57,6 +57,10 @@ def verdict_lines(data: dict) -> list[str]:
                 worst = min(c["method_minus_null"].items(), key=lambda kv: kv[1][0] if kv[1][0] is not None else 0)
                 parts.append(f"{check.replace('_', '/')} {c['verdict']} (method - {worst[0]} {_fmt(worst[1])}, "
                              f"needs > {c['margin']})")
+        rates = m["checks"].get("effect", {}).get("edit_landing_rate", {})
+        landing = {k: v for k, v in rates.items() if v is not None}
+        if landing:  # object attribution: the simulator edits that landed (Atari edits are verified on the screen)
+            parts.append("edits landed " + ", ".join(f"{k} {v:.0%}" for k, v in landing.items()))
         flag = "FAILS its checks on this agent: " if m["verdict"] == "fail" else ""
         lines.append(f"{name}: {m['verdict'].upper()} -- {flag}" + "; ".join(parts))
     for name, why in data.get("skipped", {}).items():

@@ -4,7 +4,8 @@ Atrey, Clary & Jensen (ICLR 2020, "Exploratory not explanatory") show that salie
 such as "the agent looks at the ball": such claims must be tested by intervening on the game's own state and
 measuring the change in the agent's behaviour. This module is that reference for xdreamer's pixel maps (issue #27,
 item 2): for every ground-truth object and every step of a recorded ``Trace`` it edits the recorded simulator state
-(toy games through ``get_state()["ints"]``), re-renders the frame from the edited state (``env.render()``), runs the
+(toy games through ``get_state()["ints"]``; Atari through RAM writes, ``_AtariObjects``), re-renders the frame from
+the edited state (toy: ``env.render()``; Atari: re-running the recorded step into it, every edit verified), runs the
 agent's own acting path on it (``wm.encode`` -> ``rssm.obs_step`` with the posterior mode -> actor and critic, as
 ``trace.record``) and measures
 
@@ -45,7 +46,14 @@ removed ball or a 20-px lane jump against a 6-px paddle shift) the ranking follo
 ball-seeing agent from its ball-blind twin and a random copy. For ``policy="sample"`` traces the re-filtering uses
 the posterior mode, so the unedited row is the mode's decision rather than the recorded sample's.
 
-Atari (``ale.setRAM`` edits of the objects in ``envs/atari.py``) is not implemented; see ``_editor``.
+Atari (``_AtariObjects``): ``ale.setRAM`` writes at the bytes of ``envs.atari.RAM_EDITS`` (Pong: ball, player,
+enemy; Breakout: ball, player), the paddle controller's resistance for the paddle games' own paddles, held on each
+emulated frame of the re-run step s-1 -> s. Variants: ``remove`` (the ball only: Pong ram[54] = 0, Breakout
+ram[101] = 0, the games' "not in play"), ``move`` (``shift`` px of the 64x64 frame along the game's paddle axis:
+Pong vertical, 6 px = 20 raw px; Breakout horizontal, 6 px = 15 raw px). Both are approximate (the RAM-to-pixel
+fits, the game's own logic on the edited frames), so each edit is checked on the raw screen and one that did not
+land is skipped, not attributed (``ObjectAttribution.landed`` / ``landing_rate``). VideoPinball and Venture are
+refused (no verified write). The episode's first frame has no edit (no recorded step leads to it).
 """
 
 from __future__ import annotations
@@ -98,6 +106,24 @@ class ObjectAttribution:
     flip: np.ndarray  # bool [S, O, V]
     visible: np.ndarray  # bool [S, O]
     saturated: np.ndarray  # bool [S]
+    # Edits tried at t (the object was there to edit) and those that landed (verified; ``applicable`` = landed).
+    # Toy edits always land (the frame is the game's drawing of the edited state); Atari edits are checked on the
+    # raw screen (``_AtariObjects``).
+    attempted: np.ndarray | None = None  # bool [S, O, V]
+    landed: np.ndarray | None = None  # bool [S, O, V]
+
+    def __post_init__(self) -> None:
+        if self.attempted is None:
+            self.attempted = self.applicable.copy()
+        if self.landed is None:
+            self.landed = self.applicable.copy()
+
+    def landing_rate(self, obj: str | None = None, variant: str | None = None) -> float:
+        """Fraction of the attempted edits (of ``obj`` / ``variant``, or all) that landed; NaN where none was tried."""
+        o = slice(None) if obj is None else self.objects.index(obj)
+        v = slice(None) if variant is None else self._variant_index([variant])[0]
+        tried = self.attempted[:, o, v]
+        return float(self.landed[:, o, v][tried].mean()) if tried.any() else float("nan")
 
     def effect(self, variants: Sequence[str] | None = None) -> np.ndarray:
         """``[S, O]``: the largest ``tv`` over the object's applicable variants (all, or those named); NaN where none
@@ -160,7 +186,13 @@ class ObjectAttribution:
                 "probs": clean(self.probs), "value": clean(self.value), "q": clean(self.q),
                 "tv": clean(self.tv), "dvalue": clean(self.dvalue), "dq": clean(self.dq),
                 "flip": self.flip.tolist(), "visible": self.visible.tolist(), "saturated": self.saturated.tolist(),
-                "effect": clean(self.effect()), "top": self.top().tolist()}
+                "effect": clean(self.effect()), "top": self.top().tolist(),
+                "attempted": self.attempted.tolist(), "landed": self.landed.tolist(),
+                "landing_rate": {o: _finite_or_none(self.landing_rate(o)) for o in self.objects}}
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
 
 
 # ---- object edits of the simulator state -----------------------------------------------------------
@@ -184,6 +216,7 @@ class _ToyObjects:
         self.size = SIZE
         self.max_x = {"ball": SIZE - BALL, "paddle": SIZE - PADDLE_W}
         self.lanes = tuple(int(x) for x in getattr(env, "lane_x", ()))
+        self.outcomes: dict[tuple[int, str, str], bool] = {}
 
     def variants(self, interventions: Sequence[str], shift: int) -> list[_Variant]:
         out = []
@@ -224,6 +257,204 @@ class _ToyObjects:
         self.env.set_state(state)
         return self.env.render()["image"]
 
+    def frame(self, trace: Trace, s: int, obj: str, variant: _Variant) -> np.ndarray | None:
+        """o_s with ``obj`` edited by ``variant`` (None where it does not apply). A state edit of the toy game always
+        lands: the frame is the game's own drawing of the edited state."""
+        edited = self.edit(trace.sim_state(s), obj, variant)
+        if edited is None:
+            return None
+        self.outcomes[(s, obj, variant.label)] = True
+        return self.render(edited)
+
+
+class _AtariObjects:
+    """Edits of ``atari:`` games through RAM writes (``ale.setRAM``) and, for paddle games, the paddle controller's
+    resistance, at the objects of ``envs.atari.RAM_EDITS``; every edit is verified on the raw screen.
+
+    Re-observing. The ALE draws a frame only when it emulates one, and a recorded state is the one the frame o_s was
+    read from, after the game drew it. So o_s is re-observed by restoring the recorded state of step s-1 and
+    re-running the recorded action a_{s-1} through the env's own 4-frame skip and preprocessing (max-pool of the
+    last two frames, resize): the unedited re-observation is the recorded frame, bit for bit (pinned in
+    ``tests/test_objects.py``), once the sticky action is primed: the ALE keeps the previous action, which sticky
+    actions repeat with probability 0.25, outside its cloned state, so it is set to a_{s-2} by acting it for 24
+    frames from the restored state, which is then restored again (0.25^24: never left unset in practice). Without
+    this, 23 of the 200 steps of the bundled Pong agent's seed-0 episode re-observe differently the second time.
+
+    Editing. The edit is held on each of the skip's four emulated frames (as it is held on each frame of the k-step
+    window): before each frame the edited object's bytes are written as their unedited value on that frame plus the
+    shift (``move``) or as the "out of play" value (``remove``), and the other objects' bytes are written back to
+    their unedited values, so that the other objects differ at most by what the game's logic does to them within
+    the frame they are drawn on (Pong's enemy AI follows the ball: up to 4 raw px). Paddle games (Pong's player,
+    Breakout's paddle) read the paddle's position from the paddle controller on every frame, so their ``move`` also
+    turns the controller (``ALEState``'s resistance, with its limits, ``_shift_knob``) by the fitted units per pixel,
+    from its value clipped to ``RamEdit.knob_range`` (Breakout's agent holds its paddle at the right wall with the
+    controller far past the wall's resistance). Approximate: the RAM-to-pixel fits (``RAM_OBJECTS``, ~1 raw px), the
+    resistance-to-pixel slopes (least-squares fits, ``RAM_EDITS``) and the game's own logic on the edited frames
+    (a moved ball may hit a wall or a brick; a paddle is clamped at the walls). Hence the check.
+
+    Verification. The object is detected on the raw RGB screen of the skip's last frame (its colour in its region,
+    ``RamEdit``) in the unedited and the edited re-observation. A ``move`` landed when the edited object is within
+    ``TOL`` raw px of its unedited position plus the shift on the move's axis and of its unedited position on the
+    other; a ``remove`` landed when the object is gone. An edit
+    that did not land is not attributed (the variant does not apply at that step) and is counted in
+    ``ObjectAttribution.landed``. Not applicable (not counted): the episode's first frame (no step leads to it), an
+    object not on screen (or not detectable: a Breakout ball among the bricks, a ball touching a paddle) in the
+    unedited frame, a move whose target leaves the object's field, and ``remove`` for an object that has no RAM value
+    for "absent" (the paddles).
+    """
+
+    TOL = 2  # raw px: a 64x64 frame pixel is 2.5 x 3.3 raw px, so a landed edit is within one observed pixel
+    PRIME = 24  # frames acting the previous action to set the ALE's sticky action
+
+    def __init__(self, env) -> None:
+        from ..envs.atari import RAM_EDITS, RAM_OBJECTS, SCREEN_H, SCREEN_W
+
+        game = env.game
+        known = tuple(RAM_OBJECTS.get(game, {}))
+        specs = RAM_EDITS.get(game, {})
+        if not known:
+            raise NotImplementedError(f"object attribution on atari:{game}: the game has no ground-truth objects "
+                                      f"(envs/atari.py RAM_OBJECTS); objects are known for {sorted(RAM_OBJECTS)}")
+        missing = [name for name in known if name not in specs]
+        if missing:
+            raise NotImplementedError(
+                f"object attribution on atari:{game}: no verified RAM edit for object(s) {missing} (RAM_OBJECTS reads "
+                f"their position, but writing those bytes was not checked to move them on screen); "
+                f"atari:{', atari:'.join(sorted(RAM_EDITS))} have edits")
+        self.env = env
+        self.ale = env._ale
+        self.game = game
+        self.specs = specs
+        self.objects = known
+        self.scale = {"x": SCREEN_W / env.spec.obs_shape[-1], "y": SCREEN_H / env.spec.obs_shape[-2]}
+        self.action_set = env._raw_env.unwrapped._action_set
+        self.outcomes: dict[tuple[int, str, str], bool] = {}  # (step, object, variant) -> landed, for attempted edits
+        self._base: dict[int, tuple[np.ndarray, dict, list]] = {}
+        self._trace_id: int | None = None
+
+    def variants(self, interventions: Sequence[str], shift: int) -> list[_Variant]:
+        out = []
+        for kind in interventions:
+            if kind == "remove" and any(spec.remove for spec in self.specs.values()):
+                out.append(_Variant("remove", "remove"))
+            elif kind == "move":
+                out += [_Variant(f"move{-shift:+d}", "move", -shift), _Variant(f"move{shift:+d}", "move", shift)]
+        return out  # "lane" is a toy game's kind: no variant here
+
+    # -- detection ------------------------------------------------------------------------------------
+    def detect(self, rgb: np.ndarray) -> dict[str, Any]:
+        """Per object: raw ``(x, y)`` of its top-left on the screen, None when absent, ``"ambiguous"`` when its colour
+        covers more than the object (touching another object of its colour, e.g. a Breakout ball at the paddle)."""
+        out: dict[str, Any] = {}
+        for name, spec in self.specs.items():
+            x0, y0, x1, y1 = spec.region
+            ys, xs = np.nonzero(np.all(rgb[y0:y1, x0:x1] == np.asarray(spec.colour, np.uint8), axis=-1))
+            if xs.size == 0:
+                out[name] = None
+            elif xs.max() - xs.min() + 1 > spec.size[0] + 1 or ys.max() - ys.min() + 1 > spec.size[1] + 1:
+                out[name] = "ambiguous"
+            else:
+                out[name] = (int(xs.min()) + x0, int(ys.min()) + y0)
+        return out
+
+    # -- re-observation -------------------------------------------------------------------------------
+    def _knob(self) -> int:
+        return int(np.frombuffer(self.ale.cloneState(include_rng=True).serialize()[:4], "<i4")[0])
+
+    def _shift_knob(self, delta: int) -> None:
+        """Turn the paddle controller by ``delta`` resistance units, its limits with it: ``ALEState.serialize()``
+        writes the left paddle's resistance first and the paddle limits (min, max) last, as 4-byte ints, and the ALE
+        clamps the resistance to those limits after each action, so the shifted knob follows the recorded actions
+        exactly as the unedited one does, ``delta`` apart (a paddle pushed against a wall stays ``delta`` away)."""
+        raw = bytearray(self.ale.cloneState(include_rng=True).serialize())
+        for lo in (0, len(raw) - 8, len(raw) - 4):
+            raw[lo:lo + 4] = (np.frombuffer(bytes(raw[lo:lo + 4]), "<i4") + np.int32(delta)).astype("<i4").tobytes()
+        self.ale.restoreState(self.env._ale_py.ALEState(bytes(raw)))
+
+    def _step(self, trace: Trace, s: int, before) -> tuple[np.ndarray, np.ndarray]:
+        """Re-run the recorded step s-1 -> s with ``before(frame_index)`` called before each emulated frame."""
+        arrays = trace.arrays
+        pre = trace.sim_state(s - 1)
+        prev = 0 if arrays["is_first"][s - 1] else int(arrays["action"][s - 2])
+        self.env.set_state(pre)
+        for _ in range(self.PRIME):  # the sticky action is not in the cloned state (see the class docstring)
+            self.ale.act(self.action_set[prev])
+        self.env.set_state(pre)
+        raw = self.env._raw_env.unwrapped
+        raw.ale = _FrameHook(self.ale, before)
+        try:
+            image = self.env.step(int(arrays["action"][s - 1]))["image"]
+        finally:
+            raw.ale = self.ale
+        return image, self.ale.getScreenRGB()
+
+    def _unedited(self, trace: Trace, s: int) -> tuple[np.ndarray, dict, list]:
+        if self._trace_id != id(trace):
+            self._base, self._trace_id = {}, id(trace)
+        if s not in self._base:
+            record: list[np.ndarray] = []
+            image, rgb = self._step(trace, s, lambda f: record.append(self.ale.getRAM().copy()))
+            self._base[s] = (image, self.detect(rgb), record)
+        return self._base[s]
+
+    def frame(self, trace: Trace, s: int, obj: str, variant: _Variant) -> np.ndarray | None:
+        """o_s re-observed with ``obj`` edited by ``variant``; None where the edit does not apply or did not land."""
+        if trace.arrays["is_first"][s] or variant.kind not in ("move", "remove"):
+            return None
+        spec = self.specs[obj]
+        if variant.kind == "remove" and not spec.remove:
+            return None
+        _, seen, record = self._unedited(trace, s)
+        where = seen[obj]
+        if not isinstance(where, tuple):
+            return None  # not on screen (or not detectable) in the unedited frame: nothing to move or remove
+        axis = 0 if spec.axis == "x" else 1
+        px = int(round(variant.arg * self.scale[spec.axis])) if variant.kind == "move" else 0
+        if variant.kind == "move" and not spec.field[0] <= where[axis] + px <= spec.field[1]:
+            return None
+        others = [(i, name) for name, other in self.specs.items() if name != obj for i, _ in other.ram]
+
+        def before(f: int) -> None:
+            ram = record[min(f, len(record) - 1)]
+            for i, _ in others:
+                self.ale.setRAM(i, int(ram[i]))
+            if variant.kind == "remove":
+                for i, value in spec.remove:
+                    self.ale.setRAM(i, value)
+                return
+            for i, per_px in spec.ram:
+                self.ale.setRAM(i, int(np.clip(int(ram[i]) + round(per_px * px), 0, 255)))
+            if spec.knob and f == 0:
+                knob = self._knob()
+                self._shift_knob(int(np.clip(knob, *spec.knob_range) + round(spec.knob * px)) - knob)
+
+        image, rgb = self._step(trace, s, before)
+        got = self.detect(rgb)
+        if variant.kind == "remove":
+            ok = got[obj] is None
+        else:
+            want = list(where)
+            want[axis] += px
+            ok = isinstance(got[obj], tuple) and all(abs(g - w) <= self.TOL for g, w in zip(got[obj], want))
+        self.outcomes[(s, obj, variant.label)] = bool(ok)
+        return image if ok else None
+
+
+class _FrameHook:
+    """Stands in for the raw env's ``ale`` during one re-observed step: calls ``before(frame)`` before each emulated
+    frame (``ale_py``'s env calls ``ale.act`` once per frame), then delegates everything to the real interface."""
+
+    def __init__(self, ale, before) -> None:
+        self._ale, self._before, self._frame = ale, before, 0
+
+    def act(self, *args, **kwargs):
+        self._before(self._frame)
+        self._frame += 1
+        return self._ale.act(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._ale, name)
+
 
 def _editor(env):
     from ..envs.toy import CatchEnv
@@ -231,13 +462,9 @@ def _editor(env):
     if isinstance(env, CatchEnv):
         return _ToyObjects(env)
     if env.spec.id.startswith("atari:"):
-        raise NotImplementedError(
-            "object attribution on atari: is not implemented yet (issue #27, item 2): moving an object is a RAM "
-            "write (ale.setRAM at the addresses in envs/atari.py RAM_OBJECTS) but the ALE draws a frame only when "
-            "it acts, so re-observing needs an emulator step whose own game logic moves the object (and may rewrite "
-            "the byte) within the 4-frame skip, and most games have no RAM value for 'absent'; use a toy: game")
+        return _AtariObjects(env)
     raise NotImplementedError(f"object attribution needs an env whose objects can be edited in its state; "
-                              f"{env.spec.id} has no object editor (toy: games have one)")
+                              f"{env.spec.id} has no object editor (toy: and atari: games have one)")
 
 
 # ---- the computation ---------------------------------------------------------------------------------
@@ -289,8 +516,7 @@ def object_attribution(agent, env, trace: Trace, steps: Sequence[int] | None = N
             return arrays["frame"][s]
         key = (s, o, v)
         if key not in cache:
-            edited = editor.edit(trace.sim_state(s), objects[o], variants[v])
-            cache[key] = None if edited is None else editor.render(edited)
+            cache[key] = editor.frame(trace, s, objects[o], variants[v])
         return cache[key]
 
     # One row per (step, object, variant) that applies at t, after the step's unedited row.
@@ -325,6 +551,14 @@ def object_attribution(agent, env, trace: Trace, steps: Sequence[int] | None = N
         out["dvalue"][i, o, v] = value[r] - value[b]
         out["dq"][i, o, v] = q[r] - q[b]
         flip[i, o, v] = probs[r].argmax() != probs[b].argmax()
+    attempted = np.zeros((S, O, V), bool)
+    landed = np.zeros((S, O, V), bool)
+    for i, t in enumerate(steps):
+        for o in range(O):
+            for v in range(V):
+                outcome = editor.outcomes.get((int(t), objects[o], variants[v].label))
+                attempted[i, o, v] = outcome is not None
+                landed[i, o, v] = bool(outcome)
     visible = np.zeros((S, O), bool)
     size = arrays["frame"].shape[-1]
     for o, name in enumerate(objects):
@@ -334,7 +568,7 @@ def object_attribution(agent, env, trace: Trace, steps: Sequence[int] | None = N
     return ObjectAttribution(steps=steps, objects=objects, variants=tuple(x.label for x in variants), k=k,
                              shift=shift, horizon=horizon, probs=probs[base], value=value[base], q=q[base],
                              applicable=applicable, flip=flip, visible=visible,
-                             saturated=probs[base].max(1) > SATURATED, **out)
+                             saturated=probs[base].max(1) > SATURATED, attempted=attempted, landed=landed, **out)
 
 
 def _decide(agent, trace: Trace, rows, W: int, episode_start: np.ndarray, frame, horizon: int
