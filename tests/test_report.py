@@ -514,3 +514,86 @@ def test_ray_address_connects_to_an_existing_cluster(ckpt, local_report, tmp_pat
     ta, tb = _read(local_report[0], resolve=True), _read(tmp_path / "cluster", resolve=True)
     for name in ta:
         pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True, obj=name)
+
+
+# ---- #27 item 6: exploration from the training replay, verdicts over seeds with intervals -------------------------
+def _run_folder(tmp_path, rewards_per_episode):
+    """A run folder as ``xdreamer train`` writes it: <run>/checkpoints/step-0 and <run>/replay/*.npz."""
+    from xdreamer.replay import save_episode
+
+    run = tmp_path / "run"
+    ckpt = checkpoint.save(run / "checkpoints" / "step-0", _agent(0), steps=0)
+    (run / "replay").mkdir()
+    for i, rewards in enumerate(rewards_per_episode):
+        n = len(rewards)
+        save_episode(run / "replay" / f"ep{i:04d}-{n}.npz", {
+            "image": np.zeros((n, 1, 64, 64), np.uint8), "action": np.zeros((n, 3), np.float32),
+            "reward": np.asarray(rewards, np.float32), "is_first": np.eye(1, n, dtype=bool)[0],
+            "is_last": np.eye(1, n, n - 1, dtype=bool)[0], "is_terminal": np.zeros(n, bool)})
+    return run, ckpt
+
+
+def test_training_rewards_reads_the_runs_replay_and_skips_foreign_files(tmp_path):
+    from xdreamer.report.tables import training_rewards
+
+    run, ckpt = _run_folder(tmp_path, [[0, 0, 1.0], [0, -1.0, 0], [0, 2.0, 3.0]])
+    (run / "replay" / "junk-5.npz").write_bytes(b"not a zip")
+    info = training_rewards(str(ckpt))
+    assert info["episodes"] == 3 and info["episodes_with_positive_reward"] == 2 and info["skipped"] == 1
+    assert info["positive_rewards_per_episode"] == pytest.approx(1.0)
+    assert training_rewards(str(CHECKPOINTS / "catch-lanes")) is None  # a bundled checkpoint has no run folder
+
+
+def _verdict_inputs(positive_rewards):
+    episodes = pd.DataFrame({"env": "toy:catch", "positive_rewards": positive_rewards})
+    scores = pd.DataFrame([{"env": "toy:catch", "return_mean": 0.0, "random": None, "dreamerv2_published": None,
+                            "episodes": len(positive_rewards), "complete_episodes": len(positive_rewards)}])
+    return episodes, pd.DataFrame(columns=["env", "object"]), pd.DataFrame(), scores
+
+
+def test_exploration_is_judged_from_training_where_a_run_folder_is_given():
+    """No reward in the evaluation episodes: flagged, "judged from evaluation only", without a training replay; not
+    flagged (and said) where the replay holds rewards; flagged from the replay where it holds none."""
+    inputs = _verdict_inputs([0, 0, 0])
+    alone = verdicts_table(*inputs).iloc[0]
+    assert alone["exploration"] and "judged from evaluation only" in alone["evidence"]
+    found = {"toy:catch": {"run": "r", "episodes": 40, "episodes_with_positive_reward": 31,
+                           "positive_rewards_per_episode": 2.0, "skipped": 0}}
+    row = verdicts_table(*inputs, training=found).iloc[0]
+    assert not row["exploration"] and "training replay has them in 31 of 40" in row["evidence"]
+    never = {"toy:catch": {**found["toy:catch"], "episodes_with_positive_reward": 0}}
+    row = verdicts_table(*_verdict_inputs([0, 1, 0]), training=never).iloc[0]
+    assert row["exploration"] and "any of the 40 training episodes" in row["evidence"]
+
+
+def test_ratio_ci_covers_the_pooled_ratio_and_narrows_with_episodes():
+    from xdreamer.report.tables import ratio_ci
+
+    rng = np.random.default_rng(0)
+    present = rng.integers(20, 40, 30)
+    blind = rng.binomial(present, 0.4)
+    low, high = ratio_ci(blind, present)
+    assert low < blind.sum() / present.sum() < high and high - low < 0.15
+    low4, high4 = ratio_ci(blind[:4], present[:4])
+    assert high4 - low4 > high - low
+    assert np.isnan(ratio_ci([1], [2])[0])
+
+
+def test_report_over_seeds_gives_each_seeds_verdict_and_their_agreement(ckpt, tmp_path, capsys):
+    """--seeds: episodes per seed, the pooled verdict with the blind spot's interval, each seed's own verdict and
+    whether they agree, in verdicts.csv and the markdown summary."""
+    _, path, _ = ckpt
+    out = tmp_path / "seeds"
+    assert main(["report", str(path), "--episodes", "2", "--seeds", "0", "1", "--max-steps", str(MAX_STEPS),
+                 "--no-clips", "--out", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    episodes = pd.read_csv(out / "episodes.csv")
+    assert sorted(episodes["report_seed"]) == [0, 0, 1, 1] and episodes["record_seed"].nunique() == 4
+    verdicts = pd.read_csv(out / "verdicts.csv")
+    row = verdicts.iloc[0]
+    assert row["agreement"] in ("0/2", "1/2", "2/2") and row["seed_verdicts"].startswith("seed 0: ")
+    assert bool(row["stable"]) == (row["seed_verdicts"].split("; ")[0].split(": ", 1)[1]
+                                   == row["seed_verdicts"].split("; ")[1].split(": ", 1)[1])
+    assert "judged from evaluation only" in row["evidence"] or not row["exploration"]
+    assert "seeds" in (out / "summary.md").read_text()
+    assert json.loads((out / "report.json").read_text())["seeds"] == [0, 1]
+    assert main(["report", str(path), "--seeds", "1", "1", "--out", str(tmp_path / "x"), "--no-progress"]) == 2

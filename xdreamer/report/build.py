@@ -31,13 +31,14 @@ import uuid
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 
 from ..checkpoint import replace_folder
 from . import detectors as D
 from . import render
 from .jobs import Job, load_agent, run_job
-from .tables import (cases_table, episodes_table, objects_table, probes_table, scores_table,
-                     verdicts_table)
+from .tables import (cases_table, episodes_table, object_episodes, objects_table, probes_table, scores_table,
+                     training_rewards, verdicts_table)
 
 REPORT_MARKER = "report.json"
 
@@ -69,7 +70,7 @@ def _check_out(out: pathlib.Path) -> None:
 
 
 def plan_jobs(checkpoints: Sequence[str], traces: Sequence[str] = (), episodes: int = 10, seed: int = 0,
-              device: str = "cpu", **options) -> tuple[list[Job], list]:
+              device: str = "cpu", seeds: Sequence[int] | None = None, **options) -> tuple[list[Job], list]:
     """Validate the inputs (one-line ValueError / CheckpointError) and list the jobs in table order."""
     from .. import checkpoint as ckpt
     from ..evaluation import episode_seed
@@ -108,13 +109,17 @@ def plan_jobs(checkpoints: Sequence[str], traces: Sequence[str] = (), episodes: 
     bad = sorted(k for k, _ in th if k not in D.THRESHOLDS)
     if bad:
         raise ValueError(f"unknown threshold(s) {bad}; known: {sorted(D.THRESHOLDS)}")
+    seeds = [seed] if seeds is None else [int(s) for s in seeds]
     jobs = []
     for c, (path, label) in enumerate(zip(resolved, labels)):
-        for e in range(episodes):
-            jobs.append(Job(index=(c, e), checkpoint=path, label=label, episode=e,
-                            record_seed=episode_seed(seed, e), device=device, thresholds=th, **options))
+        for i, s in enumerate(seeds):  # --seeds: each seed's episodes, numbered on after the previous seed's
+            for e in range(episodes):
+                jobs.append(Job(index=(c, i * episodes + e), checkpoint=path, label=label, episode=i * episodes + e,
+                                record_seed=episode_seed(s, e), device=device, thresholds=th, report_seed=s,
+                                **options))
+        n = len(seeds) * episodes
         for k, (tpath, tep) in enumerate(per_ckpt[c]):
-            jobs.append(Job(index=(c, episodes + k), checkpoint=path, label=label, episode=episodes + k,
+            jobs.append(Job(index=(c, n + k), checkpoint=path, label=label, episode=n + k,
                             record_seed=None, trace_path=tpath, trace_episode=tep, device=device,
                             thresholds=th, **options))
     return jobs, agents
@@ -214,9 +219,13 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
                traces: Sequence[str] = (), ray: bool = False, ray_address: str | None = None, progress: bool = True,
                max_steps: int | None = None, dream_steps: int = 2, horizon: int = 15, max_cases: int = 5,
                device: str = "cpu", threads: int = 1, thresholds: dict | None = None, clips: bool = True,
-               command: str | None = None, imports: Sequence[str] = ()) -> dict[str, Any]:
+               command: str | None = None, imports: Sequence[str] = (),
+               seeds: Sequence[int] | None = None) -> dict[str, Any]:
     """Build a failure report in ``out``; returns ``report.json``'s content. See the module docstring.
-    ``imports``: modules the user named (``--import``) that register their envs; workers import them too."""
+    ``imports``: modules the user named (``--import``) that register their envs; workers import them too.
+    ``seeds`` (instead of ``seed``): ``episodes`` episodes for each seed; the verdicts are pooled over all of them,
+    and each seed's own verdict and the agreement between seeds are reported beside (issue #27: verdicts that hold
+    across seeds)."""
     start = time.perf_counter()
     out = pathlib.Path(out)
     _check_out(out)
@@ -226,9 +235,14 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
         raise ValueError(f"max_steps must be at least 1, got {max_steps}")
     if horizon < 1 or dream_steps < 0:
         raise ValueError("horizon must be >= 1 and dream_steps >= 0")
+    if seeds is not None:
+        seeds = [int(x) for x in seeds]
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"--seeds must list distinct seeds, got {seeds}")
+        seed = seeds[0]
     jobs, agents = plan_jobs(list(checkpoints), list(traces), episodes, seed, device=device, thresholds=thresholds,
                              max_steps=max_steps, dream_steps=dream_steps, horizon=horizon, threads=threads,
-                             imports=tuple(imports))
+                             imports=tuple(imports), seeds=seeds)
     t_jobs = time.perf_counter()
     run_info: dict[str, Any] = {}
     results = run_jobs(jobs, ray=ray, ray_address=ray_address, progress=progress, info=run_info)
@@ -244,7 +258,16 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
     for a in agents:
         agents_by_env.setdefault(a.cfg.env, a)
     scores = scores_table(episodes_df, agents_by_env, episodes, seed)
-    verdicts = verdicts_table(episodes_df, objects, probes, scores)
+    episodes_df["report_seed"] = pd.array([j.report_seed for j in jobs], dtype="Int64")
+    training = {}
+    for job, agent in zip(dict.fromkeys(j.checkpoint for j in jobs), agents):
+        info = training_rewards(job)
+        if info is not None:
+            training.setdefault(agent.cfg.env, info)
+    verdicts = verdicts_table(episodes_df, objects, probes, scores, object_runs=object_episodes(results),
+                              training=training)
+    if seeds is not None and len(seeds) > 1:
+        verdicts = seed_agreement(verdicts, {s: _seed_verdicts(results, jobs, s, scores, training) for s in seeds})
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     (tmp / "clips").mkdir(parents=True)
     try:
@@ -265,7 +288,8 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
         probes.to_csv(tmp / "probes.csv", index=False)
         objects.to_csv(tmp / "objects.csv", index=False)
         meta = _meta(jobs, agents, traces, episodes, seed, ray, ray_address, command, thresholds,
-                     max_steps=max_steps, dream_steps=dream_steps, horizon=horizon, max_cases=max_cases)
+                     max_steps=max_steps, dream_steps=dream_steps, horizon=horizon, max_cases=max_cases,
+                     seeds=seeds, training_replay={k: v["run"] for k, v in training.items()})
         meta.update(ray_cluster=run_info.get("ray_cluster"), cases=int(len(cases)), jobs_s=round(jobs_s, 3),
                     wall_s=round(time.perf_counter() - start, 3))
         figs = render.figures(results, cases, probes, scores, episodes_df)
@@ -279,6 +303,29 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
+
+
+def _seed_verdicts(results: list[dict], jobs: list[Job], seed: int, scores, training: dict) -> dict[str, str]:
+    """env -> the verdict a report of ``seed``'s episodes alone gives."""
+    picked = [r for r, j in zip(results, jobs) if j.report_seed == seed]
+    table = verdicts_table(episodes_table(picked), objects_table(picked), probes_table(picked), scores,
+                           training=training)
+    return dict(zip(table["env"], table["verdict"]))
+
+
+def seed_agreement(verdicts, per_seed: dict[int, dict[str, str]]):
+    """Add each seed's own verdict, ``stable`` (every seed alone gives the same verdict: the target of issue #27)
+    and ``agreement`` (``k/n`` seeds whose own verdict is the pooled one)."""
+    verdicts = verdicts.copy()
+    seed_text, agreement, stable = [], [], []
+    for env, pooled in zip(verdicts["env"], verdicts["verdict"]):
+        own = {s: v.get(env, "n/a") for s, v in per_seed.items()}
+        seed_text.append("; ".join(f"seed {s}: {v}" for s, v in own.items()))
+        agree = sum(v == pooled for v in own.values())
+        agreement.append(f"{agree}/{len(own)}")
+        stable.append(len(set(own.values())) == 1)
+    verdicts["agreement"], verdicts["stable"], verdicts["seed_verdicts"] = agreement, stable, seed_text
+    return verdicts
 
 
 def bench_report(checkpoint: str | None = None, episodes: int = 10, preset: str = "small", env: str = "toy:catch",

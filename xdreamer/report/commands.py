@@ -11,8 +11,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .build import run_report
 
     import_modules(args.imports)
-    out = args.out or f"reports/report-seed{args.seed}"
+    seeds = args.seeds
+    out = args.out or (f"reports/report-seeds{'-'.join(map(str, seeds))}" if seeds else f"reports/report-seed{args.seed}")
     meta = run_report(args.checkpoints, out, episodes=args.episodes, seed=args.seed, traces=args.traces or [],
+                      seeds=seeds,
                       ray=args.ray or bool(args.ray_address), ray_address=args.ray_address,
                       progress=not args.no_progress, max_steps=args.max_steps, dream_steps=args.dream_steps,
                       horizon=args.horizon, max_cases=args.max_cases, device=args.device, clips=not args.no_clips,
@@ -35,6 +37,9 @@ def add_commands(sub) -> None:
                    help="saved traces (.npz, from xdreamer record) of these checkpoints to analyse as well")
     p.add_argument("--episodes", type=int, default=10, help="recorded episodes per checkpoint (default 10)")
     p.add_argument("--seed", type=int, default=0, help="episode i is recorded with seed seed*100003+i")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="instead of --seed: --episodes episodes for each seed; the verdicts are pooled and each "
+                        "seed's own verdict and their agreement are reported (verdicts that hold across seeds)")
     p.add_argument("--out", help="report folder (default reports/report-seed<SEED>)")
     p.add_argument("--ray", action="store_true", help="run the checkpoint x episode jobs as Ray tasks (local Ray)")
     p.add_argument("--ray-address", metavar="ADDR", help="connect to an existing Ray cluster (implies --ray)")

@@ -40,6 +40,7 @@ class Job:
     device: str = "cpu"
     thresholds: tuple = ()  # (name, value) pairs over detectors.THRESHOLDS
     imports: tuple = ()  # the user's --import modules, imported in the worker too (env ids never import, #28)
+    report_seed: int | None = None  # the report seed this recorded episode belongs to (--seeds; None: a trace)
 
 
 def load_agent(path: str, device: str = "cpu"):

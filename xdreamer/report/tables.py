@@ -95,6 +95,63 @@ def objects_table(results: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=cols)
 
 
+def object_episodes(results: list[dict]) -> pd.DataFrame:
+    """Per env, episode and object: steps present and blind (the per-episode numbers behind ``blind_frac``, for
+    the verdicts' bootstrap intervals over episodes)."""
+    rows = [{"env": r["env"], "run": i, "object": o["object"], "present_steps": int(o["present_steps"]),
+             "blind_steps": int(o["blind_steps"])} for i, r in enumerate(results) for o in r["objects"]]
+    return pd.DataFrame(rows, columns=["env", "run", "object", "present_steps", "blind_steps"])
+
+
+def ratio_ci(numerator, denominator, resamples: int = 2000, seed: int = 0,
+             confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval over episodes of sum(numerator) / sum(denominator) (episodes resampled with
+    replacement; those with a zero denominator count in the resampling): (nan, nan) for fewer than 2 episodes."""
+    num, den = np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
+    if len(num) < 2 or den.sum() <= 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(num), (resamples, len(num)))
+    d = den[idx].sum(1)
+    stats = num[idx].sum(1)[d > 0] / d[d > 0]
+    alpha = (1 - confidence) / 2
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+def training_rewards(checkpoint_path: str, max_files: int = 100_000) -> dict | None:
+    """Rewards in the training replay of the run folder that holds ``checkpoint_path`` (``<run>/checkpoints/
+    step-N``; its ``<run>/replay/*.npz``), or None where there is none (a bundled checkpoint). Reads only each
+    file's ``reward`` member, bounded by the length its name states (``replay.load_episode``'s rule, #28)."""
+    import pathlib
+
+    from ..npzfile import NpzLimitError, read_arrays, read_headers
+
+    ckpt = pathlib.Path(checkpoint_path)
+    if ckpt.parent.name != "checkpoints":
+        return None
+    replay = ckpt.parent.parent / "replay"
+    files = sorted(replay.glob("*.npz"))[:max_files] if replay.is_dir() else []
+    if not files:
+        return None
+    episodes = found = positives = skipped = 0
+    for path in files:
+        try:
+            length = int(path.stem.rsplit("-", 1)[-1])
+            member = read_headers(path).get("reward")
+            if member is None or member.shape != (length,) or member.dtype.kind != "f":
+                raise NpzLimitError("no reward of the length its name states")
+            reward = read_arrays(path, {"reward": member})["reward"]
+        except (ValueError, NpzLimitError, OSError):  # a damaged or foreign file is skipped and counted
+            skipped += 1
+            continue
+        episodes += 1
+        count = int((reward > 0).sum())
+        positives += count
+        found += count > 0
+    return {"run": str(ckpt.parent.parent), "episodes": episodes, "episodes_with_positive_reward": found,
+            "positive_rewards_per_episode": positives / episodes if episodes else float("nan"), "skipped": skipped}
+
+
 def probes_table(results: list[dict]) -> pd.DataFrame:
     parts: dict[str, list] = {}
     meta = {}
@@ -149,7 +206,8 @@ def scores_table(episodes: pd.DataFrame, agents_by_env: dict, n_episodes: int, s
 
 
 def verdicts_table(episodes: pd.DataFrame, objects: pd.DataFrame, probes: pd.DataFrame,
-                   scores: pd.DataFrame, th: dict | None = None) -> pd.DataFrame:
+                   scores: pd.DataFrame, th: dict | None = None, object_runs: pd.DataFrame | None = None,
+                   training: dict | None = None) -> pd.DataFrame:
     """Per game: perception ("cannot see it") vs exploration ("never found reward"), with the numbers.
 
     Perception is flagged when an object is reconstructed as a blind spot on at least 25% of the steps it is
@@ -161,7 +219,12 @@ def verdicts_table(episodes: pd.DataFrame, objects: pd.DataFrame, probes: pd.Dat
     opponent's paddle also reveals, passed alone). The agent then sees it and its decoder draws it poorly, which
     the evidence says. Probe R^2 are held out by episode where a game has two or more (else by blocks, and the
     evidence says so); each latent coordinate's control-task selectivity (Hewitt & Liang 2019) is in the numbers.
-    Exploration is flagged when no episode of the game ever received a positive reward."""
+    Exploration is judged from the training replay where the checkpoint lies in a run folder (``training``: env ->
+    ``training_rewards``): flagged when no training episode received a positive reward, and a miss in the
+    evaluation episodes alone is then said, not flagged. Without a run folder it is flagged when no evaluation
+    episode received a positive reward, and the evidence says it was judged from evaluation only (issue #27: a cut
+    evaluation is not training). ``object_runs`` (``object_episodes``): the blind fraction's 95 % bootstrap interval
+    over episodes is given beside it (``<object>_blind_frac_ci``)."""
     rows = []
     for env_id, g in episodes.groupby("env", sort=False):
         why_p, why_e, numbers, notes = [], [], {}, []
@@ -195,17 +258,25 @@ def verdicts_table(episodes: pd.DataFrame, objects: pd.DataFrame, probes: pd.Dat
                              f"episode(s): a position's values may not all occur in the fit (report with "
                              f"--episodes {MIN_TRAIN_EPISODES + 1} or more)")
         obj = objects[objects["env"] == env_id]
+        runs = object_runs[object_runs["env"] == env_id] if object_runs is not None and len(object_runs) else None
         for name, og in obj.groupby("object", sort=False):
             present = og["present_steps"].sum()
             blind = og["blind_steps"].sum() / present if present else float("nan")
+            interval = ""
+            if runs is not None:
+                per = runs[runs["object"] == name]
+                low, high = ratio_ci(per["blind_steps"], per["present_steps"])
+                if np.isfinite(low):
+                    numbers[f"{name}_blind_frac_ci"] = [round(low, 4), round(high, 4)]
+                    interval = f" [95% CI {low:.0%}, {high:.0%} over {len(per)} episodes]"
             survive = float(og["survive_frac"].mean())
             ratio = float(og["ratio_median"].mean())
             numbers[f"{name}_blind_frac"] = blind
             numbers[f"{name}_recon_ratio"] = ratio
             numbers[f"{name}_survive_frac"] = survive
             if np.isfinite(blind) and blind >= 0.25:
-                text = f"{name} is a reconstruction blind spot on {blind:.0%} of its steps (in-box error {ratio:.1f}x " \
-                       "background)"
+                text = f"{name} is a reconstruction blind spot on {blind:.0%}{interval} of its steps (in-box error " \
+                       f"{ratio:.1f}x background)"
                 have = coords.get(name, {})
                 r2_text = ", ".join(f"{name}_{c} {numbers[f'{name}_{c}_r2_latent']:.2f}" for c in sorted(have))
                 if have and all(have.values()):
@@ -230,8 +301,22 @@ def verdicts_table(episodes: pd.DataFrame, objects: pd.DataFrame, probes: pd.Dat
             numbers["coverage_mean"] = float(cov.mean())
             cov_text = f"{float(cov.mean()):.1f}" + (f"/{int(total.iloc[0])}" if len(total) else "") + \
                 f" {g['coverage_metric'].iloc[0]}"
-        if found == 0:
-            why_e.append(f"no positive reward in any of {len(g)} episode(s)")
+        low, high = ratio_ci((g["positive_rewards"] > 0).astype(float), np.ones(len(g)))
+        if np.isfinite(low):
+            numbers["episodes_with_positive_reward_ci"] = [round(low, 4), round(high, 4)]
+        trained = (training or {}).get(env_id)
+        if trained and trained["episodes"]:
+            numbers.update({f"training_{k}": v for k, v in trained.items() if k not in ("run",)})
+            if trained["episodes_with_positive_reward"] == 0:
+                why_e.append(f"no positive reward in any of the {trained['episodes']} training episodes "
+                             f"(the run's replay)")
+            elif found == 0:
+                notes.append(f"no positive reward in the {len(g)} evaluation episode(s), but the training replay "
+                             f"has them in {trained['episodes_with_positive_reward']} of {trained['episodes']} "
+                             "episodes: the agent found reward and does not collect it now (not exploration)")
+        elif found == 0:
+            why_e.append(f"no positive reward in any of {len(g)} evaluation episode(s) (judged from evaluation "
+                         "only: no run folder with a training replay was given)")
         sc = scores[scores["env"] == env_id].iloc[0]
         perception, exploration = bool(why_p), bool(why_e)
         verdict = ("cannot see it and never found reward (perception + exploration)" if perception and exploration
