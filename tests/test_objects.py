@@ -261,3 +261,20 @@ def test_atari_object_attribution_in_the_audit(pong):
     rates = result["methods"]["objects"]["checks"]["effect"]["edit_landing_rate"]
     assert set(rates) == {"ball", "player", "enemy"} and all(r is None or 0 <= r <= 1 for r in rates.values())
     assert any("edits landed" in line for line in verdict_lines(result))
+
+
+def test_audit_object_summary_without_any_applied_edit():
+    """An audited Atari state where no edit applied (Breakout's ball touching the paddle: not detectable) has no
+    ranks to compare; a summary of only such states is inconclusive, not a crash."""
+    import warnings
+
+    from xdreamer.explain import audit
+
+    none = dict.fromkeys(("spearman_abs", "spearman_signed", "ssim"))
+    rows = [{"step": 52, "seed": 0, "objects": ["ball", "player"], "effect": [np.nan, np.nan], "top": None,
+             "stage_effect": [[np.nan, np.nan]], "stages": [none], "attempted": [0, 0], "landed": [0, 0]}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN medians
+        result = audit.summarise("object", rows, [("encoder", ["encoder"])])
+    assert result["verdict"] == "inconclusive" and "randomisation" not in result["checks"]
+    assert result["checks"]["effect"]["edit_landing_rate"] == {"ball": None, "player": None}

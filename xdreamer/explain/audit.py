@@ -280,7 +280,9 @@ def object_states(agent, env, clones: list, states: list[AuditState]) -> list[di
             out.append({"step": t, "seed": seed, "objects": list(base.objects), "effect": effect.tolist(),
                         "top": base.objects[int(np.nanargmax(effect))] if np.any(effect > 0) else None,
                         "stage_effect": [c.effect()[i].tolist() for c in copies],
-                        "stages": [_rank_similarity(base.tv[i][ok], c.tv[i][ok]) for c in copies],
+                        # no edit applied here (Atari: none landed, or the objects were not detectable): no ranks
+                        "stages": [_rank_similarity(base.tv[i][ok], c.tv[i][ok]) if ok.any()
+                                   else dict.fromkeys(("spearman_abs", "spearman_signed", "ssim")) for c in copies],
                         # edits tried / landed per object (Atari edits are verified on the screen; toy ones land)
                         "attempted": base.attempted[i].sum(1).tolist(), "landed": base.landed[i].sum(1).tolist()})
     return out
@@ -313,7 +315,9 @@ def summarise(kind: str, rows: list[dict], blocks, th: Thresholds = THRESHOLDS) 
         if interventions is not None:
             checks["interventions"] = interventions
     else:
-        checks = {"randomisation": _randomisation(rows, blocks, len(blocks) - 1, th)}
+        ranked = any(v is not None for r in rows for stage in r["stages"] for v in stage.values())
+        # no state with an applied edit: no cascade to compare, the verdict is inconclusive (``combine([])``)
+        checks = {"randomisation": _randomisation(rows, blocks, len(blocks) - 1, th)} if ranked else {}
         effects = np.array([r["effect"] for r in rows], np.float64)
         names = rows[0]["objects"] if rows else []
         checks["effect"] = {"median_largest_tv": {n: _interval(effects[:, i], np.median, th)
