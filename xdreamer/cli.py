@@ -65,24 +65,31 @@ def _train_run(args: argparse.Namespace) -> int:
     overrides = parse_set_args(args.set)
     if args.controller:
         overrides["wm_controller"] = args.controller
+    ray = args.ray_address or ("local" if args.ray else None)
+    extra = {"ray": ray} if ray else {}
     if args.resume:
         if not args.logdir:
             raise ValueError("--resume needs --logdir of the run to continue")
         algo = read_config_file(pathlib.Path(args.logdir) / "config.json").algo
+        if ray and algo != "worldmodels":
+            raise ValueError(f"--ray evaluates World Models' CMA-ES candidates; this run is {algo}")
         result = _trainer(algo)(None, args.logdir, resume=True, progress=not args.no_progress, overrides=overrides,
-                                command=_command_line())
+                                command=_command_line(), **extra)
     else:
         env = args.env or overrides.get("env") or "toy:catch"
         overrides["env"] = env
         cfg = build_config(args.preset, overrides)
         if args.controller and cfg.algo != "worldmodels":
             raise ValueError(f"--controller trains World Models' C; algo is {cfg.algo} (add --preset worldmodels)")
+        if ray and cfg.algo != "worldmodels":
+            raise ValueError(f"--ray evaluates World Models' CMA-ES candidates; algo is {cfg.algo} (add --preset "
+                             "worldmodels)")
         train = _trainer(cfg.algo)
         from .envs import make
 
         make(cfg.env).close()  # fail fast, with the env's own message, before any folder is made
         logdir = args.logdir or f"runs/{env.replace(':', '-').replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
-        result = train(cfg, logdir, progress=not args.no_progress, command=_command_line())
+        result = train(cfg, logdir, progress=not args.no_progress, command=_command_line(), **extra)
     print(f"trained {result.steps} agent steps, {result.updates} updates"
           + (f", eval return {result.eval_mean:.3f}" if result.eval_mean is not None else ""))
     print(f"checkpoint: {result.checkpoint}")
@@ -178,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="presets to apply in order: " + ", ".join(PRESETS))
     p.add_argument("--set", nargs="+", default=[], action="extend", metavar="KEY=VALUE",
                    help="override config fields, e.g. --set steps=20000 seed=1")
+    p.add_argument("--ray", action="store_true",
+                   help="World Models with CMA-ES: evaluate the candidates on a local Ray (wm_workers actors) instead "
+                        "of local processes")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="World Models with CMA-ES: evaluate the candidates on the Ray cluster at ADDR (implies --ray)")
     p.add_argument("--controller", choices=("cmaes", "ppo"),
                    help="World Models only: train C by CMA-ES (the paper's) or PPO (= --set wm_controller=...)")
     p.add_argument("--logdir", help="run folder (default runs/<env>-<time>)")

@@ -146,39 +146,10 @@ def run_jobs(jobs: list[Job], ray: bool = False, ray_address: str | None = None,
         bar.close()
 
 
-def _check_reachable(address: str, timeout: float = 10.0) -> None:
-    """Fail in seconds, not after Ray's minutes of retries, when nothing listens at ``host:port``."""
-    import socket
-
-    if address == "auto":
-        return
-    hostport = address.split("://", 1)[-1]
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"--ray-address must be HOST:PORT (or ray://HOST:PORT, or auto), got {address!r}")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise ValueError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
-
-
 def _run_ray(jobs: list[Job], address: str | None, bar, info: dict) -> list[dict]:
-    try:
-        import ray
-    except ImportError:
-        raise ValueError("--ray needs Ray: pip install 'xdreamer[report]' (or 'ray>=2.9')") from None
-    started = False
-    if not ray.is_initialized():
-        if address:
-            _check_reachable(address)
-            try:
-                ray.init(address=address, log_to_driver=False)
-            except (ConnectionError, RuntimeError) as exc:  # one line, not Ray's multi-page traceback
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ValueError(f"cannot connect to the Ray cluster at {address}: {first}") from None
-        else:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        started = True
+    from ..rayutil import start
+
+    ray, started = start(address)
     try:
         info["ray_cluster"] = ray.get_runtime_context().gcs_address
         task = ray.remote(num_cpus=1, max_retries=0)(run_job)

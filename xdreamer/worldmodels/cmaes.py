@@ -1,7 +1,8 @@
 """C by CMA-ES (paper §3: population 64, each candidate's fitness its mean return over 16 rollouts), with the
 maintained ``cma`` package (Hansen's pycma) as hardmaru's estool does (``es.py`` ``CMAES``: x0 = 0, sigma_init).
 
-Candidates are evaluated in worker processes (``wm_workers``; 0 = one per core; 1 = in this process). Each worker
+Candidates are evaluated in worker processes (``wm_workers``; 0 = one per core; 1 = in this process), or on as many
+Ray actors (``xdreamer train --ray`` / ``--ray-address``, as ``xdreamer report`` runs its jobs). Each worker
 holds a copy of V and M (sent once, at start-up) and a pool of envs; a task is a group of candidates whose rollouts
 run in lockstep with batched V/M/C calls (``rollouts.lockstep_returns``). All candidates of a generation meet the
 same ``wm_cma_rollouts`` env seeds (common random numbers; our choice, so that a ranking compares like with
@@ -73,16 +74,35 @@ def _worker_task(flat: np.ndarray, seeds: list[int], dream_seed: list[int] | Non
     return evaluate_task(_WORKER, flat, seeds, dream_seed)
 
 
+class RayWorker:
+    """A Ray actor holding what a process-pool worker holds (``_init_worker``): V, M and an env pool, built once."""
+
+    def __init__(self, *args) -> None:
+        torch.set_num_threads(1)
+        self.context = _build(*args)
+
+    def run(self, flat: np.ndarray, seeds: list[int], dream_seed: list[int] | None) -> np.ndarray:
+        return evaluate_task(self.context, flat, seeds, dream_seed)
+
+
 class Evaluator:
     """Fitness of a generation: mean return of each candidate over its rollouts, in processes or in-process."""
 
-    def __init__(self, agent, cfg, starts: np.ndarray | None) -> None:
+    def __init__(self, agent, cfg, starts: np.ndarray | None, ray: str | None = None) -> None:
+        """``ray``: evaluate on Ray actors (``wm_workers`` of them, one CPU each) of a local Ray (``"local"``) or of
+        the cluster at that address, instead of local processes."""
         self.cfg, self.dream = cfg, cfg.wm_dream
         workers = cfg.wm_workers or os.cpu_count() or 1
-        self.workers, self.pool, self.local = workers, None, None
+        self.workers, self.pool, self.local, self.actors, self.ray = workers, None, None, [], None
         self.env_steps = 0  # real env steps taken by the evaluations (dream steps are not counted)
-        if workers > 1:
-            args = (cfg.to_dict(), agent.spec.to_dict(), {k: v.numpy() for k, v in agent.weights().items()}, starts)
+        args = (cfg.to_dict(), agent.spec.to_dict(), {k: v.numpy() for k, v in agent.weights().items()}, starts)
+        if ray is not None:
+            from ..rayutil import start
+
+            self.ray, self.ray_started = start(None if ray == "local" else ray, "--ray", num_cpus=workers)
+            actor = self.ray.remote(num_cpus=1)(RayWorker)
+            self.actors = [actor.remote(*args) for _ in range(workers)]
+        elif workers > 1:
             # spawn: a fresh interpreter per worker (fork would copy this process's torch threads and locks)
             self.pool = concurrent.futures.ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=args)
@@ -98,7 +118,10 @@ class Evaluator:
         else:
             per = -(-pop // self.workers) * rollouts  # whole candidates per task, one task per worker
             tasks = [(rows[s:s + per], seeds[s:s + per], None) for s in range(0, len(rows), per)]
-        if self.pool is not None:
+        if self.actors:  # round robin over the actors; results in task order
+            refs = [self.actors[i % len(self.actors)].run.remote(*task) for i, task in enumerate(tasks)]
+            results = self.ray.get(refs)
+        elif self.pool is not None:
             results = list(self.pool.map(_worker_task, *zip(*tasks)))
         else:
             results = [evaluate_task(self.local, *task) for task in tasks]
@@ -108,6 +131,10 @@ class Evaluator:
         return out[:, 0].reshape(pop, rollouts).mean(1)
 
     def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        if self.ray is not None and self.ray_started:
+            self.ray.shutdown()
         if self.pool is not None:
             self.pool.shutdown(cancel_futures=True)
         if self.local is not None:
@@ -116,7 +143,8 @@ class Evaluator:
 
 
 def train_cmaes(agent, cfg, starts: np.ndarray | None, resume: dict[str, Any] | None = None,
-                save: Callable[[dict[str, Any]], None] | None = None, progress: bool = False) -> dict[str, Any]:
+                save: Callable[[dict[str, Any]], None] | None = None, progress: bool = False,
+                ray: str | None = None) -> dict[str, Any]:
     """Run CMA-ES for ``cfg.wm_generations`` generations on C's weights (from ``resume``: the saved ``mean``,
     ``sigma``, ``generation`` and ``history``); after each, set C to the mean and call ``save(progress)``.
     Returns the progress record: ``mean``, ``sigma``, ``generation``, ``env_steps`` (real env steps of the
@@ -129,7 +157,7 @@ def train_cmaes(agent, cfg, starts: np.ndarray | None, resume: dict[str, Any] | 
     es = cma.CMAEvolutionStrategy(np.asarray(state["mean"], np.float64), float(state["sigma"]),
                                   {"popsize": cfg.wm_popsize, "seed": int(cfg.seed) + 1 + int(state["generation"]),
                                    "verbose": -9})
-    evaluate = Evaluator(agent, cfg, starts)
+    evaluate = Evaluator(agent, cfg, starts, ray=ray)
     bar = None
     if progress:
         from tqdm import tqdm

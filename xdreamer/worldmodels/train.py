@@ -51,8 +51,9 @@ class WorldModelsRun:
     """One run folder; ``run()`` does what its stages still need."""
 
     def __init__(self, cfg: Config | None, logdir: str | os.PathLike, resume: bool = False, progress: bool = True,
-                 overrides: Mapping[str, Any] | None = None, command: str | None = None) -> None:
-        self.logdir, self.progress = pathlib.Path(logdir), progress
+                 overrides: Mapping[str, Any] | None = None, command: str | None = None,
+                 ray: str | None = None) -> None:
+        self.logdir, self.progress, self.ray = pathlib.Path(logdir), progress, ray
         self.stages = self.logdir / "stages"
         has_run = (self.logdir / "config.json").exists()
         if has_run and not resume:
@@ -230,7 +231,7 @@ class WorldModelsRun:
             from .cmaes import train_cmaes
 
             final = train_cmaes(self.agent, self.cfg, starts, resume=resume, save=save_progress,
-                                progress=self.progress)
+                                progress=self.progress, ray=self.ray)
         else:
             final = self._ppo(starts, resume, save_progress)
         save_progress(final)  # also when there was nothing left to do (wm_generations reached)
@@ -293,9 +294,12 @@ class WorldModelsRun:
 
 
 def train(cfg: Config | None, logdir: str | os.PathLike, resume: bool = False, progress: bool = True,
-          overrides: Mapping[str, Any] | None = None, command: str | None = None) -> TrainResult:
-    """Train a World Models agent per ``cfg`` in ``logdir``, or resume the run there (``WorldModelsRun``)."""
-    return WorldModelsRun(cfg, logdir, resume=resume, progress=progress, overrides=overrides, command=command).run()
+          overrides: Mapping[str, Any] | None = None, command: str | None = None,
+          ray: str | None = None) -> TrainResult:
+    """Train a World Models agent per ``cfg`` in ``logdir``, or resume the run there (``WorldModelsRun``). ``ray``:
+    evaluate CMA-ES candidates on Ray (``"local"``, or a cluster's address) instead of local processes."""
+    return WorldModelsRun(cfg, logdir, resume=resume, progress=progress, overrides=overrides, command=command,
+                          ray=ray).run()
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
