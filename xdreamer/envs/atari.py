@@ -133,6 +133,7 @@ RAM_EDITS: dict[str, dict[str, RamEdit]] = {
     },
 }
 
+STICKY_PRIME = 24  # emulated frames that set the ALE's previous action in set_state (0.25^24 that one is left)
 _DEFAULTS = dict(sticky=0.25, noops=30, time_limit=27000, size=64, grayscale=True, frame_skip=4, full_action_space=False)
 
 
@@ -194,6 +195,7 @@ class AtariEnv(Env):
         self._steps = 0
         self._done = True
         self._started = False
+        self._last_action = 0
         names = tuple(self._raw_env.unwrapped.get_action_meanings())
         self.spec = EnvSpec(
             id=f"atari:{game}",
@@ -212,6 +214,7 @@ class AtariEnv(Env):
             seed = self._seed  # first reset uses the seed given to make()
         img, _ = self._env.reset(seed=seed)
         self._started = True
+        self._last_action = 0  # the reset's no-ops: NOOP is index 0 of both action sets
         self._steps = 0
         self._done = False
         return self._obs(img, 0.0, is_first=True)
@@ -221,6 +224,7 @@ class AtariEnv(Env):
         if self._done:
             raise RuntimeError(f"env {self.spec.id}: call reset() before step() (episode over or not started)")
         img, reward, terminated, truncated, _ = self._env.step(a)
+        self._last_action = a
         self._steps += 1
         truncated = bool(truncated) or self._steps >= self._time_limit
         terminated = bool(terminated)
@@ -263,19 +267,32 @@ class AtariEnv(Env):
         state["np_rng"] = rng_to_array(self._raw_env.unwrapped.np_random)
         state["obs_buffer"] = np.stack([b.copy() for b in self._env.obs_buffer])
         state["ints"] = np.array(
-            [self._steps, int(self._done), int(self._env.lives), int(self._env.game_over)], dtype=np.int64
+            [self._steps, int(self._done), int(self._env.lives), int(self._env.game_over), self._last_action],
+            dtype=np.int64,
         )
         return state
 
     def set_state(self, state: Mapping[str, np.ndarray]) -> None:
         self._check_state_header(state, ("ale", "np_rng", "obs_buffer", "ints"))
-        ints = check_int_fields(self.spec.id, state["ints"], {"steps": (0, 10**9), "done": (0, 1),
-                                                             "lives": (0, 255), "game_over": (0, 1)})
+        fields = {"steps": (0, 10**9), "done": (0, 1), "lives": (0, 255), "game_over": (0, 1)}
+        if np.asarray(state["ints"]).shape == (5,):  # states since #27 also hold the last action (older ones: 4)
+            fields["last_action"] = (0, self.spec.num_actions - 1)
+        ints = check_int_fields(self.spec.id, state["ints"], fields)
         raw = np.asarray(state["ale"], dtype=np.uint8).tobytes()
         if not self._started:
             # Gymnasium's OrderEnforcing wrapper refuses step() before a reset(), whatever state the emulator was
             # restored to: the grounded what-if from a saved trace restores into a fresh env (issue #31).
             self.reset(seed=0)
+        if "last_action" in ints:
+            # Sticky actions repeat the ALE's previous action with probability `sticky`, and that action is not in
+            # the cloned state: restored out of order, a state would repeat whatever this env did last (10 of 150
+            # random-action Pong steps re-ran differently, tests/test_envs.py). Act the recorded last action until
+            # the ALE has surely taken it (0.25^24), then restore again: the emulator, RNG and paddles are the
+            # state's, the previous action is the state's own.
+            self._ale.restoreState(self._ale_py.ALEState(raw))
+            action = self._raw_env.unwrapped._action_set[ints["last_action"]]
+            for _ in range(STICKY_PRIME):
+                self._ale.act(action)
         self._ale.restoreState(self._ale_py.ALEState(raw))
         array_to_rng(self._raw_env.unwrapped.np_random, state["np_rng"])
         buf = np.asarray(state["obs_buffer"], dtype=np.uint8)

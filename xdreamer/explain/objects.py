@@ -376,10 +376,11 @@ class _AtariObjects:
         arrays = trace.arrays
         pre = trace.sim_state(s - 1)
         prev = 0 if arrays["is_first"][s - 1] else int(arrays["action"][s - 2])
-        self.env.set_state(pre)
-        for _ in range(self.PRIME):  # the sticky action is not in the cloned state (see the class docstring)
-            self.ale.act(self.action_set[prev])
-        self.env.set_state(pre)
+        self.env.set_state(pre)  # primes the sticky action itself where the state holds its last action
+        if np.asarray(pre["ints"]).shape != (5,):  # a trace recorded before that: prime here (class docstring)
+            for _ in range(self.PRIME):
+                self.ale.act(self.action_set[prev])
+            self.env.set_state(pre)
         raw = self.env._raw_env.unwrapped
         raw.ale = _FrameHook(self.ale, before)
         try:
