@@ -162,6 +162,20 @@ def temporal_attr(ctx: tuple, _agent, _trace, step: int, k: int):
     return temporal_attribution(_agent, _trace, step, k=k)
 
 
+@st.cache_data(show_spinner="Moving and removing the objects in the simulator ...", max_entries=64)
+def object_attr(ctx: tuple, _agent, _trace, step: int, k: int):
+    """#27 item 2 at one step: each ground-truth object moved / removed in the simulator, re-observed, the decision
+    re-filtered (``explain.objects.object_attribution``)."""
+    from xdreamer.explain.objects import object_attribution
+    from xdreamer.training import make_env
+
+    env = make_env(_agent.cfg)
+    try:
+        return object_attribution(_agent, env, _trace, steps=[step], k=k)
+    finally:
+        env.close()
+
+
 @st.cache_data(show_spinner="Decoding class effects ...", max_entries=256)
 def class_effects(ctx: tuple, _agent, _trace, step: int, variable: int):
     from xdreamer.explain.attribution import class_effects as effects
@@ -467,6 +481,8 @@ def frame_panel(agent, ctx, trace, step: int) -> None:
                 show_error(exc, "Saliency failed: ")
     if agent is not None and target == "action" and agent.spec.discrete:
         over_time_strip(agent, ctx, trace, step)
+        if trace.object_names and trace.has_sim_states:
+            objects_strip(agent, ctx, trace, step)
     st.markdown("**Action probabilities**")
     if "action_probs" in a:
         taken = int(a["action"][step])
@@ -502,6 +518,48 @@ def over_time_strip(agent, ctx, trace, step: int) -> None:
                  f"before t; one colour scale for all frames (max |attribution| {top:.3g}, red raises log p, blue "
                  f"lowers it). IG completeness delta {result.delta:+.2e}; the relaxed posterior scores p(action) "
                  f"{result.relaxed_gap:.3f} away from the agent's own."))
+
+
+def objects_strip(agent, ctx, trace, step: int) -> None:
+    """#27 item 2: the reference the pixel maps are scored against. Each ground-truth object is moved or removed in
+    the simulator (toy games through their state, Atari through verified RAM writes), the frame re-observed and the
+    decision re-filtered; shown: how far p(action) moves (total variation) and the value change, per edit."""
+    import pandas as pd
+
+    st.markdown("**Objects**: what the decision does when the game itself moves or removes each object (on-manifold; "
+                "the reference the pixel maps are checked against)")
+    k = st.slider("edit the last frames too", 0, 4, 0, key="objects_k",
+                  help="0: only the current frame is edited; k: frames t-k..t, so that what h_t carries changes too")
+    try:
+        result = object_attr(ctx, agent, trace, step, int(k))
+    except Exception as exc:  # noqa: BLE001
+        show_error(exc, "Object attribution failed: ")
+        return
+    rows = []
+    for o, name in enumerate(result.objects):
+        for v, variant in enumerate(result.variants):
+            if not result.attempted[0, o, v]:
+                continue
+            landed = bool(result.landed[0, o, v])
+            rows.append({"object": name, "edit": variant,
+                         "p(action) TV": float(result.tv[0, o, v]) if landed else float("nan"),
+                         "value change": float(result.dvalue[0, o, v]) if landed else float("nan"),
+                         "action flips": bool(result.flip[0, o, v]) if landed else None,
+                         "edit landed": landed})
+    if not rows:
+        st.info("No object was there to edit at this step.")
+        return
+    table = pd.DataFrame(rows)
+    st.dataframe(table, hide_index=True, use_container_width=True)
+    effect = result.effect()[0]
+    ranked = [result.objects[i] for i in np.argsort(-np.nan_to_num(effect, nan=-1.0)) if np.isfinite(effect[i])]
+    note = "p(action) is saturated here (> 0.95 on one action): every edit can move it only a little. " \
+        if bool(result.saturated[0]) else ""
+    missed = int((~table["edit landed"]).sum())
+    st.caption(E(note + (f"largest effect first: {', '.join(ranked)}. " if ranked else "")
+                 + (f"{missed} edit(s) did not land on the screen and are left out. " if missed else "")
+                 + "Whether these effects are the agent's own: `xdreamer audit --methods objects` compares them "
+                   "with a randomised copy of this agent."))
 
 
 # ---- Latent ------------------------------------------------------------------------------------

@@ -278,6 +278,9 @@ def test_frame_panel(ckpt):
     assert any(c.startswith("reconstruction squared error") for c in captions)
     assert any(c.startswith("integrated_gradients of the action") and c.endswith(", signed") for c in captions)
     assert any(c.startswith("t-1 (step 4):") for c in captions)  # the over-time strip (#27 item 3)
+    objects = next(d.value for d in at.dataframe if "edit landed" in d.value)  # the objects table (#27 item 2)
+    assert set(objects["object"]) <= {"ball", "paddle"} and objects["edit landed"].all()
+    assert (objects["p(action) TV"].between(0, 1)).all()
     trace = ckpt["episode"]
     taken = int(trace.arrays["action"][5])
     bars = chart(at, "actions")["data"][0]
