@@ -597,3 +597,17 @@ def test_report_over_seeds_gives_each_seeds_verdict_and_their_agreement(ckpt, tm
     assert "seeds" in (out / "summary.md").read_text()
     assert json.loads((out / "report.json").read_text())["seeds"] == [0, 1]
     assert main(["report", str(path), "--seeds", "1", "1", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+
+
+def test_report_says_the_blind_twin_ignores_the_ball(tmp_path):
+    """#27 item 2 in the report, with its negative control: moving or removing the ball in the simulator changes the
+    seeing agent's decision (catch-lanes) and not its ball-blind twin's (catch-pixel-lanes), whose paddle still
+    matters; the verdict's evidence says so with the numbers (object_effects.csv)."""
+    out = tmp_path / "twins"
+    run_report([str(CHECKPOINTS / "catch-lanes"), str(CHECKPOINTS / "catch-pixel-lanes")], out, episodes=2,
+               max_steps=100, clips=False, progress=False, dream_steps=0)
+    effects = pd.read_csv(out / "object_effects.csv").set_index(["checkpoint", "object"])["median_tv"]
+    assert effects["catch-lanes", "ball"] > 0.2
+    assert effects["catch-pixel-lanes", "ball"] < 0.05 < 0.2 < effects["catch-pixel-lanes", "paddle"]
+    evidence = pd.read_csv(out / "verdicts.csv").set_index("env")["evidence"]
+    assert "changes p(action) by a median TV of ball 0.0" in evidence["toy:catch-pixel-lanes"]

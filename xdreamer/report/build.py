@@ -14,6 +14,7 @@ half-written)::
     scores.csv        per game: returns vs random / human / DreamerV2 / Rainbow (where published)
     probes.csv        linear-probe R^2 per checkpoint, object variable and feature set
     objects.csv       per checkpoint and object: recon error in box vs background, visibility
+    object_effects.csv  per checkpoint and object: p(action) change when the simulator moves / removes it (#27)
     report.json       command, inputs, options, commit, machine, timings
     clips/<case>.mp4  a short clip around each case
 """
@@ -37,8 +38,8 @@ from ..checkpoint import replace_folder
 from . import detectors as D
 from . import render
 from .jobs import Job, load_agent, run_job
-from .tables import (cases_table, episodes_table, object_episodes, objects_table, probes_table, scores_table,
-                     training_rewards, verdicts_table)
+from .tables import (cases_table, episodes_table, object_effects_table, object_episodes, objects_table,
+                     probes_table, scores_table, training_rewards, verdicts_table)
 
 REPORT_MARKER = "report.json"
 
@@ -235,8 +236,9 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
         info = training_rewards(job)
         if info is not None:
             training.setdefault(agent.cfg.env, info)
+    effects = object_effects_table(results)
     verdicts = verdicts_table(episodes_df, objects, probes, scores, object_runs=object_episodes(results),
-                              training=training)
+                              training=training, object_effects=effects)
     if seeds is not None and len(seeds) > 1:
         verdicts = seed_agreement(verdicts, {s: _seed_verdicts(results, jobs, s, scores, training) for s in seeds})
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -258,6 +260,7 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
         scores.to_csv(tmp / "scores.csv", index=False)
         probes.to_csv(tmp / "probes.csv", index=False)
         objects.to_csv(tmp / "objects.csv", index=False)
+        effects.to_csv(tmp / "object_effects.csv", index=False)
         meta = _meta(jobs, agents, traces, episodes, seed, ray, ray_address, command, thresholds,
                      max_steps=max_steps, dream_steps=dream_steps, horizon=horizon, max_cases=max_cases,
                      seeds=seeds, training_replay={k: v["run"] for k, v in training.items()})
@@ -280,7 +283,7 @@ def _seed_verdicts(results: list[dict], jobs: list[Job], seed: int, scores, trai
     """env -> the verdict a report of ``seed``'s episodes alone gives."""
     picked = [r for r, j in zip(results, jobs) if j.report_seed == seed]
     table = verdicts_table(episodes_table(picked), objects_table(picked), probes_table(picked), scores,
-                           training=training)
+                           training=training, object_effects=object_effects_table(picked))
     return dict(zip(table["env"], table["verdict"]))
 
 

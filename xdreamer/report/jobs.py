@@ -41,6 +41,7 @@ class Job:
     thresholds: tuple = ()  # (name, value) pairs over detectors.THRESHOLDS
     imports: tuple = ()  # the user's --import modules, imported in the worker too (env ids never import, #28)
     report_seed: int | None = None  # the report seed this recorded episode belongs to (--seeds; None: a trace)
+    object_steps: int = 8  # steps per episode (evenly spaced) where each object is moved / removed in the simulator
 
 
 def load_agent(path: str, device: str = "cpu"):
@@ -169,6 +170,40 @@ def _window(trace, step: int, half: int) -> dict[str, np.ndarray]:
             "surprise": a["surprise"][lo:hi].copy(), "center": np.array(step - lo)}
 
 
+def object_effects_of(agent, env, trace, count: int) -> tuple[list[dict], str | None]:
+    """Issue #27 item 2 in the report: at ``count`` evenly spaced steps of the episode (not its first), every
+    ground-truth object is moved and removed in the simulator (``explain.objects.object_attribution``: toy games
+    through their state, Atari through verified RAM writes) and the decision re-filtered. Per object: the largest
+    p(action) change (TV) over its variants at each eligible step (on screen, p(action) not saturated), how often it
+    is the object with the largest effect, and the share of edits that landed. ``([], reason)`` where it cannot
+    run (no simulator states or objects, continuous actions, an env without an object editor)."""
+    if agent is None or env is None or count <= 0:
+        return [], None
+    if not (trace.has_sim_states and trace.object_names) or env.spec.id != trace.meta.get("env"):
+        return [], "no simulator states or no ground-truth objects in this trace"
+    from ..explain.objects import object_attribution
+
+    a = trace.arrays
+    candidates = [i for i in range(len(trace)) if not a["is_first"][i]]
+    if not candidates:
+        return [], "the episode has no step after its first"
+    pick = np.unique(np.linspace(0, len(candidates) - 1, min(count, len(candidates))).round().astype(int))
+    try:
+        result = object_attribution(agent, env, trace, steps=[candidates[i] for i in pick])
+    except ValueError as exc:  # an env without an object editor, continuous actions: said, not hidden
+        return [], str(exc)
+    effect, top = result.effect(), result.top()
+    rows = []
+    for o, name in enumerate(result.objects):
+        eligible = result.eligible(name)
+        values = effect[:, o][eligible]
+        rows.append({"object": name, "steps": int(len(result.steps)), "eligible_steps": int(eligible.sum()),
+                     "tv": [float(v) for v in values[np.isfinite(values)]],
+                     "top_steps": int(((top == o) & eligible).sum()),
+                     "attempted": int(result.attempted[:, o].sum()), "landed": int(result.landed[:, o].sum())})
+    return rows, None
+
+
 def analyse(trace, agent=None, env=None, job: Job | None = None, ram: np.ndarray | None = None) -> dict:
     """Everything the report needs from one single-episode trace (``agent``/``env`` for the dreams)."""
     job = job or Job(index=(0, 0), checkpoint="", label="", episode=0, record_seed=None)
@@ -201,6 +236,7 @@ def analyse(trace, agent=None, env=None, job: Job | None = None, ram: np.ndarray
             real, dream, valid = dream_frames[int(row.step)]
             w.update(real_branch=real, dream=dream, valid=valid)
         windows.append(w)
+    object_effects, object_note = object_effects_of(agent, env, trace, job.object_steps)
     if ram is None and env is not None and str(trace.meta.get("env", "")) == "atari:Venture":
         ram = read_ram(env, trace)
     cov = D.coverage(trace, ram=ram)
@@ -242,7 +278,7 @@ def analyse(trace, agent=None, env=None, job: Job | None = None, ram: np.ndarray
         r[g["step"].to_numpy()] = g["ratio"].to_numpy()
         series[f"ratio_{name}"] = r
     return {"stats": stats, "events": events.to_dict("records"), "windows": windows, "coverage": cov,
-            "objects": per_object, "visibility": vis.to_dict("records"), "series": series,
+            "objects": per_object, "object_effects": object_effects, "object_note": object_note, "visibility": vis.to_dict("records"), "series": series,
             "probe": samples_from_trace(trace, job.probe_samples),
             "classes": int(a["post_logits"].shape[-1]), "env": str(trace.meta.get("env")),
             "spec": trace.meta.get("spec")}

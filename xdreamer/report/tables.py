@@ -95,6 +95,42 @@ def objects_table(results: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=cols)
 
 
+def object_effects_table(results: list[dict]) -> pd.DataFrame:
+    """Per checkpoint and object, pooled over its episodes (``jobs.object_effects_of``): the median and 90th
+    percentile of the p(action) change (TV) when the simulator moves or removes the object, over the steps where it
+    is on screen and p(action) is not saturated; how often it has the largest effect there; edits landed."""
+    cols = ["checkpoint", "env", "object", "eligible_steps", "median_tv", "p90_tv", "top_frac", "edits_landed",
+            "note"]
+    pooled: dict[tuple, dict] = {}
+    notes: dict[tuple, str] = {}
+    for r in results:
+        for row in r.get("object_effects", []):
+            key = (r["checkpoint"], r["env"], row["object"])
+            acc = pooled.setdefault(key, {"tv": [], "eligible": 0, "top": 0, "attempted": 0, "landed": 0})
+            acc["tv"] += row["tv"]
+            acc["eligible"] += row["eligible_steps"]
+            acc["top"] += row["top_steps"]
+            acc["attempted"] += row["attempted"]
+            acc["landed"] += row["landed"]
+        if r.get("object_note"):
+            notes.setdefault((r["checkpoint"], r["env"]), r["object_note"])
+    out = []
+    for (ck, env, obj), acc in pooled.items():
+        tv = np.asarray(acc["tv"], np.float64)
+        out.append({"checkpoint": ck, "env": env, "object": obj, "eligible_steps": acc["eligible"],
+                    "median_tv": float(np.median(tv)) if tv.size else float("nan"),
+                    "p90_tv": float(np.quantile(tv, 0.9)) if tv.size else float("nan"),
+                    "top_frac": acc["top"] / acc["eligible"] if acc["eligible"] else float("nan"),
+                    "edits_landed": acc["landed"] / acc["attempted"] if acc["attempted"] else float("nan"),
+                    "note": ""})
+    for (ck, env), note in notes.items():
+        if not any(o["checkpoint"] == ck for o in out):
+            out.append({"checkpoint": ck, "env": env, "object": "", "eligible_steps": 0, "median_tv": float("nan"),
+                        "p90_tv": float("nan"), "top_frac": float("nan"), "edits_landed": float("nan"),
+                        "note": note})
+    return pd.DataFrame(out, columns=cols)
+
+
 def object_episodes(results: list[dict]) -> pd.DataFrame:
     """Per env, episode and object: steps present and blind (the per-episode numbers behind ``blind_frac``, for
     the verdicts' bootstrap intervals over episodes)."""
@@ -207,7 +243,7 @@ def scores_table(episodes: pd.DataFrame, agents_by_env: dict, n_episodes: int, s
 
 def verdicts_table(episodes: pd.DataFrame, objects: pd.DataFrame, probes: pd.DataFrame,
                    scores: pd.DataFrame, th: dict | None = None, object_runs: pd.DataFrame | None = None,
-                   training: dict | None = None) -> pd.DataFrame:
+                   training: dict | None = None, object_effects: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per game: perception ("cannot see it") vs exploration ("never found reward"), with the numbers.
 
     Perception is flagged when an object is reconstructed as a blind spot on at least 25% of the steps it is
@@ -290,6 +326,18 @@ def verdicts_table(episodes: pd.DataFrame, objects: pd.DataFrame, probes: pd.Dat
             if np.isfinite(survive) and survive < 0.5:
                 why_p.append(f"only {survive:.0%} of {name}'s pixels survive the 64x64 frame "
                              f"(area {float(og['area_px'].mean()):.2f} px)")
+        eff = object_effects[(object_effects["env"] == env_id) & (object_effects["object"] != "")] \
+            if object_effects is not None and len(object_effects) else None
+        if eff is not None and len(eff):
+            parts = []
+            for row in eff.itertuples():
+                numbers[f"{row.object}_decision_tv_median"] = float(row.median_tv)
+                if np.isfinite(row.median_tv):
+                    parts.append(f"{row.object} {row.median_tv:.3f}")
+            if parts:
+                notes.append("moving or removing each object in the simulator changes p(action) by a median TV of "
+                             + ", ".join(parts) + f" (over the steps where it is on screen and p(action) is not "
+                             "saturated; object_effects.csv)")
         found = int((g["positive_rewards"] > 0).sum())
         numbers["episodes"] = int(len(g))
         numbers["episodes_with_positive_reward"] = found
