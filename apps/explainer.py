@@ -514,6 +514,9 @@ def over_time_strip(agent, ctx, trace, step: int) -> None:
         share = abs(float(credit)) / total if total > 0 else 0.0
         col.image(image, caption=f"{'t' if j == step else f't-{step - j}'} (step {j}): {share:.0%} of the credit "
                                  f"({float(credit):+.2f}); erased alone: TV {float(tv):.2f}")
+    notice = ui.audit_notice(ui.find_audit(agent), "over_time", signed=True)  # `xdreamer audit --methods over_time`
+    if notice is not None:
+        getattr(st, notice[0])(E(notice[1]))
     st.caption(E(f"{result.past_share:.0%} of the |credit| for {trace.action_names[result.action]} lies on the frames "
                  f"before t; one colour scale for all frames (max |attribution| {top:.3g}, red raises log p, blue "
                  f"lowers it). IG completeness delta {result.delta:+.2e}; the relaxed posterior scores p(action) "

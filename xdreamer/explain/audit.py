@@ -56,7 +56,9 @@ from .saliency import _ALIASES, PixelForward, attribution_guard, saliency, to_un
 
 LATENT_METHODS = ("latent_ig", "latent_ablation")
 OBJECT_METHODS = ("objects",)
-ALL_METHODS = PIXEL_METHODS + LATENT_METHODS + OBJECT_METHODS
+TEMPORAL_METHODS = ("over_time",)  # IG over frames t-k..t through the recurrent state (temporal.py, #27 item 3)
+TEMPORAL_K = 4  # frames before t in the audited window (the app's default)
+ALL_METHODS = PIXEL_METHODS + LATENT_METHODS + OBJECT_METHODS + TEMPORAL_METHODS
 # Fast by default (a toy audit well under a minute on 2 cores): occlusion and greydanus take ~1.5 s a map there
 # (a thousand forward passes each), about 10x the gradient methods; ask for them with methods=ALL_METHODS.
 DEFAULT_METHODS = ("saliency", "integrated_gradients", "smoothgrad", "latent_ig", "latent_ablation", "objects")
@@ -256,6 +258,29 @@ def latent_state(agent, clones: list, method: str, state: AuditState, curve_step
             "intervention": intervention}
 
 
+def temporal_state(agent, clones: list, state: AuditState, k: int = TEMPORAL_K, seed: int = 0) -> dict[str, Any]:
+    """Attribution over time (``temporal.py``: IG over the frames t-k..t re-filtered through the RSSM) at one
+    state: cascade similarity of the per-frame maps ``[W, 64, 64]``; the Spearman of |per-frame credit| with the
+    intervention (each frame alone erased, the TV of p(action)) against a random order (None where p(action) is
+    saturated or the window has fewer than 3 frames); and the decision's dependence on the window (the erased
+    frames' summed TV) for the agent and its fully randomised copy."""
+    from .temporal import temporal_attribution
+
+    rng = np.random.default_rng([seed, state.step, state.seed or 0, 3])
+    trained = temporal_attribution(agent, state.trace, state.step, k=k)
+    copies = [temporal_attribution(c, state.trace, state.step, k=k, action=trained.action) for c in clones]
+    probs = np.asarray(state.trace.arrays["action_probs"][state.step])
+    intervention = None
+    if probs.max() <= SATURATED and len(trained.steps) >= 3:
+        intervention = {"method": spearman(np.abs(trained.per_frame), trained.deletion_tv),
+                        "random": spearman(rng.random(len(trained.steps)), trained.deletion_tv)}
+    return {"step": state.step, "seed": state.seed, "action": trained.action, "frames": len(trained.steps),
+            "past_share": trained.past_share,
+            "stages": [_rank_similarity(trained.maps, c.maps) for c in copies],
+            "intervention": intervention,
+            "dependence": {"method": float(trained.deletion_tv.sum()), "random_agent": float(copies[-1].deletion_tv.sum())}}
+
+
 def object_states(agent, env, clones: list, states: list[AuditState]) -> list[dict[str, Any]]:
     """Object attribution (k=0, every intervention) at the audited states for the agent and each cascade copy.
 
@@ -314,6 +339,21 @@ def summarise(kind: str, rows: list[dict], blocks, th: Thresholds = THRESHOLDS) 
         interventions = _interventions(rows, th)
         if interventions is not None:
             checks["interventions"] = interventions
+    elif kind == "temporal":
+        checks = {"randomisation": _randomisation(rows, blocks, len(blocks) - 1, th)}
+        interventions = _interventions(rows, th)
+        if interventions is not None:
+            interventions["statistic"] = ("median Spearman(|per-frame credit|, TV of p(action) when that frame alone "
+                                          "is erased)")
+            checks["interventions"] = interventions
+        diffs = [r["dependence"]["method"] - r["dependence"]["random_agent"] for r in rows]
+        est, lo, hi = _interval(diffs, np.mean, th)
+        checks["dependence"] = {"statistic": "mean over states of [sum over the window's frames of the TV of "
+                                             "p(action) when the frame alone is erased] minus the fully randomised "
+                                             "copy's", "difference": [est, lo, hi],
+                                "past_share": _interval([r["past_share"] for r in rows], np.median, th),
+                                "threshold": th.deletion_margin,
+                                "verdict": verdict(lo, hi, th.deletion_margin, above=True)}
     else:
         ranked = any(v is not None for r in rows for stage in r["stages"] for v in stage.values())
         # no state with an applied edit: no cascade to compare, the verdict is inconclusive (``combine([])``)
@@ -424,17 +464,19 @@ def run_audit(agent, env, methods: Sequence[str] = DEFAULT_METHODS, seeds: Seque
         for method in todo:
             if method in OBJECT_METHODS:
                 continue
-            kind = "latent" if method in LATENT_METHODS else "pixel"
+            kind = "latent" if method in LATENT_METHODS else "temporal" if method in TEMPORAL_METHODS else "pixel"
             rows = []
             for st in chosen:
                 bar.set_postfix_str(f"{method} {st.label()}")
-                if kind == "pixel":
+                if kind == "temporal":
+                    rows.append(temporal_state(agent, copies["pixel"], st, seed=seed))
+                elif kind == "pixel":
                     rows.append(pixel_state(agent, copies[kind], method, st, fill, curve_steps, margin, seed,
                                             reference.get((st.seed, st.step))))
                 else:
                     rows.append(latent_state(agent, copies[kind], method, st, seed=seed, baseline=latent_baseline))
                 bar.update(1)
-            results[method] = summarise(kind, rows, blocks[kind], thresholds)
+            results[method] = summarise(kind, rows, blocks["pixel" if kind == "temporal" else kind], thresholds)
     manifest = getattr(agent, "manifest", None) or {}
     return Audit(checkpoint=str(getattr(agent, "path", "") or "") or None, env=env.spec.id,
                  weights_sha256=manifest.get("weights_sha256"),

@@ -45,9 +45,14 @@ def verdict_lines(data: dict) -> list[str]:
                              f"{c.get('signed_verdict', 'n/a')})")
             elif check == "interventions":
                 rho = c["spearman"]
+                nulls = ", ".join(f"{n} order {_fmt(v)}" for n, v in rho.items() if n != "method")
                 parts.append(f"interventions {c['verdict']} (median Spearman(|attribution|, intervention effect) "
                              f"{_fmt(rho['method'])} over {c['states']} unsaturated states, needs > {c['threshold']}; "
-                             f"surprise order {_fmt(rho['surprise'])}, random order {_fmt(rho['random'])})")
+                             f"{nulls})")
+            elif check == "dependence":
+                parts.append(f"dependence {c['verdict']} (erasing the window's frames one at a time moves p(action) "
+                             f"by {_fmt(c['difference'])} more TV than for the randomised copy, needs > "
+                             f"{c['threshold']}; past share of the credit {_fmt(c['past_share'])})")
             elif c["verdict"] == "uninformative":
                 at = ", ".join(f"{n} {c['hit_rate'][n][c['target']]:.0%}" for n in c["nulls_at_ceiling"])
                 own = c["hit_rate"]["method"][c["target"]]
