@@ -30,6 +30,18 @@ STEPS_TRAINED = 123
 TIMEOUT = 180
 
 
+def check_gaussian_member(ckpt, info_start: str, caption_part: str) -> None:
+    """A member with Gaussian latents (DreamerV1, World Models) in the explainer: every panel renders clean, and the
+    Latent panel explains what its latents are (``info_start``) and attributes per dimension (``caption_part``)."""
+    at = open_app(ckpt, step=5)
+    assert_clean(at)
+    at = set_panel(at, "Latent")
+    assert_clean(at)
+    assert any(i.value.startswith(info_start) for i in at.info)
+    assert any(caption_part in c.value for c in at.caption)
+    for panel in ("What-if", "Compare", "Failures"):
+        assert_clean(set_panel(open_app(ckpt, step=5), panel))
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     """A tiny debug-preset checkpoint of toy:catch (untrained weights, real evaluation in its manifest),

@@ -155,16 +155,9 @@ def test_a_ppo_agent_traces_its_critic(tmp_path, agents):
 def test_app_shows_world_models_latents(tmp_path):
     """The explainer on the bundled World Models agent: every panel renders; the Latent panel says what z and M's
     mixture are and shows the mixture weights (no empty class panel)."""
-    from test_app import assert_clean, open_app, set_panel
+    from test_app import check_gaussian_member
 
-    at = open_app(CKPT, step=5)
-    assert_clean(at)
-    at = set_panel(at, "Latent")
-    assert_clean(at)
-    assert any(i.value.startswith("World Models: z is V's Gaussian posterior") for i in at.info)
-    assert any("no value function" in c.value for c in at.caption)
-    for panel in ("What-if", "Compare", "Failures"):
-        assert_clean(set_panel(open_app(CKPT, step=5), panel))
+    check_gaussian_member(CKPT, "World Models: z is V's Gaussian posterior", "no value function")
 
 
 def test_saliency_of_a_continuous_action_names_its_dimension(tmp_path):

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..agent import PolicyState
+from ..agent import Agent, PolicyState
 from ..behavior import OneHot
 from ..nets import sample_categorical, straight_through_onehot
 from ..rssm import RSSM, State
@@ -344,9 +344,7 @@ class WorldModelsView(nn.Module):
     def weights(self) -> dict[str, torch.Tensor]:
         return self.inner.weights()
 
-    def initial_policy_state(self, batch: int = 1) -> PolicyState:
-        return PolicyState(self.wm.rssm.initial(batch, self.device),
-                           torch.zeros(batch, self.spec.num_actions, device=self.device))
+    initial_policy_state = Agent.initial_policy_state
 
     @torch.no_grad()
     def policy(self, obs: Mapping[str, Any], state: PolicyState | None = None, mode: str = "eval",
@@ -365,11 +363,7 @@ class WorldModelsView(nn.Module):
         env_action = action.argmax(-1).cpu().numpy() if self.spec.discrete else action.cpu().numpy()
         return env_action, PolicyState(latent, action)
 
-    def act(self, obs: Mapping[str, Any], state: PolicyState | None = None, mode: str = "eval",
-            sample_latent: bool | None = None) -> tuple[Any, PolicyState]:
-        actions, state = self.policy({"image": obs["image"][None], "is_first": np.array([obs["is_first"]])},
-                                     state, mode=mode, sample_latent=sample_latent)
-        return actions[0], state
+    act = Agent.act  # ``policy`` for one observation dict, as the Dreamer agent's
 
     def fresh(self, seed: int = 0) -> "WorldModelsView":
         """The negative control (``explain.audit.randomised_copy``): a freshly initialised agent of the same
