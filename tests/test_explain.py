@@ -406,3 +406,36 @@ def test_saliency_overlay_video(toy, tmp_path):
     assert frames.shape[0] == len(trace) and frames.shape[1] % 16 == 0 and frames.shape[2] % 16 == 0
     with pytest.raises(ValueError, match="no steps"):
         write_saliency_video(tmp_path / "none.mp4", agent, trace, steps=[])
+
+
+def test_grounded_real_q_is_the_lambda_target_of_the_recorded_episode(toy):
+    """The dream's Q_H grounded (#27 item 5): on the taken action with the recorded actions after it, the real
+    branch is the recorded episode, so ``real_q`` is the agent's own lambda-target along the trace (clipped rewards,
+    the recorded values, gamma x (1 - terminal), bootstrapped from v(s_{t+H})), written out here by hand; the
+    terminal end of a one-ball episode stops the return there."""
+    agent, env, trace = toy
+    a = trace.arrays
+    lam, gamma = agent.cfg.discount_lambda, agent.cfg.discount
+    clip = (np.tanh if agent.cfg.clip_rewards == "tanh" else (lambda x: x))
+
+    def by_hand(arrays, t, H, valid):
+        ret = float(arrays["value"][t + H]) if valid == H + 1 else 0.0
+        for i in reversed(range(min(H, valid))):
+            j = t + i
+            d = 0.0 if arrays["is_terminal"][j] else gamma
+            nxt = float(arrays["value"][j + 1]) if i + 1 < valid else 0.0
+            ret = float(clip(arrays["reward"][j])) + d * ((1 - lam) * nxt + lam * ret)
+        return ret
+
+    t, H = 5, 8
+    g = ground(agent, env, trace, t, actions=[int(a["action"][t])], horizon=H,
+               follow=[int(x) for x in a["action"][t + 1:t + H]])
+    np.testing.assert_allclose(g.real_value[0], a["value"][t:t + H + 1], atol=1e-5)
+    assert g.real_q[0] == pytest.approx(by_hand(a, t, H, H + 1), abs=1e-4)
+    short_env = make("toy:catch", balls=1)
+    short = record(agent, short_env)
+    n, s = len(short), len(short) - 3
+    g = ground(agent, short_env, short, s, actions=[int(short.arrays["action"][s])], horizon=5,
+               follow=[int(x) for x in short.arrays["action"][s + 1:]])
+    assert short.arrays["is_terminal"][-1]
+    assert g.real_q[0] == pytest.approx(by_hand(short.arrays, s, 5, n - s), abs=1e-4)

@@ -157,7 +157,7 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     for row, label in enumerate(result.labels):
         line = f"  {label:>12}: Q {result.q[row]:+.3f}  dream return {result.dream_return[row]:+.3f}"
         if grounded is not None:
-            line += (f"  real return {grounded.real_return[row]:+.3f}"
+            line += (f"  real Q {grounded.real_q[row]:+.3f}  real return {grounded.real_return[row]:+.3f}"
                      f"  pixel mse {float(np.nanmean(grounded.pixel_mse[row])):.4f}")
         print(line + ("  (taken)" if np.ndim(taken) == 0 and result.first_actions[row] == taken else ""))
     if args.json:

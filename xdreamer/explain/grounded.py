@@ -11,6 +11,9 @@ reported per step (index 0 is step t itself; dream frame 0 is the reconstruction
     reward_error     [K, H+1]  predicted reward - real reward (clipped as the model was trained)
     real_return      [K]       undiscounted sum of real rewards over steps 1..H
     real_return_disc [K]       sum gamma^(i-1) * clip(r_i), comparable to ``dream_return``
+    real_q           [K]       the agent's lambda-target over the real branch (real rewards, the critic on the
+                               states filtered from the real frames, bootstrapped from v(s_H)): the dream's q
+                               (Q_H) grounded, so Q_H is scored against the branch it imagines (issue #27)
     valid            [K, H+1]  False after the real episode ended
 """
 
@@ -44,6 +47,8 @@ class Grounded:
     real_return: np.ndarray  # [K]
     real_return_disc: np.ndarray  # [K]
     action_agreement: np.ndarray  # [K] fraction of steps where dream and real branch chose the same action
+    real_value: np.ndarray | None = None  # [K, H+1] the critic on the real branch's posterior states
+    real_q: np.ndarray | None = None  # [K] the agent's lambda-target over the real branch: the dream's q, grounded
 
     def to_dict(self) -> dict[str, Any]:
         def clean(a):  # strict JSON: NaN (no object / step after the episode ended) -> null
@@ -58,6 +63,7 @@ class Grounded:
                 "objects": {k: clean(v) for k, v in self.objects.items()},
                 "real_return": self.real_return.tolist(), "real_return_disc": self.real_return_disc.tolist(),
                 "dream_return": self.dream.dream_return.tolist(), "q": self.dream.q.tolist(),
+                "real_q": None if self.real_q is None else clean(self.real_q),
                 "action_agreement": self.action_agreement.tolist()}
 
 
@@ -102,7 +108,11 @@ def ground(agent, env, trace: Trace, step: int, actions: Sequence | None = None,
     objects = {name: np.full((K, horizon + 1, 4), np.nan, np.float32) for name in env.spec.object_names}
     real_actions = (np.full((K, horizon), -1, np.int64) if spec.discrete
                     else np.full((K, horizon, spec.num_actions), np.nan, np.float32))
+    real_value = np.zeros((K, horizon + 1), np.float32)  # the critic on the branch's own posterior states
+    terminal = np.zeros((K, horizon + 1), bool)
+    value0 = _value(agent, latent0)
     for k in range(K):
+        real_value[k, 0] = value0
         env.set_state(sim)
         real_frames[k, 0] = trace.arrays["frame"][step]
         real_reward[k, 0] = trace.arrays["reward"][step]
@@ -125,13 +135,16 @@ def ground(agent, env, trace: Trace, step: int, actions: Sequence | None = None,
                 box = obs.get("objects", {}).get(name)
                 if box is not None:
                     objects[name][k, i + 1] = box
+            # The agent keeps observing the real frames (its policy state stays in step with the branch).
+            _, state = agent.policy({"image": obs["image"][None], "is_first": np.array([False])}, state, mode="eval")
+            real_value[k, i + 1] = _value(agent, state.latent)
+            terminal[k, i + 1] = bool(obs["is_terminal"])
             if obs["is_last"]:
                 real_frames[k, i + 2:] = obs["image"]
+                real_value[k, i + 2:] = real_value[k, i + 1]  # a cut episode bootstraps from its last state
                 break
             if i + 1 == horizon:
                 break
-            # The agent keeps observing the real frames (its policy state stays in step with the branch).
-            _, state = agent.policy({"image": obs["image"][None], "is_first": np.array([False])}, state, mode="eval")
             if i + 1 < fixed:  # the fixed sequence still drives the branch
                 action_vec = prefix[k, i + 1][None]
                 state = PolicyState(state.latent, action_vec)
@@ -161,6 +174,7 @@ def ground(agent, env, trace: Trace, step: int, actions: Sequence | None = None,
     gamma = agent.cfg.discount ** np.arange(horizon)
     real_return = future.sum(1)
     real_return_disc = (np.where(valid[:, 1:], clipped[:, 1:], 0.0) * gamma).sum(1)
+    real_q = _real_lambda_return(agent, np.where(valid, clipped, 0.0), real_value, terminal, valid)
     agree = (dream.actions == real_actions) if spec.discrete else np.isclose(dream.actions, real_actions).all(-1)
     steps_valid = valid[:, :-1]
     agreement = (agree & steps_valid).sum(1) / np.maximum(steps_valid.sum(1), 1)
@@ -168,4 +182,37 @@ def ground(agent, env, trace: Trace, step: int, actions: Sequence | None = None,
                     real_frames=real_frames, real_reward=real_reward, real_actions=real_actions, valid=valid,
                     objects=objects, dream=dream, pixel_mse=pixel_mse, object_mse=object_mse,
                     reward_error=reward_error, real_return=real_return.astype(np.float32),
-                    real_return_disc=real_return_disc.astype(np.float32), action_agreement=agreement)
+                    real_return_disc=real_return_disc.astype(np.float32), action_agreement=agreement,
+                    real_value=real_value, real_q=real_q)
+
+
+def _value(agent, latent) -> float:
+    """The critic's value of one posterior state (0 for an agent without a critic, as in its dreams)."""
+    import torch
+
+    with torch.no_grad(), agent.autocast():
+        return float(agent.ac.value(agent.wm.feat(latent)).float().reshape(-1)[0])
+
+
+def _real_lambda_return(agent, reward: np.ndarray, value: np.ndarray, terminal: np.ndarray,
+                        valid: np.ndarray) -> np.ndarray:
+    """Q_H's real counterpart per branch ``[K]``: the agent's own lambda-target (``behavior.lambda_return``, as the
+    dream's ``q``) over the real branch, with the real (clipped) rewards, discount gamma x (1 - terminal) and the
+    critic on the states the agent filtered from the real frames, bootstrapped from v(s_H). After an episode end
+    nothing follows a terminal state; a cut one (time limit) bootstraps from its last state's value."""
+    import torch
+
+    from ..behavior import lambda_return
+
+    gamma = agent.cfg.discount
+    discount = np.where(terminal | ~valid, 0.0, gamma)
+    cut = valid & ~terminal  # rows whose episode ended by a cut: the steps after it keep d = 1 at that value
+    for k in range(len(valid)):
+        ends = np.flatnonzero(~valid[k])
+        if ends.size and cut[k, ends[0] - 1]:
+            discount[k, ends[0] - 1] = gamma
+            discount[k, ends[0]:] = 1.0
+    lam = agent.cfg.discount_lambda if getattr(agent, "has_critic", True) else 1.0
+    t = lambda x: torch.as_tensor(np.asarray(x, np.float32))  # noqa: E731
+    returns = lambda_return(t(reward[:, :-1]), t(value[:, :-1]), t(discount[:, :-1]), t(value[:, -1]), lam)
+    return returns[:, 0].numpy()
