@@ -264,11 +264,21 @@ def temporal_state(agent, clones: list, state: AuditState, k: int = TEMPORAL_K, 
     intervention (each frame alone erased, the TV of p(action)) against a random order (None where p(action) is
     saturated or the window has fewer than 3 frames); and the decision's dependence on the window (the erased
     frames' summed TV) for the agent and its fully randomised copy."""
-    from .temporal import temporal_attribution
+    from .audit_checks import fill_frame
+    from .saliency import to_unit_frame
+    from .temporal import temporal_attribution, window_inputs
 
     rng = np.random.default_rng([seed, state.step, state.seed or 0, 3])
     trained = temporal_attribution(agent, state.trace, state.step, k=k)
     copies = [temporal_attribution(c, state.trace, state.step, k=k, action=trained.action) for c in clones]
+    # IG from the erased window is exactly 0 wherever a frame equals its background, for any network (its path
+    # does not move there): over the whole frame the |maps| of the agent and of a randomised copy then share that
+    # zero pattern and rank-correlate ~1 whatever the weights (measured: +1.000 for catch-lanes and for its
+    # randomised copy alike). The cascade therefore compares the maps on the pixels IG can credit.
+    frames = [to_unit_frame(f, "cpu") for f in window_inputs(state.trace, state.step, k)["frames"]]
+    support = np.stack([(f != fill_frame(f, "background")).any(1)[0].numpy() for f in frames])  # [W, 64, 64]
+    if not support.any():
+        support = np.ones_like(support)
     probs = np.asarray(state.trace.arrays["action_probs"][state.step])
     intervention = None
     if probs.max() <= SATURATED and len(trained.steps) >= 3:
@@ -276,7 +286,7 @@ def temporal_state(agent, clones: list, state: AuditState, k: int = TEMPORAL_K, 
                         "random": spearman(rng.random(len(trained.steps)), trained.deletion_tv)}
     return {"step": state.step, "seed": state.seed, "action": trained.action, "frames": len(trained.steps),
             "past_share": trained.past_share,
-            "stages": [_rank_similarity(trained.maps, c.maps) for c in copies],
+            "stages": [_rank_similarity(trained.maps[support], c.maps[support]) for c in copies],
             "intervention": intervention,
             "dependence": {"method": float(trained.deletion_tv.sum()), "random_agent": float(copies[-1].deletion_tv.sum())}}
 
