@@ -168,7 +168,8 @@ def _run_ray(jobs: list[Job], address: str | None, bar, info: dict) -> list[dict
             ray.shutdown()
 
 
-def _meta(jobs, agents, traces, episodes, seed, ray, ray_address, command, thresholds, **options) -> dict[str, Any]:
+def _meta(jobs, agents, traces, episodes, seed, ray, ray_address, command, thresholds, commit=None,
+          **options) -> dict[str, Any]:
     """Provenance of a report: inputs (checkpoint, env, steps trained), options, commit and machine."""
     import torch
 
@@ -181,7 +182,7 @@ def _meta(jobs, agents, traces, episodes, seed, ray, ray_address, command, thres
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoints": ckpts,
             "traces": [str(t) for t in traces], "episodes": episodes, "seed": seed, "jobs": len(jobs),
             "ray": bool(ray), "ray_address": ray_address, **options,
-            "thresholds": dict(D.THRESHOLDS, **(thresholds or {})), "commit": git_commit(),
+            "thresholds": dict(D.THRESHOLDS, **(thresholds or {})), "commit": commit or git_commit(),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                         "python": platform.python_version()}}
 
@@ -199,6 +200,9 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
     and each seed's own verdict and the agreement between seeds are reported beside (issue #27: verdicts that hold
     across seeds)."""
     start = time.perf_counter()
+    from ..checkpoint import git_commit
+
+    commit = git_commit()  # the code that runs: taken now, not after a run during which the tree may move
     out = pathlib.Path(out)
     _check_out(out)
     if max_cases < 1:
@@ -261,7 +265,7 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
         probes.to_csv(tmp / "probes.csv", index=False)
         objects.to_csv(tmp / "objects.csv", index=False)
         effects.to_csv(tmp / "object_effects.csv", index=False)
-        meta = _meta(jobs, agents, traces, episodes, seed, ray, ray_address, command, thresholds,
+        meta = _meta(jobs, agents, traces, episodes, seed, ray, ray_address, command, thresholds, commit=commit,
                      max_steps=max_steps, dream_steps=dream_steps, horizon=horizon, max_cases=max_cases,
                      seeds=seeds, training_replay={k: v["run"] for k, v in training.items()})
         meta.update(ray_cluster=run_info.get("ray_cluster"), cases=int(len(cases)), jobs_s=round(jobs_s, 3),
