@@ -43,25 +43,36 @@ class RandomPolicy:
         return self.last.astype(np.float32)
 
 
-def collect_random(env: Env, replay: Replay, episodes: int, seed: int, progress: bool = False) -> int:
+def collect_random(env: Env, replay: Replay, episodes: int, seed: int, progress: bool = False, agent=None,
+                   epsilon: float = 0.0) -> int:
     """Add random-policy episodes to ``replay`` (stored atomically, one file each) until it holds ``episodes``;
     episode i uses env seed ``episode_seed(seed, i)`` and its own action stream, so a resumed collection continues
-    with the episodes a single run would have made. Returns the env steps taken now."""
+    with the episodes a single run would have made. Returns the env steps taken now.
+
+    With ``agent`` (the iterative procedure, paper §5: "rollout to actual environment" with the trained C) the agent
+    acts (C's action; PPO's C samples), and with probability ``epsilon`` per step the random policy does instead;
+    the agent's memory reads the action taken either way."""
     start = replay.total_episodes
     builder = EpisodeBuilder(env.spec.discrete, env.spec.num_actions)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=episodes, initial=start, desc="rollouts (random policy)", unit="ep", dynamic_ncols=True)
+        bar = tqdm(total=episodes, initial=start, desc="rollouts (" + ("the agent" if agent else "random policy") + ")",
+                   unit="ep", dynamic_ncols=True)
     steps = 0
     try:
         for index in range(start, episodes):
-            policy = RandomPolicy(env.spec, np.random.default_rng([seed, index]))
+            rng = np.random.default_rng([seed, index])
+            policy = RandomPolicy(env.spec, rng)
             obs = env.reset(seed=episode_seed(seed, index))
             builder.add(obs, None)
+            state = None
             while True:
-                action = policy()
+                if agent is None:
+                    action = policy()
+                else:
+                    action, state = _agent_step(agent, obs, state, policy if rng.random() < epsilon else None)
                 obs = env.step(action)
                 steps += 1
                 episode = builder.add(obs, action)
@@ -74,6 +85,27 @@ def collect_random(env: Env, replay: Replay, episodes: int, seed: int, progress:
         if bar is not None:
             bar.close()
     return steps
+
+
+@torch.no_grad()
+def _agent_step(agent, obs, state, random_policy=None):
+    """One acting step of a ``WorldModelsAgent`` whose action may be replaced by ``random_policy()``; M's memory
+    reads the action taken. Returns the env action and the next state."""
+    state = agent.reset_where(state or agent.initial_state(1),
+                              torch.tensor([float(obs["is_first"])], device=agent.device))
+    z = agent.encode(obs["image"][None])
+    if random_policy is not None:
+        action = random_policy()
+        taken = torch.as_tensor(np.asarray(action)[None], device=agent.device)
+    else:
+        feat = agent.feat(z, state)
+        if agent.critic is not None:  # PPO: its policy's sample
+            raw = agent.controller.dist(feat).sample()
+            taken = raw if agent.spec.discrete else torch.tanh(raw)
+        else:
+            taken = agent.controller.act(feat)
+        action = int(taken[0]) if agent.spec.discrete else taken[0].cpu().numpy().astype(np.float32)
+    return action, agent.advance(z, taken, state)
 
 
 @torch.no_grad()

@@ -26,6 +26,13 @@ class WorldModelsFields:
     wm_temperature: float = 1.0
     # --- data ---------------------------------------------------------------------------------------------
     wm_rollouts: int = 10_000  # paper §3: 10,000 random-policy rollouts of CarRacing
+    # The iterative procedure (paper §5, for tasks a random policy does not explore): after the first pass, each
+    # further iteration collects ``wm_rollouts`` more episodes with the trained C and retrains V, M and C on all of
+    # them (from where they are). 1 = the single pass the paper's CarRacing agent used.
+    wm_iterations: int = 1
+    # Per step of an iteration's rollouts, the random policy acts instead of C with this probability (ours: C
+    # alone, deterministic under CMA-ES, would collect one behaviour; the paper does not say).
+    wm_explore: float = 0.1
     # --- V: the conv VAE -----------------------------------------------------------------------------------
     wm_z: int = 32  # paper §3 / vae.py z_size 32
     wm_vae_depth: int = 32  # encoder convs 32-64-128-256 (vae.py), i.e. depth x 1, 2, 4, 8
@@ -109,6 +116,8 @@ def schema_rules(Int: Callable[..., Any], Float: Callable[..., Any], Choice: Cal
         "wm_dream": Bool,
         "wm_temperature": Float(0.0, 100.0, lo_open=True),  # 0 would divide the mixture logits by zero
         "wm_rollouts": count,
+        "wm_iterations": Int(1, 1000),
+        "wm_explore": Float(0.0, 1.0),
         "wm_z": Int(1, 1024),
         "wm_vae_depth": Int(1, 512),  # the last conv has 8 x depth channels
         "wm_vae_lr": rate,

@@ -41,7 +41,7 @@ from .mdnrnn import heldout_nll, marginal_nll, train_mdnrnn, transitions
 from .rollouts import collect_random
 from .vae import encode_frames, reconstruction_error, train_vae
 
-RUNTIME_KEYS = (*SHARED_RUNTIME_KEYS, *settings.RUNTIME_KEYS, "wm_generations", "wm_ppo_iterations")
+RUNTIME_KEYS = (*SHARED_RUNTIME_KEYS, *settings.RUNTIME_KEYS, "wm_generations", "wm_ppo_iterations", "wm_iterations")
 SERIES_KEYS = ("mean", "logvar", "action", "reward", "is_terminal", "lengths")
 MAX_STATUS_BYTES = 64 << 20  # status.json holds per-update histories and CMA-ES's mean (~1 MB at paper size)
 HELDOUT_FRACTION = 0.1  # episodes M does not train on, for the NLL against the unconditional baseline
@@ -142,6 +142,8 @@ class WorldModelsRun:
             load_module(vae_file, self.agent.vae)
             if series_file.exists():
                 return
+        elif vae_file.exists():  # an iteration retrains V from where the last one left it
+            load_module(vae_file, self.agent.vae)
         episodes = self._episodes()
         frames = np.concatenate([e["image"] for e in episodes])
         if not self._done("vae"):
@@ -177,8 +179,9 @@ class WorldModelsRun:
     # ---- stage 3: M ---------------------------------------------------------------------------------------------
     def fit_mdnrnn(self) -> None:
         path = self.stages / "mdnrnn.safetensors"
-        if self._done("mdnrnn"):
+        if self._done("mdnrnn") or path.exists():  # done, or (an iteration) retrained from where it is
             load_module(path, self.agent.mdn)
+        if self._done("mdnrnn"):
             return
         start = time.time()
         series = self.series()
@@ -267,7 +270,48 @@ class WorldModelsRun:
         self.fit_vae()
         self.fit_mdnrnn()
         self.fit_controller()
+        while self._iterations() < self.cfg.wm_iterations:
+            self.iterate()
         return self.finish()
+
+    # ---- the iterative procedure (paper §5) ---------------------------------------------------------------------
+    def _iterations(self) -> int:
+        """Complete passes: 1 after the first (random-policy) one, +1 per finished iteration."""
+        return int(self.status.get("iterations", {}).get("done", 1))
+
+    def iterate(self) -> None:
+        """One iteration: ``wm_rollouts`` more episodes collected by the trained agent (``wm_explore`` of its steps
+        random), then V, M and C retrained on everything from where they are (C: ``wm_generations`` more CMA-ES
+        generations from its mean, or ``wm_ppo_iterations`` more PPO iterations). Every step is recorded in
+        ``status.json`` as it completes, so an interrupted iteration resumes where it stopped."""
+        number = self._iterations() + 1
+        key, cfg = f"iteration-{number}", self.cfg
+        record = self.status.get(key) if isinstance(self.status.get(key), dict) else {}
+        if not record.get("collected"):
+            from .rollouts import collect_random
+
+            start = time.time()
+            replay = Replay(self.logdir / "replay", capacity=10**12, seed=cfg.seed)
+            replay.load()
+            steps = collect_random(self.env, replay, cfg.wm_rollouts * number, cfg.seed, self.progress,
+                                   agent=self.agent, epsilon=cfg.wm_explore)
+            previous = {k: {f: v for f, v in self.status.get(k, {}).items() if f not in ("history", "progress")}
+                        for k in ("vae", "mdnrnn", "controller")}
+            record = {"collected": True, "episodes": replay.total_episodes, "env_steps": steps,
+                      "seconds": round(time.time() - start, 1), "before": previous}
+            (self.stages / "series.npz").unlink(missing_ok=True)  # re-encoded by the retrained V
+            for stage in ("vae", "mdnrnn"):
+                self.status[stage] = {**self.status.get(stage, {}), "done": False}
+            controller = dict(self.status.get("controller", {}))
+            progress = dict(controller.get("progress") or {})
+            counter = "generation" if cfg.wm_controller == "cmaes" else "iteration"
+            progress[counter] = 0  # from C's current parameters (CMA-ES: its mean and step size), the budget again
+            self.status["controller"] = {**controller, "done": False, "progress": progress}
+            self._mark(key, record)
+        self.fit_vae()
+        self.fit_mdnrnn()
+        self.fit_controller()
+        self._mark("iterations", {"done": number})
 
     def finish(self) -> TrainResult:
         cfg = self.cfg
@@ -278,14 +322,23 @@ class WorldModelsRun:
         finally:
             eval_env.close()
         progress = self.status["controller"]["progress"]
-        steps = int(self.status["rollouts"]["env_steps"]) + int(progress.get("env_steps", 0))
+        iterations = [v for k, v in self.status.items() if k.startswith("iteration-") and isinstance(v, dict)]
+        # C's env steps accumulate over the iterations in its progress record; each iteration adds its rollouts
+        steps = (int(self.status["rollouts"]["env_steps"]) + int(progress.get("env_steps", 0))
+                 + sum(int(r.get("env_steps", 0)) for r in iterations))
         seconds = sum(_seconds(self.status.get(k)) for k in ("rollouts", "vae", "mdnrnn", "controller"))
         # V's epochs x batches, M's updates, C's generations / iterations
         self.agent.updates = sum(int(self.status[k].get("updates", 0)) for k in ("vae", "mdnrnn", "controller"))
+        for r in iterations:  # the earlier passes' V, M and C (C's seconds accumulate in its own record)
+            before = r.get("before", {})
+            seconds += _seconds(r) + sum(_seconds(before.get(k)) for k in ("vae", "mdnrnn"))
+            self.agent.updates += sum(int(before.get(k, {}).get("updates", 0)) for k in ("vae", "mdnrnn", "controller"))
         name = f"step-{steps:09d}"
         path = save(self.logdir / "checkpoints" / name, self.agent, steps=steps,
                     extra={"eval": result.to_dict(), "eval_random": baseline.to_dict(), "train_wall_s": seconds,
-                           "train_episodes": int(self.status["rollouts"]["episodes"]),
+                           "train_episodes": max([int(self.status["rollouts"]["episodes"])]
+                                                 + [int(r.get("episodes", 0)) for r in iterations]),
+                           "iterations": self._iterations(),
                            "stages": {k: {f: v for f, v in self.status[k].items() if f not in ("history", "progress")}
                                       for k in ("rollouts", "vae", "mdnrnn", "controller")}})
         shared.atomic_write_text(self.logdir / "checkpoints" / "latest", name + "\n")
