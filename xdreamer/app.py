@@ -984,7 +984,8 @@ def read_report(folder: str | os.PathLike | None):
 
 # The report's other tables the Failures panel shows (#31), with the columns it reads and their kinds.
 REPORT_EXTRAS = {
-    "verdicts": ("verdicts.csv", {"env": str, "verdict": str, "evidence": str, "score_context": str, "coverage": str,
+    "verdicts": ("verdicts.csv", {"env": str, "checkpoint": str, "verdict": str, "evidence": str,
+                                  "score_context": str, "coverage": str,
                                   "agreement": str, "seed_verdicts": str}),  # the last two: reports run --seeds
     "probes": ("probes.csv", {"checkpoint": str, "variable": str, "features": str, "r2": float}),
 }

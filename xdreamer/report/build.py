@@ -10,7 +10,7 @@ half-written)::
     summary.parquet   the same table (pyarrow)
     summary.md        markdown summary: verdicts, score context, top cases
     episodes.csv      per checkpoint x episode statistics
-    verdicts.csv      per game: "cannot see it" (perception) vs "never found reward" (exploration) + numbers
+    verdicts.csv      per game and checkpoint: "cannot see it" (perception) vs "never found reward" (exploration)
     scores.csv        per game: returns vs random / human / DreamerV2 / Rainbow (where published)
     probes.csv        linear-probe R^2 per checkpoint, object variable and feature set
     objects.csv       per checkpoint and object: recon error in box vs background, visibility
@@ -235,11 +235,11 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
         agents_by_env.setdefault(a.cfg.env, a)
     scores = scores_table(episodes_df, agents_by_env, episodes, seed)
     episodes_df["report_seed"] = pd.array([j.report_seed for j in jobs], dtype="Int64")
-    training = {}
-    for job, agent in zip(dict.fromkeys(j.checkpoint for j in jobs), agents):
-        info = training_rewards(job)
+    training = {}  # checkpoint label -> its run's training replay rewards
+    for path, label in dict.fromkeys((j.checkpoint, j.label) for j in jobs):
+        info = training_rewards(path)
         if info is not None:
-            training.setdefault(agent.cfg.env, info)
+            training[label] = info
     effects = object_effects_table(results)
     verdicts = verdicts_table(episodes_df, objects, probes, scores, object_runs=object_episodes(results),
                               training=training, object_effects=effects)
@@ -283,21 +283,21 @@ def run_report(checkpoints: Sequence[str], out: str | os.PathLike, episodes: int
     return meta
 
 
-def _seed_verdicts(results: list[dict], jobs: list[Job], seed: int, scores, training: dict) -> dict[str, str]:
-    """env -> the verdict a report of ``seed``'s episodes alone gives."""
+def _seed_verdicts(results: list[dict], jobs: list[Job], seed: int, scores, training: dict) -> dict[tuple, str]:
+    """(env, checkpoint) -> the verdict a report of ``seed``'s episodes alone gives."""
     picked = [r for r, j in zip(results, jobs) if j.report_seed == seed]
     table = verdicts_table(episodes_table(picked), objects_table(picked), probes_table(picked), scores,
                            training=training, object_effects=object_effects_table(picked))
-    return dict(zip(table["env"], table["verdict"]))
+    return dict(zip(zip(table["env"], table["checkpoint"]), table["verdict"]))
 
 
-def seed_agreement(verdicts, per_seed: dict[int, dict[str, str]]):
+def seed_agreement(verdicts, per_seed: dict[int, dict[tuple, str]]):
     """Add each seed's own verdict, ``stable`` (every seed alone gives the same verdict: the target of issue #27)
     and ``agreement`` (``k/n`` seeds whose own verdict is the pooled one)."""
     verdicts = verdicts.copy()
     seed_text, agreement, stable = [], [], []
-    for env, pooled in zip(verdicts["env"], verdicts["verdict"]):
-        own = {s: v.get(env, "n/a") for s, v in per_seed.items()}
+    for env, ck, pooled in zip(verdicts["env"], verdicts["checkpoint"], verdicts["verdict"]):
+        own = {s: v.get((env, ck), "n/a") for s, v in per_seed.items()}
         seed_text.append("; ".join(f"seed {s}: {v}" for s, v in own.items()))
         agree = sum(v == pooled for v in own.values())
         agreement.append(f"{agree}/{len(own)}")

@@ -186,7 +186,7 @@ def write_html(path: pathlib.Path, meta: dict, cases: pd.DataFrame, episodes: pd
              f"<p>{esc(provenance(meta))}</p>",
              "<h2>Verdicts</h2>"]
     for _, v in verdicts.iterrows():
-        parts.append(f"<p><b>{esc(v['env'])}</b>: <span class='v'>{esc(v['verdict'])}</span>{esc(_agreement(v))}. "
+        parts.append(f"<p><b>{esc(_who(v))}</b>: <span class='v'>{esc(v['verdict'])}</span>{esc(_agreement(v))}. "
                      f"{esc(v['evidence'])}. {esc(v['score_context'])}; coverage {esc(v['coverage'])}.</p>")
     parts.append(_table_html(verdicts, "verdicts"))
     parts += ["<h2>Score context</h2>", _table_html(scores, "scores"),
@@ -231,6 +231,12 @@ def _md_table(df: pd.DataFrame, fmt="{:.4g}") -> str:
     return "\n".join(lines)
 
 
+def _who(verdict_row) -> str:
+    """``env (checkpoint)``, or the env alone for tables without a checkpoint."""
+    ck = verdict_row.get("checkpoint")
+    return f"{verdict_row['env']} ({ck})" if isinstance(ck, str) and ck else str(verdict_row["env"])
+
+
 def _agreement(verdict_row) -> str:
     """Where the report ran --seeds: whether each seed alone gives this verdict, or where they differ."""
     if "agreement" not in verdict_row or not isinstance(verdict_row.get("agreement"), str):
@@ -251,7 +257,7 @@ def write_markdown(path: pathlib.Path, meta: dict, cases, verdicts, scores, obje
              f"seed {meta['seed']} · {'Ray' if meta['ray'] else 'in-process'} · {meta['wall_s']:.1f} s", "",
              f"`{meta['command'] or ''}`", "", provenance(meta), "", "## Verdicts", ""]
     for _, v in verdicts.iterrows():
-        lines.append(f"- **{v['env']}**: {v['verdict']}{_agreement(v)}. {v['evidence']}. {v['score_context']}; "
+        lines.append(f"- **{_who(v)}**: {v['verdict']}{_agreement(v)}. {v['evidence']}. {v['score_context']}; "
                      f"coverage {v['coverage']}.")
     lines += ["", _md_table(verdicts.drop(columns=["numbers"])), "", "## Score context", "", _md_table(scores), "",
               "## Failure cases", "", _md_table(cases[["case", "checkpoint", "env", "episode", "step", "detector",

@@ -134,9 +134,10 @@ def object_effects_table(results: list[dict]) -> pd.DataFrame:
 def object_episodes(results: list[dict]) -> pd.DataFrame:
     """Per env, episode and object: steps present and blind (the per-episode numbers behind ``blind_frac``, for
     the verdicts' bootstrap intervals over episodes)."""
-    rows = [{"env": r["env"], "run": i, "object": o["object"], "present_steps": int(o["present_steps"]),
-             "blind_steps": int(o["blind_steps"])} for i, r in enumerate(results) for o in r["objects"]]
-    return pd.DataFrame(rows, columns=["env", "run", "object", "present_steps", "blind_steps"])
+    rows = [{"env": r["env"], "checkpoint": r["checkpoint"], "run": i, "object": o["object"],
+             "present_steps": int(o["present_steps"]), "blind_steps": int(o["blind_steps"])}
+            for i, r in enumerate(results) for o in r["objects"]]
+    return pd.DataFrame(rows, columns=["env", "checkpoint", "run", "object", "present_steps", "blind_steps"])
 
 
 def ratio_ci(numerator, denominator, resamples: int = 2000, seed: int = 0,
@@ -244,7 +245,7 @@ def scores_table(episodes: pd.DataFrame, agents_by_env: dict, n_episodes: int, s
 def verdicts_table(episodes: pd.DataFrame, objects: pd.DataFrame, probes: pd.DataFrame,
                    scores: pd.DataFrame, th: dict | None = None, object_runs: pd.DataFrame | None = None,
                    training: dict | None = None, object_effects: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per game: perception ("cannot see it") vs exploration ("never found reward"), with the numbers.
+    """Per game and agent: perception ("cannot see it") vs exploration ("never found reward"), with the numbers.
 
     Perception is flagged when an object is reconstructed as a blind spot on at least 25% of the steps it is
     present, survives the 64x64 frame on fewer than half its pixels, or a linear probe finds an object
@@ -255,16 +256,29 @@ def verdicts_table(episodes: pd.DataFrame, objects: pd.DataFrame, probes: pd.Dat
     opponent's paddle also reveals, passed alone). The agent then sees it and its decoder draws it poorly, which
     the evidence says. Probe R^2 are held out by episode where a game has two or more (else by blocks, and the
     evidence says so); each latent coordinate's control-task selectivity (Hewitt & Liang 2019) is in the numbers.
-    Exploration is judged from the training replay where the checkpoint lies in a run folder (``training``: env ->
-    ``training_rewards``): flagged when no training episode received a positive reward, and a miss in the
+    Exploration is judged from the training replay where the checkpoint lies in a run folder (``training``:
+    checkpoint label -> ``training_rewards``): flagged when no training episode received a positive reward, and a miss in the
     evaluation episodes alone is then said, not flagged. Without a run folder it is flagged when no evaluation
     episode received a positive reward, and the evidence says it was judged from evaluation only (issue #27: a cut
     evaluation is not training). ``object_runs`` (``object_episodes``): the blind fraction's 95 % bootstrap interval
     over episodes is given beside it (``<object>_blind_frac_ci``)."""
     rows = []
-    for env_id, g in episodes.groupby("env", sort=False):
+    # One verdict per agent: a report of several checkpoints of one game (the family comparison) judges each
+    # (their probes, blind spots and rewards are their own); tables without a checkpoint column are one agent.
+    keys = ["env", "checkpoint"] if "checkpoint" in episodes else ["env"]
+    for key, g in episodes.groupby(keys, sort=False):
+        env_id, ck = (key[0], key[1]) if len(keys) == 2 else (key[0] if isinstance(key, tuple) else key, None)
+
+        def pick(table):
+            if table is None or not len(table):
+                return table
+            mask = table["env"] == env_id
+            if ck is not None and "checkpoint" in table:
+                mask &= table["checkpoint"] == ck
+            return table[mask]
+
         why_p, why_e, numbers, notes = [], [], {}, []
-        pr = probes[probes["env"] == env_id] if len(probes) else probes
+        pr = pick(probes)
         coords: dict[str, dict[str, bool]] = {}  # object -> coordinate -> decodable from the latent
         for var, vg in (pr.groupby("variable", sort=False) if len(pr) else []):
             r2 = vg.groupby("features")["r2"].mean()
@@ -293,8 +307,8 @@ def verdicts_table(episodes: pd.DataFrame, objects: pd.DataFrame, probes: pd.Dat
                 notes.append(f"probes held out by episode but fitted on only {int(pr['train_episodes'].min())} "
                              f"episode(s): a position's values may not all occur in the fit (report with "
                              f"--episodes {MIN_TRAIN_EPISODES + 1} or more)")
-        obj = objects[objects["env"] == env_id]
-        runs = object_runs[object_runs["env"] == env_id] if object_runs is not None and len(object_runs) else None
+        obj = pick(objects)
+        runs = pick(object_runs) if object_runs is not None and len(object_runs) else None
         for name, og in obj.groupby("object", sort=False):
             present = og["present_steps"].sum()
             blind = og["blind_steps"].sum() / present if present else float("nan")
@@ -326,8 +340,8 @@ def verdicts_table(episodes: pd.DataFrame, objects: pd.DataFrame, probes: pd.Dat
             if np.isfinite(survive) and survive < 0.5:
                 why_p.append(f"only {survive:.0%} of {name}'s pixels survive the 64x64 frame "
                              f"(area {float(og['area_px'].mean()):.2f} px)")
-        eff = object_effects[(object_effects["env"] == env_id) & (object_effects["object"] != "")] \
-            if object_effects is not None and len(object_effects) else None
+        eff = pick(object_effects)
+        eff = eff[eff["object"] != ""] if eff is not None and len(eff) else None
         if eff is not None and len(eff):
             parts = []
             for row in eff.itertuples():
@@ -352,7 +366,7 @@ def verdicts_table(episodes: pd.DataFrame, objects: pd.DataFrame, probes: pd.Dat
         low, high = ratio_ci((g["positive_rewards"] > 0).astype(float), np.ones(len(g)))
         if np.isfinite(low):
             numbers["episodes_with_positive_reward_ci"] = [round(low, 4), round(high, 4)]
-        trained = (training or {}).get(env_id)
+        trained = (training or {}).get(ck if ck is not None else env_id)
         if trained and trained["episodes"]:
             numbers.update({f"training_{k}": v for k, v in trained.items() if k not in ("run",)})
             if trained["episodes_with_positive_reward"] == 0:
@@ -371,7 +385,8 @@ def verdicts_table(episodes: pd.DataFrame, objects: pd.DataFrame, probes: pd.Dat
                    else "cannot see it (perception)" if perception
                    else "never found reward (exploration)" if exploration
                    else "no perception or exploration failure detected")
-        score_text = f"return {sc['return_mean']:.2f}"
+        own = float(g["return"].mean()) if "return" in g else float(sc["return_mean"])
+        score_text = f"return {own:.2f}"
         cut = "complete_episodes" in sc and sc["complete_episodes"] < sc["episodes"]
         if cut:
             score_text += (f" over episodes cut short ({sc['episodes'] - sc['complete_episodes']} of {sc['episodes']};"
@@ -382,10 +397,12 @@ def verdicts_table(episodes: pd.DataFrame, objects: pd.DataFrame, probes: pd.Dat
             score_text += (f", published DreamerV2 {sc['dreamerv2_published']:g}, Rainbow {sc['rainbow']:g}, "
                            f"human {sc['human']:g}")
         evidence = "; ".join(why_p + why_e + notes) or "no detector crossed its verdict threshold"
-        rows.append({"env": env_id, "verdict": verdict, "perception": perception, "exploration": exploration,
+        rows.append({"env": env_id, "checkpoint": ck, "verdict": verdict, "perception": perception,
+                     "exploration": exploration,
                      "evidence": evidence, "score_context": score_text,
                      "coverage": cov_text, "numbers": json.dumps(_clean(numbers), sort_keys=True)})
-    return pd.DataFrame(rows, columns=["env", "verdict", "perception", "exploration", "evidence", "score_context",
+    return pd.DataFrame(rows, columns=["env", "checkpoint", "verdict", "perception", "exploration", "evidence",
+                                       "score_context",
                                        "coverage", "numbers"])
 
 
