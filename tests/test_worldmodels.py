@@ -250,6 +250,23 @@ def test_carracing_is_cropped_to_64x64_and_still_branches():
         env.close(), native.close()
 
 
+def test_the_shared_env_factory_gives_world_models_agents_their_cropped_view():
+    """`xdreamer.training.make_env` (what `xdreamer bundle`, `eval` and the bundle tests build an agent's env with)
+    gives a World Models CarRacing agent the frames it was trained on; a Dreamer agent keeps the whole frame."""
+    from xdreamer.training import make_env as shared_make_env
+    from xdreamer.worldmodels.envs import make_env
+
+    cfg = build_config(DEBUG, {"env": "gym:CarRacing-v3"})
+    envs = [make_env(cfg, seed=0), shared_make_env(cfg, seed=0), shared_make_env(cfg.replace(algo="dreamerv2"), seed=0)]
+    try:
+        frames = [env.reset(seed=3)["image"] for env in envs]
+        frames = [env.step(np.array([0.2, 0.8, 0.0]))["image"] for env in envs]
+    finally:
+        for env in envs:
+            env.close()
+    assert np.array_equal(frames[0], frames[1]) and not np.array_equal(frames[0], frames[2])
+
+
 # ---- the CLI ---------------------------------------------------------------------------------------------------
 def _sets(values: dict) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()]

@@ -46,6 +46,12 @@ def env_kwargs(cfg: Config) -> dict[str, Any]:
                 "full_action_space": cfg.atari_actions == "full"}
     if family == "mujoco":
         return {"action_repeat": cfg.action_repeat}
+    if getattr(cfg, "algo", None) == "worldmodels":
+        from .worldmodels.envs import crop_for
+
+        crop = crop_for(cfg.env)  # World Models' CarRacing view: the top 84 rows, as the agent was trained on
+        if crop is not None:
+            return {"crop": crop[1]}
     return {}
 
 

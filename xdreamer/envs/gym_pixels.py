@@ -8,6 +8,8 @@ Actions: `Discrete(n, start)` -> int in [0, n) (shifted by `start`); 1-D `Box` -
 the bounds (infinite bounds are passed through unscaled). Other spaces are rejected. `action_repeat` (default 1)
 repeats an action and sums rewards. The episode limit is the env's registered `max_episode_steps` (TimeLimit
 truncation, is_last only) / action_repeat, or `time_limit` agent steps (default 10,000 when the env has none).
+`crop` (default none) keeps the top `crop` rows of the native frame before the resize: World Models' CarRacing view
+(issue #30; `xdreamer.training.env_kwargs` sets it for World Models agents).
 
 Branching by deterministic replay (issue #30): a generic env cannot restore its simulator's internals, so its state is
 the episode's seed and the actions taken since the reset. Every episode gets an explicit seed (drawn from a generator
@@ -37,7 +39,7 @@ __all__ = ["GymPixelEnv", "make_gym", "REPLAY_KEY"]
 REPLAY_KEY = "replay"
 MAX_SEED = 2**31 - 1
 
-_DEFAULTS = dict(action_repeat=1, size=64, time_limit=None)
+_DEFAULTS = dict(action_repeat=1, size=64, time_limit=None, crop=None)
 DEFAULT_TIME_LIMIT = 10_000
 
 
@@ -53,7 +55,8 @@ def _is_image_space(space: Any) -> bool:
 class GymPixelEnv(Env):
     """Wraps a registered Gymnasium env; see module docstring."""
 
-    def __init__(self, gym_id: str, seed: int | None = None, action_repeat: int = 1, size: int = 64, time_limit: int | None = None):
+    def __init__(self, gym_id: str, seed: int | None = None, action_repeat: int = 1, size: int = 64,
+                 time_limit: int | None = None, crop: int | None = None):
         import gymnasium as gym
         from gymnasium.spaces import Box, Discrete
 
@@ -63,6 +66,8 @@ class GymPixelEnv(Env):
             )
         if action_repeat < 1:
             raise ValueError(f"gym:{gym_id}: action_repeat must be >= 1, got {action_repeat}")
+        if crop is not None and int(crop) < 1:
+            raise ValueError(f"gym:{gym_id}: crop must be >= 1 rows, got {crop}")
         env = gym.make(gym_id)
         self._use_render = not _is_image_space(env.observation_space)
         if self._use_render:
@@ -73,6 +78,7 @@ class GymPixelEnv(Env):
                 raise ValueError(f"gym:{gym_id}: observations are not images and rgb_array rendering failed: {e}") from e
         self._env = env
         self._size = int(size)
+        self._crop = None if crop is None else int(crop)
         self._repeat = int(action_repeat)
         space = env.action_space
         if isinstance(space, Discrete):
@@ -134,6 +140,8 @@ class GymPixelEnv(Env):
             frame = frame[:, :, :3]
         if frame.dtype != np.uint8:
             frame = np.clip(frame, 0, 255).astype(np.uint8)
+        if self._crop is not None:
+            frame = frame[:self._crop]
         if frame.shape[:2] != (self._size, self._size):
             frame = cv2.resize(frame, (self._size, self._size), interpolation=cv2.INTER_AREA)
         if frame.ndim == 2:
@@ -222,7 +230,7 @@ class GymPixelEnv(Env):
 
 
 def make_gym(gym_id: str, seed: int | None = None, **overrides: Any) -> GymPixelEnv:
-    """Build `gym:<id>`; overrides: action_repeat (1), size (64), time_limit (agent steps)."""
+    """Build `gym:<id>`; overrides: action_repeat (1), size (64), time_limit (agent steps), crop (rows kept)."""
     bad = sorted(set(overrides) - set(_DEFAULTS))
     if bad:
         raise ValueError(f"gym:{gym_id}: unknown override(s) {bad}; allowed: {sorted(_DEFAULTS)}")
