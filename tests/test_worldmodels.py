@@ -390,3 +390,37 @@ def test_bundled_toy_agent_reproduces_its_manifest():
     result = evaluate(agent, make_env(agent.cfg, seed=agent.cfg.seed + 1), 3, seed=manifest["eval"]["seed"])
     assert result.returns == manifest["eval"]["returns"][:3]
     assert sum(f.stat().st_size for f in folder.iterdir()) < 2 << 20
+
+
+def test_bundled_carracing_agent_loads_and_drives():
+    """checkpoints/worldmodels/carracing (checkpoints/README.md, docs/worldmodels.md "CarRacing") loads, sees
+    CarRacing's frame through its V (reconstruction below the mean frame's error the manifest records) and acts:
+    a few steps of its first evaluation episode, actions in [-1, 1]^3 and the same on a replay (V's mean z and a
+    deterministic C). A few steps only: a whole episode is 1,000."""
+    from xdreamer.evaluation import EVAL_SEED_OFFSET, episode_seed
+    from xdreamer.worldmodels.checkpoint import load
+    from xdreamer.worldmodels.envs import make_env
+    from xdreamer.worldmodels.vae import reconstruction_error
+
+    folder = pathlib.Path(__file__).resolve().parents[1] / "checkpoints" / "worldmodels" / "carracing"
+    agent = load(folder)
+    manifest = agent.manifest
+    assert agent.cfg.env == "gym:CarRacing-v3" and manifest["eval"]["episodes"] == 20
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 8 << 20
+    env = make_env(agent.cfg, seed=agent.cfg.seed + 1)
+    runs = []
+    try:
+        for _ in range(2):
+            obs, state, actions = env.reset(seed=EVAL_SEED_OFFSET + episode_seed(manifest["eval"]["seed"], 0)), None, []
+            frames = [obs["image"]]
+            for _ in range(8):
+                action, state = agent.act(obs, state)
+                actions.append(action)
+                obs = env.step(action)
+                frames.append(obs["image"])
+            runs.append(np.stack(actions))
+    finally:
+        env.close()
+    assert runs[0].shape == (8, 3) and np.isfinite(runs[0]).all() and np.abs(runs[0]).max() <= 1.0
+    assert np.array_equal(runs[0], runs[1])
+    assert reconstruction_error(agent.vae, np.stack(frames)) < manifest["stages"]["vae"]["mean_frame_mse"]
