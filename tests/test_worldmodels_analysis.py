@@ -39,6 +39,7 @@ def test_checkpoint_load_gives_the_view_and_refuses_a_trainer_state(agents):
     assert isinstance(view, WorldModelsView) and view.wm.rssm.latent_kind == "gaussian"
     assert view.manifest["weights_sha256"] == inner.manifest["weights_sha256"]
     assert not view.has_critic  # the bundled agent's C was trained by CMA-ES
+    assert view.cfg.clip_rewards == "identity"  # M learns raw rewards: the analysis compares them unclipped
     with pytest.raises(checkpoint.CheckpointError, match="World Models checkpoint: resume"):
         checkpoint.load(CKPT, trainer=True)
 

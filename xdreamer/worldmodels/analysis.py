@@ -316,7 +316,9 @@ class WorldModelsView(nn.Module):
         self.wm = WorldModelView(inner)
         self.ac = ControllerCritic(inner)
         object.__setattr__(self, "inner", inner)
-        self.cfg, self.spec, self.device = inner.cfg, inner.spec, inner.device
+        # M learns the raw rewards (the series of ``train.py``): the analysis layer must not tanh-clip the real ones
+        # it compares M's with (traces' reward targets, grounded branches' real_q) as it does for DreamerV2.
+        self.cfg, self.spec, self.device = inner.cfg.replace(clip_rewards="identity"), inner.spec, inner.device
         self.updates = inner.updates
         self.manifest = getattr(inner, "manifest", None)
         self.path = getattr(inner, "path", None)
