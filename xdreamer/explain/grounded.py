@@ -206,11 +206,9 @@ def _real_lambda_return(agent, reward: np.ndarray, value: np.ndarray, terminal: 
 
     gamma = agent.cfg.discount
     discount = np.where(terminal | ~valid, 0.0, gamma)
-    cut = valid & ~terminal  # rows whose episode ended by a cut: the steps after it keep d = 1 at that value
-    for k in range(len(valid)):
+    for k in range(len(valid)):  # an episode cut (not terminal): the steps after it keep d = 1 at its last value
         ends = np.flatnonzero(~valid[k])
-        if ends.size and cut[k, ends[0] - 1]:
-            discount[k, ends[0] - 1] = gamma
+        if ends.size and not terminal[k, ends[0] - 1]:
             discount[k, ends[0]:] = 1.0
     lam = agent.cfg.discount_lambda if getattr(agent, "has_critic", True) else 1.0
     t = lambda x: torch.as_tensor(np.asarray(x, np.float32))  # noqa: E731

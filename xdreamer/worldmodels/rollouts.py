@@ -17,7 +17,7 @@ import torch
 from ..envs import Env
 from ..evaluation import episode_seed
 from ..replay import EpisodeBuilder, Replay
-from .controller import batched_act
+from .controller import batched_act, env_action
 
 BROWNIAN_DT = 1.0 / 50.0  # ctallec data/generation_script.py: dt 1/50
 
@@ -100,8 +100,7 @@ def _agent_step(agent, obs, state, random_policy=None):
     else:
         feat = agent.feat(z, state)
         if agent.critic is not None:  # PPO: its policy's sample
-            raw = agent.controller.dist(feat).sample()
-            taken = raw if agent.spec.discrete else torch.tanh(raw)
+            taken = env_action(agent.spec.discrete, agent.controller.dist(feat).sample())
         else:
             taken = agent.controller.act(feat)
         action = int(taken[0]) if agent.spec.discrete else taken[0].cpu().numpy().astype(np.float32)
