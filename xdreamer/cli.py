@@ -67,7 +67,18 @@ def _train_run(args: argparse.Namespace) -> int:
         overrides["wm_controller"] = args.controller
     ray = args.ray_address or ("local" if args.ray else None)
     extra = {"ray": ray} if ray else {}
-    if args.resume:
+    if args.world_model:
+        if args.resume or args.preset or args.env:
+            raise ValueError("--world-model takes V, M, the env and the config from its checkpoint; drop "
+                             + ", ".join(f for f, on in (("--resume", args.resume), ("--preset", args.preset),
+                                                         ("--env", args.env)) if on)
+                             + " and set C's fields with --controller / --set")
+        from .worldmodels.train import train as train_wm
+
+        logdir = args.logdir or f"runs/world-model-{time.strftime('%Y%m%d-%H%M%S')}"
+        result = train_wm(None, logdir, progress=not args.no_progress, overrides=overrides,
+                          command=_command_line(), world_model=args.world_model, **extra)
+    elif args.resume:
         if not args.logdir:
             raise ValueError("--resume needs --logdir of the run to continue")
         algo = read_config_file(pathlib.Path(args.logdir) / "config.json").algo
@@ -192,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="World Models with CMA-ES: evaluate the candidates on the Ray cluster at ADDR (implies --ray)")
     p.add_argument("--controller", choices=("cmaes", "ppo"),
                    help="World Models only: train C by CMA-ES (the paper's) or PPO (= --set wm_controller=...)")
+    p.add_argument("--world-model", metavar="CHECKPOINT",
+                   help="World Models only: keep the V and M of this checkpoint (or run folder) and train a new C "
+                        "on them, e.g. --world-model checkpoints/worldmodels/carracing --controller ppo; the config "
+                        "is the checkpoint's, --set changes C's fields only")
     p.add_argument("--logdir", help="run folder (default runs/<env>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --logdir")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",

@@ -19,6 +19,7 @@ the CPU presets, restart). Run-time fields (``RUNTIME_KEYS``) may change on resu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -42,6 +43,12 @@ from .rollouts import collect_random
 from .vae import encode_frames, reconstruction_error, train_vae
 
 RUNTIME_KEYS = (*SHARED_RUNTIME_KEYS, *settings.RUNTIME_KEYS, "wm_generations", "wm_ppo_iterations", "wm_iterations")
+# What a run on another run's V and M (``world_model=``) may set: how C is trained and evaluated. V, M, the env and
+# its protocol come from the source, so the two controllers are compared on one world model.
+CONTROLLER_KEYS = (*SHARED_RUNTIME_KEYS, "seed", "wm_controller", "wm_dream", "wm_temperature", "wm_popsize",
+                   "wm_cma_rollouts", "wm_cma_sigma", "wm_cma_steps", "wm_generations", "wm_workers",
+                   *(f.name for f in dataclasses.fields(settings.WorldModelsFields) if f.name.startswith("wm_ppo_")))
+DREAM_STARTS = 64  # first frames encoded for dream starts when a run reuses another's V and M (no series of its own)
 SERIES_KEYS = ("mean", "logvar", "action", "reward", "is_terminal", "lengths")
 MAX_STATUS_BYTES = 64 << 20  # status.json holds per-update histories and CMA-ES's mean (~1 MB at paper size)
 HELDOUT_FRACTION = 0.1  # episodes M does not train on, for the NLL against the unconditional baseline
@@ -52,7 +59,7 @@ class WorldModelsRun:
 
     def __init__(self, cfg: Config | None, logdir: str | os.PathLike, resume: bool = False, progress: bool = True,
                  overrides: Mapping[str, Any] | None = None, command: str | None = None,
-                 ray: str | None = None) -> None:
+                 ray: str | None = None, world_model: str | os.PathLike | None = None) -> None:
         self.logdir, self.progress, self.ray = pathlib.Path(logdir), progress, ray
         self.stages = self.logdir / "stages"
         has_run = (self.logdir / "config.json").exists()
@@ -67,6 +74,11 @@ class WorldModelsRun:
                 raise ValueError(f"cannot change {', '.join(bad)} when resuming; only run-time keys "
                                  f"({', '.join(RUNTIME_KEYS)}) may change")
             cfg = read_config_file(self.logdir / "config.json").replace(**(overrides or {}))
+        source = None
+        if world_model is not None:
+            if resume:
+                raise ValueError("--world-model starts a run; --resume continues one (which keeps its V and M)")
+            source, cfg = _source_world_model(world_model, overrides or {})
         assert cfg is not None
         if cfg.algo != "worldmodels":
             raise ValueError(f"{self.logdir}: config algo={cfg.algo!r}; this trainer runs World Models")
@@ -85,6 +97,25 @@ class WorldModelsRun:
         self.status = self._read_status() if resume else {}
         self.env = make_env(cfg, seed=cfg.seed)
         self.agent = WorldModelsAgent(cfg, self.env.spec)
+        if source is not None:
+            self._adopt(source)
+
+    def _adopt(self, source) -> None:
+        """Take V and M from the checkpoint ``source`` (``_source_world_model``): its modules saved as this run's
+        stages, whose records (data, updates, seconds, held-out NLL) are the source's with ``from`` added."""
+        if tuple(source.spec.obs_shape) != tuple(self.env.spec.obs_shape) or \
+                source.spec.num_actions != self.env.spec.num_actions:
+            raise ValueError(f"{source.path}: its env spec does not match {self.cfg.env} as made here")
+        self.agent.vae.load_state_dict(source.vae.state_dict())
+        self.agent.mdn.load_state_dict(source.mdn.state_dict())
+        save_module(self.stages / "vae.safetensors", self.agent.vae)
+        save_module(self.stages / "mdnrnn.safetensors", self.agent.mdn)
+        stages = source.manifest.get("stages") if isinstance(source.manifest.get("stages"), dict) else {}
+        for stage in ("rollouts", "vae", "mdnrnn"):
+            record = stages.get(stage) if isinstance(stages.get(stage), dict) else {}
+            self.status[stage] = {**record, "done": True, "from": str(source.path)}
+        self._mark("source", {"checkpoint": str(source.path), "weights_sha256": source.manifest.get("weights_sha256"),
+                              "iterations": source.manifest.get("iterations", 1)})
 
     # ---- bookkeeping ------------------------------------------------------------------------------------------
     def _read_status(self) -> dict[str, Any]:
@@ -140,7 +171,7 @@ class WorldModelsRun:
         vae_file, series_file = self.stages / "vae.safetensors", self.stages / "series.npz"
         if self._done("vae"):
             load_module(vae_file, self.agent.vae)
-            if series_file.exists():
+            if series_file.exists() or self._adopted():
                 return
         elif vae_file.exists():  # an iteration retrains V from where the last one left it
             load_module(vae_file, self.agent.vae)
@@ -164,6 +195,23 @@ class WorldModelsRun:
                                         for e in episodes]).astype(np.float32)
                      for k in ("action", "reward", "is_terminal")}}
         save_npz(series_file, series)  # the replay's atomic compressed .npz writer
+
+    def _adopted(self) -> bool:
+        """Whether V and M came from another run (``world_model=``): there is no replay or series here."""
+        return isinstance(self.status.get("source"), dict)
+
+    def _dream_starts(self) -> np.ndarray:
+        """V's mean and log-variance of episodes' first frames ``[N, 2, z]``, where M's dreams start: the series'
+        own, or (V and M adopted from another run) ``DREAM_STARTS`` resets of the env, seeded."""
+        if not self._adopted():
+            series = self.series()
+            return np.stack([np.stack([s["mean"][0], s["logvar"][0]]) for s in series])
+        from ..evaluation import episode_seed
+
+        frames = np.stack([self.env.reset(seed=episode_seed(self.cfg.seed + 7, i))["image"]
+                           for i in range(DREAM_STARTS)])
+        mean, logvar = encode_frames(self.agent.vae, frames)
+        return np.stack([mean, logvar], axis=1)
 
     def _action_input(self, action: np.ndarray) -> np.ndarray:
         if self.env.spec.discrete:
@@ -214,8 +262,6 @@ class WorldModelsRun:
             resume = record.get("progress")
         key = "generation" if self.cfg.wm_controller == "cmaes" else "iteration"
         total = self.cfg.wm_generations if key == "generation" else self.cfg.wm_ppo_iterations
-        if resume is not None and int(resume.get(key, 0)) >= total:
-            return  # nothing left to train (no worker processes started)
         start = time.time()
 
         def save_progress(progress: dict[str, Any]) -> None:
@@ -226,10 +272,12 @@ class WorldModelsRun:
                                       "progress": _jsonable(progress),
                                       "seconds": round(time.time() - start + _seconds(record), 1)})
 
-        starts = None
-        if self.cfg.wm_dream:
-            series = self.series()
-            starts = np.stack([np.stack([s["mean"][0], s["logvar"][0]]) for s in series])
+        if resume is not None and int(resume.get(key, 0)) >= total:
+            # nothing left to train (no worker processes started); a budget lowered to where C is marks it done
+            save_progress(resume)
+            return
+
+        starts = self._dream_starts() if self.cfg.wm_dream else None
         if self.cfg.wm_controller == "cmaes":
             from .cmaes import train_cmaes
 
@@ -284,6 +332,9 @@ class WorldModelsRun:
         random), then V, M and C retrained on everything from where they are (C: ``wm_generations`` more CMA-ES
         generations from its mean, or ``wm_ppo_iterations`` more PPO iterations). Every step is recorded in
         ``status.json`` as it completes, so an interrupted iteration resumes where it stopped."""
+        if self._adopted():
+            raise ValueError("wm_iterations > 1 retrains V and M on the run's own rollouts; a run on another run's "
+                             "world model (--world-model) has none: iterate the source run instead")
         number = self._iterations() + 1
         key, cfg = f"iteration-{number}", self.cfg
         record = self.status.get(key) if isinstance(self.status.get(key), dict) else {}
@@ -339,6 +390,7 @@ class WorldModelsRun:
                            "train_episodes": max([int(self.status["rollouts"]["episodes"])]
                                                  + [int(r.get("episodes", 0)) for r in iterations]),
                            "iterations": self._iterations(),
+                           **({"world_model": self.status["source"]} if self._adopted() else {}),
                            "stages": {k: {f: v for f, v in self.status[k].items() if f not in ("history", "progress")}
                                       for k in ("rollouts", "vae", "mdnrnn", "controller")}})
         shared.atomic_write_text(self.logdir / "checkpoints" / "latest", name + "\n")
@@ -348,14 +400,33 @@ class WorldModelsRun:
 
 def train(cfg: Config | None, logdir: str | os.PathLike, resume: bool = False, progress: bool = True,
           overrides: Mapping[str, Any] | None = None, command: str | None = None,
-          ray: str | None = None) -> TrainResult:
+          ray: str | None = None, world_model: str | os.PathLike | None = None) -> TrainResult:
     """Train a World Models agent per ``cfg`` in ``logdir``, or resume the run there (``WorldModelsRun``). ``ray``:
-    evaluate CMA-ES candidates on Ray (``"local"``, or a cluster's address) instead of local processes."""
+    evaluate CMA-ES candidates on Ray (``"local"``, or a cluster's address) instead of local processes.
+    ``world_model``: a World Models checkpoint (or run folder) whose V and M this run keeps, training only C; the
+    config is the source's with ``overrides`` of C's fields (``CONTROLLER_KEYS``), and ``cfg`` must be None."""
+    if world_model is not None and cfg is not None:
+        raise ValueError("world_model= takes the source's config; pass C's fields as overrides, not a cfg")
     return WorldModelsRun(cfg, logdir, resume=resume, progress=progress, overrides=overrides, command=command,
-                          ray=ray).run()
+                          ray=ray, world_model=world_model).run()
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
+def _source_world_model(path: str | os.PathLike, overrides: Mapping[str, Any]):
+    """The checkpoint at ``path`` (loaded safely, ``checkpoint.load``) and the new run's config: the source's, with
+    ``overrides`` of C's fields only. A C of the other kind starts from zero, as any C."""
+    from .checkpoint import load
+
+    bad = sorted(set(overrides) - set(CONTROLLER_KEYS))
+    if bad:
+        raise ValueError(f"--world-model keeps the source's V, M and env; cannot set {', '.join(bad)} (C's fields: "
+                         "wm_controller, wm_dream, wm_temperature, wm_cma_*, wm_popsize, wm_generations, wm_ppo_*, "
+                         "seed and run-time keys)")
+    source = load(path, device="cpu")
+    cfg = source.cfg.replace(**overrides)
+    return source, cfg
+
+
 def _seconds(record: Any) -> float:
     return float(record.get("seconds", 0.0)) if isinstance(record, dict) else 0.0
 
