@@ -58,7 +58,9 @@ LATENT_METHODS = ("latent_ig", "latent_ablation")
 OBJECT_METHODS = ("objects",)
 TEMPORAL_METHODS = ("over_time",)  # IG over frames t-k..t through the recurrent state (temporal.py, #27 item 3)
 TEMPORAL_K = 4  # frames before t in the audited window (the app's default)
-ALL_METHODS = PIXEL_METHODS + LATENT_METHODS + OBJECT_METHODS + TEMPORAL_METHODS
+MEMORY_METHODS = ("memory",)  # joint IG over the recurrent memory h_t and z_t (memory.py, #30)
+MEMORY_K = 5  # memory units forgotten at once by the intervention check
+ALL_METHODS = PIXEL_METHODS + LATENT_METHODS + OBJECT_METHODS + TEMPORAL_METHODS + MEMORY_METHODS
 # Fast by default (a toy audit well under a minute on 2 cores): occlusion and greydanus take ~1.5 s a map there
 # (a thousand forward passes each), about 10x the gradient methods; ask for them with methods=ALL_METHODS.
 DEFAULT_METHODS = ("saliency", "integrated_gradients", "smoothgrad", "latent_ig", "latent_ablation", "objects")
@@ -291,6 +293,32 @@ def temporal_state(agent, clones: list, state: AuditState, k: int = TEMPORAL_K, 
             "dependence": {"method": float(trained.deletion_tv.sum()), "random_agent": float(copies[-1].deletion_tv.sum())}}
 
 
+def memory_state(agent, clones: list, state: AuditState, k: int = MEMORY_K, seed: int = 0) -> dict[str, Any]:
+    """Memory attribution (``memory.py``) at one state: the cascade similarity of the per-unit IG over h_t, and the
+    intervention that scores the ranking: the drop of log p(action) when the agent's own top-k supporting units
+    forget (set to the initial memory), against the k the fully randomised copy names and k random units."""
+    from .memory import ablate_units, memory_attribution
+
+    arrays = state.trace.arrays
+    deter, logits = arrays["deter"][state.step], arrays["post_logits"][state.step]
+    trained = memory_attribution(agent, deter, logits)
+    copies = [memory_attribution(c, deter, logits, action=trained.action) for c in clones]
+    rng = np.random.default_rng([seed, state.step, state.seed or 0, 4])
+    support = np.logical_or.reduce([trained.per_unit != 0, *[c.per_unit != 0 for c in copies]])
+    support = support if support.sum() >= 3 else np.ones_like(support)
+    k = min(k, len(trained.per_unit))
+    picks = {"method": trained.top_units(k, signed=True), "random_agent": copies[-1].top_units(k, signed=True),
+             "random": rng.choice(len(trained.per_unit), k, replace=False).tolist()}
+    return {"step": state.step, "seed": state.seed, "action": trained.action, "memory_share": trained.memory_share,
+            "agreement": trained.agreement, "relative_delta": abs(trained.delta) / max(abs(
+                trained.value - trained.baseline_value), 1e-12),
+            # over the units the actor reads (World Models' C reads h, not the LSTM's cell c: both maps are exactly 0
+            # there, a shared zero pattern that would rank-correlate any two networks)
+            "stages": [_rank_similarity(trained.per_unit[support], c.per_unit[support]) for c in copies],
+            "drop": {name: ablate_units(agent, deter, logits, units, action=trained.action)
+                     for name, units in picks.items()}}
+
+
 def object_states(agent, env, clones: list, states: list[AuditState]) -> list[dict[str, Any]]:
     """Object attribution (k=0, every intervention) at the audited states for the agent and each cascade copy.
 
@@ -364,6 +392,20 @@ def summarise(kind: str, rows: list[dict], blocks, th: Thresholds = THRESHOLDS) 
                                 "past_share": _interval([r["past_share"] for r in rows], np.median, th),
                                 "threshold": th.deletion_margin,
                                 "verdict": verdict(lo, hi, th.deletion_margin, above=True)}
+    elif kind == "memory":
+        # the explained function is the actor on (h, z), as for the latent methods: the actor is the decisive stage
+        checks = {"randomisation": _randomisation(rows, blocks, [b[0] for b in blocks].index("actor"), th)}
+        diffs = [r["drop"]["method"] - r["drop"]["random_agent"] for r in rows]
+        est, lo, hi = _interval(diffs, np.mean, th)
+        checks["forgetting"] = {
+            "statistic": f"mean over states of the drop in log p(action) when the agent's top {MEMORY_K} supporting "
+                         "memory units forget, minus the drop for the fully randomised copy's top units",
+            "difference": [est, lo, hi], "threshold": th.memory_margin,
+            "drop": {n: _interval([r["drop"][n] for r in rows], np.mean, th) for n in rows[0]["drop"]} if rows else {},
+            "verdict": verdict(lo, hi, th.memory_margin, above=True)}
+        checks["memory_share"] = {"statistic": "median share of |attribution| on h_t (the rest on z_t)",
+                                  "share": _interval([r["memory_share"] for r in rows], np.median, th),
+                                  "agreement_with_ablation": _interval([r["agreement"] for r in rows], np.median, th)}
     else:
         ranked = any(v is not None for r in rows for stage in r["stages"] for v in stage.values())
         # no state with an applied edit: no cascade to compare, the verdict is inconclusive (``combine([])``)
@@ -474,19 +516,23 @@ def run_audit(agent, env, methods: Sequence[str] = DEFAULT_METHODS, seeds: Seque
         for method in todo:
             if method in OBJECT_METHODS:
                 continue
-            kind = "latent" if method in LATENT_METHODS else "temporal" if method in TEMPORAL_METHODS else "pixel"
+            kind = ("latent" if method in LATENT_METHODS else "temporal" if method in TEMPORAL_METHODS
+                    else "memory" if method in MEMORY_METHODS else "pixel")
             rows = []
             for st in chosen:
                 bar.set_postfix_str(f"{method} {st.label()}")
                 if kind == "temporal":
                     rows.append(temporal_state(agent, copies["pixel"], st, seed=seed))
+                elif kind == "memory":
+                    rows.append(memory_state(agent, copies["latent"], st, seed=seed))
                 elif kind == "pixel":
                     rows.append(pixel_state(agent, copies[kind], method, st, fill, curve_steps, margin, seed,
                                             reference.get((st.seed, st.step))))
                 else:
                     rows.append(latent_state(agent, copies[kind], method, st, seed=seed, baseline=latent_baseline))
                 bar.update(1)
-            results[method] = summarise(kind, rows, blocks["pixel" if kind == "temporal" else kind], thresholds)
+            block = {"temporal": "pixel", "memory": "latent"}.get(kind, kind)
+            results[method] = summarise(kind, rows, blocks[block], thresholds)
     manifest = getattr(agent, "manifest", None) or {}
     return Audit(checkpoint=str(getattr(agent, "path", "") or "") or None, env=env.spec.id,
                  weights_sha256=manifest.get("weights_sha256"),

@@ -34,6 +34,10 @@ class Thresholds:
     # Issue #27, item 4: a latent attribution's ranking must predict the effect of on-manifold interventions on the
     # variables (``interventions.py``): median Spearman(|attribution|, intervention effect) >= 0.5.
     min_intervention_spearman: float = 0.5
+    # Our choice (issue #30, memory attribution): forgetting the agent's own top-5 supporting memory units (largest
+    # positive IG, set to the initial memory) must lower log p(action) by 0.1 nats more than forgetting the 5 a
+    # fully randomised copy names; 0.1 nats is a 10 % change of the probability.
+    memory_margin: float = 0.1
     confidence: float = 0.95  # two-sided percentile bootstrap interval
     resamples: int = 2000
 

@@ -49,6 +49,13 @@ def verdict_lines(data: dict) -> list[str]:
                 parts.append(f"interventions {c['verdict']} (median Spearman(|attribution|, intervention effect) "
                              f"{_fmt(rho['method'])} over {c['states']} unsaturated states, needs > {c['threshold']}; "
                              f"{nulls})")
+            elif check == "forgetting":
+                drop = c["drop"]
+                parts.append(f"forgetting {c['verdict']} (forgetting its own top memory units lowers log p(action) "
+                             f"by {_fmt(c['difference'])} more than the randomised copy's top units, needs > "
+                             f"{c['threshold']}; drops: own {_fmt(drop['method'])}, copy's "
+                             f"{_fmt(drop['random_agent'])}, random units {_fmt(drop['random'])}; memory's share of "
+                             f"the attribution {_fmt(m['checks']['memory_share']['share'])})")
             elif check == "dependence":
                 parts.append(f"dependence {c['verdict']} (erasing the window's frames one at a time moves p(action) "
                              f"by {_fmt(c['difference'])} more TV than for the randomised copy, needs > "

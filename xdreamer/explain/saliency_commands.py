@@ -167,6 +167,8 @@ def _saliency(args: argparse.Namespace) -> int:
         record["randomization"] = check.to_dict()
     if args.latent:
         record["latent"] = _latent_record(agent, inputs, args.target, result.action)
+    if args.memory:
+        record["memory"] = _latent_record(agent, inputs, args.target, result.action, memory=True)
     out = args.out or default_output(f"saliency-step{args.step}-{method}-{args.target}.png")
     suffix = pathlib.Path(out).suffix.lower()
     if suffix in (".png", ".npz"):
@@ -189,13 +191,19 @@ def _saliency(args: argparse.Namespace) -> int:
              if not np.any(np.nan_to_num(np.asarray(result.map))) else f"peak at row {peak[0]}, col {peak[1]}")
     print(f"{method} saliency of the {what} at step {args.step}: {where}"
           + (f", IG completeness delta {result.delta:.3g}" if result.delta is not None else ""))
+    if args.memory:
+        mem = record["memory"]
+        print(f"memory: {mem['memory_share']:.0%} of the attribution is on the recurrent state h_t, the rest on the "
+              f"latent z_t (top units {mem['top_units']}"
+              + ("; check it with `xdreamer audit --methods memory`)" if agent.spec.discrete else ")"))
     print(f"wrote {out}" + (f" and {args.json}" if args.json else ""))
     return 0
 
 
-def _latent_record(agent, inputs: dict, target: str, action: int | None) -> dict:
-    """Latent attribution at the same step: needs the posterior of this step, computed with the model's
-    own encoder and obs_step from the recorded previous state (sample=False: the posterior mode)."""
+def _latent_record(agent, inputs: dict, target: str, action: int | None, memory: bool = False) -> dict:
+    """Latent attribution (``memory``: the joint attribution over h_t and z_t, ``memory.py``) at the same step:
+    needs the posterior of this step, computed with the model's own encoder and obs_step from the recorded previous
+    state (sample=False: the posterior mode)."""
     import torch
 
     from .attribution import latent_attribution
@@ -207,6 +215,10 @@ def _latent_record(agent, inputs: dict, target: str, action: int | None) -> dict
         is_first = torch.tensor([float(inputs["is_first"])], device=agent.device)
         post, prior = agent.wm.rssm.obs_step(prev, as_action_input(agent, inputs["prev_action"]),
                                              agent.wm.encode(x - 0.5), is_first, sample=False)
+    if memory:
+        from .memory import memory_attribution
+
+        return memory_attribution(agent, post.deter[0], post.logits[0], target, action).to_dict()
     result = latent_attribution(agent, post.deter[0], post.logits[0], target, action, prior=prior.logits[0])
     return result.to_dict()
 
@@ -244,6 +256,10 @@ def add_commands(subparsers) -> None:
     p.add_argument("--faithfulness", action="store_true", help="add deletion/insertion curves and AUCs")
     p.add_argument("--sanity", action="store_true", help="add the cascading model-randomisation check")
     p.add_argument("--latent", action="store_true", help="add the 32x32 latent-class attribution")
+    p.add_argument("--memory", action="store_true",
+                   help="add the attribution over the recurrent memory h_t (Dreamer's GRU, World Models' LSTM) and "
+                        "z_t jointly, from the initial memory: how much of the decision rests on what the agent "
+                        "remembers")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     add_precision(p)
     p.set_defaults(func=_saliency)
