@@ -162,6 +162,15 @@ def temporal_attr(ctx: tuple, _agent, _trace, step: int, k: int):
     return temporal_attribution(_agent, _trace, step, k=k)
 
 
+@st.cache_data(show_spinner="Attributing the decision to the memory ...", max_entries=128)
+def memory_attr(ctx: tuple, _agent, _trace, step: int, target: str, dimension: int | None):
+    from xdreamer.explain.memory import memory_attribution
+
+    a = _trace.arrays
+    action = dimension if dimension is not None else (int(a["action"][step]) if target == "action" else None)
+    return memory_attribution(_agent, a["deter"][step], a["post_logits"][step], target=target, action=action)
+
+
 @st.cache_data(show_spinner="Moving and removing the objects in the simulator ...", max_entries=64)
 def object_attr(ctx: tuple, _agent, _trace, step: int, k: int):
     """#27 item 2 at one step: each ground-truth object moved / removed in the simulator, re-observed, the decision
@@ -639,8 +648,44 @@ def gaussian_latent_panel(agent, ctx, trace, step: int) -> None:
             show_error(exc, "Latent attribution failed: ")
 
 
+def memory_strip(agent, ctx, trace, step: int) -> None:
+    """#30: what the decision owes to the recurrent memory h_t (Dreamer's GRU, World Models' LSTM) against the
+    latent z_t: one IG over both from the initial memory, per memory unit, with the forgetting check's verdict."""
+    import pandas as pd
+
+    st.markdown("**Memory**: how much of the decision rests on what the agent remembers (h_t) rather than on "
+                "what it sees now (z_t)")
+    if agent is None:
+        st.info("Memory attribution needs the checkpoint the trace was recorded with.")
+        return
+    critic = getattr(agent, "has_critic", True)
+    targets = tuple(t for t in ("action", "value") if t != "value" or critic)
+    c1, c2 = st.columns(2)
+    target = c1.selectbox("attributed output", targets, key="memory_target")
+    dimension = None
+    if target == "action" and not agent.spec.discrete:
+        dimension = int(c2.selectbox("action dimension", list(range(agent.spec.num_actions)), key="memory_dim",
+                                     help="its mean before the tanh is explained"))
+    try:
+        result = memory_attr(ctx, agent, trace, step, target, dimension)
+    except Exception as exc:  # noqa: BLE001
+        show_error(exc, "Memory attribution failed: ")
+        return
+    left, right = st.columns([1, 3])
+    left.metric("memory's share of |attribution|", f"{result.memory_share:.0%}")
+    top = result.top_units(20)
+    right.bar_chart(pd.DataFrame({"attribution": result.per_unit[top]}, index=[f"h{u}" for u in top]), height=200)
+    notice = ui.audit_notice(ui.find_audit(agent), "memory", signed=True)  # `xdreamer audit --methods memory`
+    if notice is not None:
+        getattr(st, notice[0])(E(notice[1]))
+    st.caption(E(f"the 20 memory units with the largest |IG| (of {len(result.per_unit)}); baseline: the initial "
+                 f"memory with z at its prior; completeness delta {result.delta:+.2e}; a unit's IG against "
+                 f"forgetting it alone: Spearman {result.agreement:+.2f}"))
+
+
 def latent_panel(agent, ctx, trace, step: int) -> None:
     a = trace.arrays
+    memory_strip(agent, ctx, trace, step)
     if "post_stoch" in a:
         gaussian_latent_panel(agent, ctx, trace, step)
         return

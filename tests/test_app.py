@@ -39,6 +39,7 @@ def check_gaussian_member(ckpt, info_start: str, caption_part: str) -> None:
     assert_clean(at)
     assert any(i.value.startswith(info_start) for i in at.info)
     assert any(caption_part in c.value for c in at.caption)
+    assert any(m.label.startswith("memory's share") for m in at.metric)  # #30: the memory strip, LSTM or GRU
     for panel in ("What-if", "Compare", "Failures"):
         assert_clean(set_panel(open_app(ckpt, step=5), panel))
 
@@ -342,6 +343,12 @@ def test_latent_panel(ckpt):
     assert any(c.value.startswith("Checked by intervention") for c in at.caption)
     assert len(at.get("arrow_vega_lite_chart")) + len(at.get("vega_lite_chart")) >= 1 and effects.tv.shape == (stoch,)
     assert any("baseline: the aggregate posterior" in c.value for c in at.caption)
+    # #30: the memory strip shows memory's share of the attribution as memory_attribution computes it
+    from xdreamer.explain.memory import memory_attribution
+
+    memory = memory_attribution(ckpt["agent"], trace.arrays["deter"][9], trace.arrays["post_logits"][9],
+                                action=int(trace.arrays["action"][9]))
+    assert [m.value for m in at.metric if m.label.startswith("memory's share")] == [f"{memory.memory_share:.0%}"]
     at.selectbox(key="latent_var").set_value(3).run()
     at.selectbox(key="latent_class").set_value(2).run()
     assert_clean(at)
