@@ -61,7 +61,7 @@ class MemoryAttribution:
         fewer than three do)."""
         a, b = np.abs(self.per_unit), np.abs(self.per_unit_ablation)
         live = (a > 0) | (b > 0)
-        if live.sum() < 3:
+        if live.sum() < 3 or np.ptp(a[live]) == 0 or np.ptp(b[live]) == 0:  # no ranking to compare
             return float("nan")
         from scipy.stats import spearmanr
 
