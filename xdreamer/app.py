@@ -849,6 +849,8 @@ def whatif_table(dream, grounded=None, scale: str = "reward"):
         if grounded is not None:
             g = _grounded_row(grounded, first)
             if g is not None:
+                if getattr(grounded, "real_q", None) is not None:  # Q grounded: the agent's λ-target on this branch
+                    row[f"real Q (λ-target on the real branch, {scale})"] = float(grounded.real_q[g])
                 row.update({f"real return (discounted, {scale})": float(grounded.real_return_disc[g]),
                             "real return (game score)": float(grounded.real_return[g]),
                             "pixel MSE (mean)": float(np.nanmean(grounded.pixel_mse[g])),
