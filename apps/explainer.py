@@ -674,7 +674,9 @@ def memory_strip(agent, ctx, trace, step: int) -> None:
     left, right = st.columns([1, 3])
     left.metric("memory's share of |attribution|", f"{result.memory_share:.0%}")
     top = result.top_units(20)
-    right.bar_chart(pd.DataFrame({"attribution": result.per_unit[top]}, index=[f"h{u}" for u in top]), height=200)
+    # ranked labels: the chart sorts its x axis as text, so the rank keeps the bars in order of |IG|
+    right.bar_chart(pd.DataFrame({"attribution": result.per_unit[top]},
+                                 index=[f"#{rank:02d} h{u}" for rank, u in enumerate(top, 1)]), height=200)
     notice = ui.audit_notice(ui.find_audit(agent), "memory", signed=True)  # `xdreamer audit --methods memory`
     if notice is not None:
         getattr(st, notice[0])(E(notice[1]))
