@@ -55,6 +55,7 @@ def test_world_model_refusals_are_one_line(tmp_path, capsys):
         (["--env", "toy:catch"], "drop --env"),
         (["--set", "wm_iterations=2"], "cannot set wm_iterations"),
         (["--world-model", str(tmp_path / "missing")], "checkpoint not found"),  # the last --world-model counts
+        (["--world-model", str(SOURCE.parents[1] / "catch-lanes")], "is not a World Models checkpoint"),
     ]
     for extra, message in cases:
         args = ["train", "--world-model", str(SOURCE), "--logdir", str(tmp_path / "run"), "--no-progress", *extra]
