@@ -492,6 +492,9 @@ def frame_panel(agent, ctx, trace, step: int) -> None:
         over_time_strip(agent, ctx, trace, step)
         if trace.object_names and trace.has_sim_states:
             objects_strip(agent, ctx, trace, step)
+    elif agent is None and ui.object_effects_figure(trace, step) is not None:  # recorded data, no model needed
+        st.markdown("**Objects**: what the decision did when the game itself moved or removed each object")
+        stored_effects_chart(trace, step)
     st.markdown("**Action probabilities**")
     if "action_probs" in a:
         taken = int(a["action"][step])
@@ -532,6 +535,20 @@ def over_time_strip(agent, ctx, trace, step: int) -> None:
                  f"{result.relaxed_gap:.3f} away from the agent's own."))
 
 
+def stored_effects_chart(trace, step: int) -> bool:
+    """The per-step object effects a trace recorded with ``--objects`` stores, over the episode; False if none."""
+    figure = ui.object_effects_figure(trace, step)
+    if figure is None:
+        return False
+    settings = trace.meta.get("object_effects") or {}
+    st.plotly_chart(figure, key="object_effects", config={"displayModeBar": False})
+    k = int(settings.get("k", 0))
+    st.caption(E("Over the episode, stored in the trace by `xdreamer record --objects` ("
+                 + (f"edits of frames t-{k}..t" if k else "edits of the current frame only")
+                 + "): per object the largest p(action) change over its edits; gaps where no edit applied."))
+    return True
+
+
 def objects_strip(agent, ctx, trace, step: int) -> None:
     """#27 item 2: the reference the pixel maps are scored against. Each ground-truth object is moved or removed in
     the simulator (toy games through their state, Atari through verified RAM writes), the frame re-observed and the
@@ -540,6 +557,8 @@ def objects_strip(agent, ctx, trace, step: int) -> None:
 
     st.markdown("**Objects**: what the decision does when the game itself moves or removes each object (on-manifold; "
                 "the reference the pixel maps are checked against)")
+    if not stored_effects_chart(trace, step):
+        st.caption("Record the trace with `xdreamer record --objects` to see these effects over the whole episode.")
     k = st.slider("edit the last frames too", 0, 4, 0, key="objects_k",
                   help="0: only the current frame is edited; k: frames t-k..t, so that what h_t carries changes too")
     try:

@@ -541,6 +541,30 @@ def test_trace_file_source(ckpt):
     assert len(table_of(at)) == 3
 
 
+def test_stored_object_effects_over_the_episode(ckpt, tmp_path):
+    """A trace recorded with ``--objects`` shows its per-step object effects as a chart over the episode in the
+    Frame panel (#27 item 2); one without says how to get it."""
+    from xdreamer.explain.objects import record_object_effects
+
+    agent = ckpt["agent"]
+    env = make("toy:catch")
+    trace = record_object_effects(agent, env, explain.record(agent, env, episodes=1, seed=1, max_steps=20))
+    env.close()
+    at = open_app(explain.save(trace, ckpt["root"] / "objects.npz"), step=5)
+    assert_clean(at)
+    lines = {d["name"]: arr(d["y"]) for d in chart(at, "object_effects")["data"]}
+    assert set(lines) == {"ball", "paddle"}
+    np.testing.assert_allclose(np.asarray(lines["ball"], float), trace.arrays["object_effect/ball"], atol=1e-6,
+                               equal_nan=True)
+    assert any("record --objects" in c.value for c in at.caption)
+    at = open_app(ckpt["trace_file"], step=5)
+    assert any("Record the trace with `xdreamer record --objects`" in c.value for c in at.caption)
+    # Away from its checkpoint (the app then opens no model), the stored effects are still shown: recorded data.
+    at = open_app(explain.save(trace, tmp_path / "alone.npz"), step=5)
+    assert_clean(at)
+    assert {d["name"] for d in chart(at, "object_effects")["data"]} == {"ball", "paddle"}
+
+
 def test_uploaded_traces(ckpt, tmp_path):
     at = open_app(ckpt["path"])
     at.file_uploader(key="upload").set_value(("t.npz", ckpt["trace_file"].read_bytes(), "application/zip")).run()

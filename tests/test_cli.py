@@ -117,3 +117,28 @@ def test_default_output_folder_is_checked_before_the_work(tmp_path, monkeypatch,
     assert code == 2 and "is not a folder" in _one_error_line(err)
     code, out, err = _run(capsys, "eval", CATCH, "--episodes", "1", "--no-progress")
     assert code == 2 and "is not a folder" in _one_error_line(err) and "return" not in out  # before the episodes
+
+
+def test_record_objects_stores_effects_and_refuses_what_it_cannot(tmp_path, capsys):
+    """``record --objects`` (#27 item 2 per step): the trace gets effect_<object> columns; bad uses are one line,
+    before any episode is run."""
+    from xdreamer.explain import load_trace
+
+    out = tmp_path / "t.npz"
+    code, stdout, err = _run(capsys, "record", CATCH, "--max-steps", "10", "--objects", "--out", str(out),
+                             "--no-progress")
+    assert code == 0, err
+    assert "object effects" in stdout and "ball" in stdout
+    trace = load_trace(out)
+    assert {"effect_ball", "effect_paddle"} <= set(trace.table.columns)
+    assert trace.meta["object_effects"]["k"] == 0
+    for args, match in ((["--objects-k", "2"], "give --objects too"),
+                        (["--objects", "--objects-k", "-1"], "--objects-k must be >= 0")):
+        code, stdout, err = _run(capsys, "record", CATCH, "--max-steps", "3", *args, "--out",
+                                 str(tmp_path / "u.npz"), "--no-progress")
+        assert code == 2 and match in _one_error_line(err) and "recorded" not in stdout
+    pendulum = str(REPO / "checkpoints" / "pendulum-dreamerv1")
+    code, stdout, err = _run(capsys, "record", pendulum, "--max-steps", "3", "--objects", "--out",
+                             str(tmp_path / "u.npz"), "--no-progress")
+    assert code == 2 and "object editor" in _one_error_line(err) and "recorded" not in stdout
+    assert not (tmp_path / "u.npz").exists()

@@ -797,6 +797,29 @@ def action_figure(probs: np.ndarray, names: Sequence[str], taken: int | None):
     return fig
 
 
+def object_effects_figure(trace, step: int):
+    """The episode of ``step``: per object, how far moving / removing it in the simulator moves p(action) at each step
+    (stored by ``xdreamer record --objects``), the current step marked; None when the trace stores none."""
+    import plotly.graph_objects as go
+
+    from .explain.objects import stored_object_effects
+
+    effects = stored_object_effects(trace)
+    if effects is None:
+        return None
+    steps = trace.episode_steps(step)
+    t = trace.arrays["t"][steps]
+    fig = go.Figure()
+    for name, values in effects.items():
+        y = np.asarray(values[steps], float)
+        fig.add_trace(go.Scatter(x=t, y=np.where(np.isfinite(y), y, None), mode="lines", name=escape_html(name),
+                                 connectgaps=False))
+    fig.add_vline(x=int(trace.arrays["t"][step]), line_dash="dot", line_color="#ff7f0e")
+    fig.update_layout(height=200, yaxis={"range": [0, 1.05], "title": "p(action) TV"}, xaxis={"title": "t"},
+                      margin={"l": 40, "r": 10, "t": 10, "b": 30}, legend={"orientation": "h", "y": 1.15})
+    return fig
+
+
 def heatmap_figure(matrix: np.ndarray, title: str, diverging: bool = False, mark: tuple[int, int] | None = None,
                    colorbar: str = ""):
     """``[stoch, classes]`` heat map (rows = latent variables, columns = classes); clickable cells, with a

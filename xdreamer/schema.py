@@ -439,6 +439,19 @@ def validate_trainer_state(state: object, where: str) -> dict[str, Any]:
 
 
 # ---- trace meta ----------------------------------------------------------------------------------------------
+class ObjectEffectsMetaModel(BaseModel):
+    """``meta["object_effects"]`` of a trace whose steps were attributed to their objects
+    (``explain.objects.record_object_effects``, ``xdreamer record --objects``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    objects: Names
+    variants: Names
+    k: Int(0, 10_000)
+    shift: Int(1, 10_000)
+    horizon: Int(1, 10_000)
+    saturated_above: Float(0.0, 1.0)
+
+
 class TraceMetaModel(BaseModel):
     """The ``meta`` record of a trace written by ``xdreamer.explain.trace.record``/``save``. ``format`` and
     ``version`` are only typed here: ``load_trace`` compares them with its constants and says which."""
@@ -460,6 +473,7 @@ class TraceMetaModel(BaseModel):
     discount_lambda: Discount
     clip_rewards: Choice("tanh", "identity")
     columns: Annotated[list[Text(200)], Field(max_length=10_000)] | None = None
+    object_effects: ObjectEffectsMetaModel | None = None
 
     @model_validator(mode="after")
     def _env_is_spec(self) -> "TraceMetaModel":

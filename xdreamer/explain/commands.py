@@ -109,16 +109,37 @@ def _common(p: argparse.ArgumentParser) -> None:
 def cmd_record(args: argparse.Namespace) -> int:
     from .trace import record, save
 
+    if args.objects_k is not None and not args.objects:
+        raise ValueError("--objects-k sets how far back --objects edits reach; give --objects too")
+    if args.objects_k is not None and args.objects_k < 0:
+        raise ValueError(f"--objects-k must be >= 0, got {args.objects_k}")
     agent, env = _load(args)
     try:
+        if args.objects:  # before the episodes are run: an env without an object editor says so at once
+            from .objects import _editor
+
+            _editor(env)
+            if not agent.spec.discrete:
+                raise ValueError("--objects reports p(action) changes; it needs a discrete action space")
         trace = record(agent, env, episodes=args.episodes, seed=args.seed, policy=args.policy,
                        max_steps=args.max_steps, progress=not args.no_progress)
+        if args.objects:
+            from .objects import record_object_effects
+
+            record_object_effects(agent, env, trace, k=args.objects_k or 0, progress=not args.no_progress)
     finally:
         env.close()
     out = save(trace, args.out)
     returns = trace.table.groupby("episode")["reward"].sum()
     print(f"recorded {len(trace)} steps over {args.episodes} episode(s) of {env.spec.id} "
           f"(returns {', '.join(f'{r:.2f}' for r in returns)})")
+    if args.objects:
+        from .objects import stored_object_effects
+
+        effects = stored_object_effects(trace)
+        print("object effects (median largest p(action) TV over the steps where an edit applied): " + ", ".join(
+            f"{name} {float(np.nanmedian(e)) if np.isfinite(e).any() else float('nan'):.3f}"
+            for name, e in effects.items()))
     print(f"wrote {out}")
     return 0
 
@@ -205,6 +226,12 @@ def add_commands(subparsers) -> None:
     p.add_argument("--policy", choices=("mode", "sample"), default="mode",
                    help="mode: the actor's most likely action (default); sample: draw from the actor")
     p.add_argument("--max-steps", type=int, default=None, help="cut each episode after this many steps")
+    p.add_argument("--objects", action="store_true",
+                   help="also move and remove every ground-truth object in the simulator at every step and store how "
+                        "far p(action) moves (toy: and atari: Pong/Breakout games; columns effect_<object>)")
+    p.add_argument("--objects-k", type=int, default=None, metavar="K",
+                   help="with --objects: edit frames t-K..t, so what the recurrent state carries changes too "
+                        "(default 0: only the current frame)")
     p.add_argument("--out", default=default_output("trace.npz"),
                    help=f"output .npz (default {default_output('trace.npz')})")
     p.set_defaults(func=cmd_record)

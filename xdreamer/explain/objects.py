@@ -72,13 +72,19 @@ from .dreams import _check_horizon, dream, start_state
 from .grounded import check_branchable
 from .trace import Trace, check_trace_matches
 
-__all__ = ["ObjectAttribution", "object_attribution", "SATURATED", "INTERVENTIONS"]
+__all__ = ["ObjectAttribution", "object_attribution", "record_object_effects", "stored_object_effects", "SATURATED",
+           "INTERVENTIONS", "EFFECT_KEY", "FLIP_KEY"]
 
 # The one definition of "p(action) is saturated" (issue #27, item 2): the actor puts more than this on one action.
 # There every intervention can only lower the mode's probability a little, so TV is small for any object and a
 # ranking would be noise; the target is stated on the unsaturated steps.
 SATURATED = 0.95
 INTERVENTIONS = ("remove", "move", "lane")
+# Per-step storage in a trace (``record_object_effects``; ``xdreamer record --objects``): ``EFFECT_KEY + name`` float32
+# [N] = ``ObjectAttribution.effect`` (the largest TV over the object's variants; NaN where no edit applied or the step
+# was not attributed), ``FLIP_KEY + name`` bool [N] = some edit of the object flipped the actor's mode, and the trace
+# table's ``effect_<name>`` column; the settings in ``meta["object_effects"]``.
+EFFECT_KEY, FLIP_KEY = "object_effect/", "object_flip/"
 
 
 @dataclasses.dataclass
@@ -189,6 +195,50 @@ class ObjectAttribution:
                 "effect": clean(self.effect()), "top": self.top().tolist(),
                 "attempted": self.attempted.tolist(), "landed": self.landed.tolist(),
                 "landing_rate": {o: _finite_or_none(self.landing_rate(o)) for o in self.objects}}
+
+
+def record_object_effects(agent, env, trace: Trace, k: int = 0, shift: int = 6, horizon: int = 15,
+                          chunk: int = 128, progress: bool = False) -> Trace:
+    """Attribute every step of ``trace`` to its objects (``object_attribution`` with all interventions) and store the
+    result per step in ``trace`` itself (see ``EFFECT_KEY``), so the app, the report and pandas read it without
+    re-running the simulator. Steps go ``chunk`` at a time (memory stays bounded on long Atari episodes). Returns
+    ``trace``, changed in place."""
+    chunk = _check_int("chunk", chunk, 1)
+    n = len(trace)
+    effect: dict[str, np.ndarray] = {}
+    flip: dict[str, np.ndarray] = {}
+    result = None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc="objects", unit="step")
+    try:
+        for lo in range(0, n, chunk):
+            steps = list(range(lo, min(n, lo + chunk)))
+            result = object_attribution(agent, env, trace, steps=steps, k=k, shift=shift, horizon=horizon)
+            eff = result.effect()
+            for o, name in enumerate(result.objects):
+                effect.setdefault(name, np.full(n, np.nan, np.float32))[steps] = eff[:, o]
+                flip.setdefault(name, np.zeros(n, bool))[steps] = (result.flip[:, o] & result.applicable[:, o]).any(1)
+            if bar is not None:
+                bar.update(len(steps))
+    finally:
+        if bar is not None:
+            bar.close()
+    for name in result.objects:
+        trace.arrays[EFFECT_KEY + name] = effect[name]
+        trace.arrays[FLIP_KEY + name] = flip[name]
+        trace.table[f"effect_{name}"] = effect[name]
+    trace.meta["object_effects"] = {"objects": list(result.objects), "variants": list(result.variants), "k": result.k,
+                                    "shift": result.shift, "horizon": result.horizon, "saturated_above": SATURATED}
+    return trace
+
+
+def stored_object_effects(trace: Trace) -> dict[str, np.ndarray] | None:
+    """``{object: effect [N]}`` stored by ``record_object_effects`` (``xdreamer record --objects``), or None."""
+    names = [key[len(EFFECT_KEY):] for key in trace.arrays if key.startswith(EFFECT_KEY)]
+    return {name: trace.arrays[EFFECT_KEY + name] for name in names} if names else None
 
 
 def _finite_or_none(x: float) -> float | None:

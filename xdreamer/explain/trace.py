@@ -25,6 +25,10 @@ step t (DreamerV2 alignment: step t holds o_t, the action a_{t-1} that led to it
     objects/<name>   float32 [N, 4]         ground-truth boxes (NaN where absent)
     sim/<key>/data, sim/<key>/offsets, sim/<key>/shape   ragged simulator states (env.get_state()
                                             taken after o_t, before a_t), see ``Trace.sim_state``
+    object_effect/<name>  float32 [N]       with ``record --objects`` only (``explain.objects.record_object_effects``):
+    object_flip/<name>    bool [N]          how far moving / removing the object in the simulator moves p(action)
+                                            (largest total variation over the edits; NaN where none applied) and
+                                            whether some edit flipped the action; table column effect_<name>
 
 ``save`` writes one versioned ``.npz`` (no object arrays; loads with ``allow_pickle=False``).
 """
@@ -479,6 +483,16 @@ def _check_values(path: pathlib.Path, arrays: dict[str, np.ndarray], meta: dict,
                 fail(f"{key} must be integers in {low}..{num_actions - 1} of shape ({n},)")
         elif a.shape != (n, num_actions) or not np.all(np.isfinite(a)):
             fail(f"{key} must be finite floats of shape ({n}, {num_actions})")
+    effects = meta.get("object_effects")
+    for prefix, kind in (("object_effect/", "f"), ("object_flip/", "b")):  # explain.objects.record_object_effects
+        for key in [k for k in arrays if k.startswith(prefix)]:
+            name, a = key[len(prefix):], arrays[key]
+            if f"objects/{name}" not in arrays or effects is None or name not in effects["objects"]:
+                fail(f"{key} names no object of this trace's meta.object_effects")
+            if a.shape != (n,) or a.dtype.kind != kind:
+                fail(f"{key} must be {'floats' if kind == 'f' else 'booleans'} of shape ({n},)")
+            if kind == "f" and np.any((a < 0) | (a > 1 + 1e-5)):  # total variation; NaN where not attributed
+                fail(f"{key} holds values outside 0..1 (total variation)")
     if "frame" in arrays and arrays["frame"].dtype != np.uint8:
         fail(f"frame must be uint8, got {arrays['frame'].dtype}")
     for key in [k for k in arrays if k.startswith("sim/") and k.endswith("/data")]:
