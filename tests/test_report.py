@@ -611,3 +611,12 @@ def test_report_says_the_blind_twin_ignores_the_ball(tmp_path):
     assert effects["catch-pixel-lanes", "ball"] < 0.05 < 0.2 < effects["catch-pixel-lanes", "paddle"]
     evidence = pd.read_csv(out / "verdicts.csv").set_index("env")["evidence"]
     assert "changes p(action) by a median TV of ball 0.0" in evidence["toy:catch-pixel-lanes"]
+    # Per case: the same edits at the case's own step (summary.csv's object_effects, "ball 0.42, paddle 0.03").
+    cases = pd.read_csv(out / "summary.csv")
+    per_case = {}
+    for ck, text in zip(cases["checkpoint"], cases["object_effects"].fillna("")):
+        values = dict(part.split(" ")[:2] for part in text.replace(" (saturated)", "").split(", ") if part)
+        if values.get("ball", "n/a") != "n/a":
+            per_case.setdefault(ck, []).append(float(values["ball"]))
+    assert len(per_case.get("catch-pixel-lanes", [])) >= 3 and max(per_case["catch-pixel-lanes"]) < 0.05, per_case
+    assert np.median(per_case.get("catch-lanes", [0])) > 0.1, per_case

@@ -4,7 +4,9 @@ Output folder (written to a temporary sibling, then renamed, so an interrupted r
 half-written)::
 
     index.html        self-contained report (figures and case thumbnails embedded as base64 PNG)
-    summary.csv       one row per failure case (case, checkpoint, env, episode, step, detector, score, detail, ...,
+    summary.csv       one row per failure case (case, checkpoint, env, episode, step, detector, score, detail,
+                      object_effects: at the case's step, each object's largest p(action) TV when the simulator moves /
+                      removes it, ...,
                       record_seed, checkpoint_path: the checkpoint folder relative to the report folder, or
                       absolute when the two share no folder but the root)
     summary.parquet   the same table (pyarrow)

@@ -170,38 +170,53 @@ def _window(trace, step: int, half: int) -> dict[str, np.ndarray]:
             "surprise": a["surprise"][lo:hi].copy(), "center": np.array(step - lo)}
 
 
-def object_effects_of(agent, env, trace, count: int) -> tuple[list[dict], str | None]:
+def object_effects_of(agent, env, trace, count: int, at_steps=()) -> tuple[list[dict], str | None, dict[int, str]]:
     """Issue #27 item 2 in the report: at ``count`` evenly spaced steps of the episode (not its first), every
     ground-truth object is moved and removed in the simulator (``explain.objects.object_attribution``: toy games
     through their state, Atari through verified RAM writes) and the decision re-filtered. Per object: the largest
     p(action) change (TV) over its variants at each eligible step (on screen, p(action) not saturated), how often it
-    is the object with the largest effect, and the share of edits that landed. ``([], reason)`` where it cannot
-    run (no simulator states or objects, continuous actions, an env without an object editor)."""
+    is the object with the largest effect, and the share of edits that landed. ``([], reason, {})`` where it cannot
+    run (no simulator states or objects, continuous actions, an env without an object editor).
+
+    ``at_steps`` (the failure cases' steps) are attributed in the same pass, and returned per step as text
+    (``"ball 0.42, paddle 0.03"``: each object's largest TV, ``n/a`` where no edit applied, ``saturated`` marked);
+    they do not enter the per-object statistics, which stay on the evenly spaced steps."""
     if agent is None or env is None or count <= 0:
-        return [], None
+        return [], None, {}
     if not (trace.has_sim_states and trace.object_names) or env.spec.id != trace.meta.get("env"):
-        return [], "no simulator states or no ground-truth objects in this trace"
+        return [], "no simulator states or no ground-truth objects in this trace", {}
     from ..explain.objects import object_attribution
 
     a = trace.arrays
     candidates = [i for i in range(len(trace)) if not a["is_first"][i]]
     if not candidates:
-        return [], "the episode has no step after its first"
+        return [], "the episode has no step after its first", {}
     pick = np.unique(np.linspace(0, len(candidates) - 1, min(count, len(candidates))).round().astype(int))
+    picked = [candidates[i] for i in pick]
+    cases = sorted({int(s) for s in at_steps if 0 <= int(s) < len(trace) and not a["is_first"][int(s)]})
+    steps = sorted(set(picked) | set(cases))
     try:
-        result = object_attribution(agent, env, trace, steps=[candidates[i] for i in pick])
+        result = object_attribution(agent, env, trace, steps=steps)
     except ValueError as exc:  # an env without an object editor, continuous actions: said, not hidden
-        return [], str(exc)
+        return [], str(exc), {}
     effect, top = result.effect(), result.top()
+    index = {int(s): i for i, s in enumerate(result.steps)}
+    sub = np.array([index[s] for s in picked])
     rows = []
     for o, name in enumerate(result.objects):
-        eligible = result.eligible(name)
-        values = effect[:, o][eligible]
-        rows.append({"object": name, "steps": int(len(result.steps)), "eligible_steps": int(eligible.sum()),
+        eligible = result.eligible(name)[sub]
+        values = effect[sub, o][eligible]
+        rows.append({"object": name, "steps": int(len(sub)), "eligible_steps": int(eligible.sum()),
                      "tv": [float(v) for v in values[np.isfinite(values)]],
-                     "top_steps": int(((top == o) & eligible).sum()),
-                     "attempted": int(result.attempted[:, o].sum()), "landed": int(result.landed[:, o].sum())})
-    return rows, None
+                     "top_steps": int(((top[sub] == o) & eligible).sum()),
+                     "attempted": int(result.attempted[sub, o].sum()), "landed": int(result.landed[sub, o].sum())})
+    at = {}
+    for s in cases:
+        i = index[s]
+        parts = [f"{name} {effect[i, o]:.2f}" if np.isfinite(effect[i, o]) else f"{name} n/a"
+                 for o, name in enumerate(result.objects)]
+        at[s] = ", ".join(parts) + (" (saturated)" if result.saturated[i] else "")
+    return rows, None, at
 
 
 def analyse(trace, agent=None, env=None, job: Job | None = None, ram: np.ndarray | None = None) -> dict:
@@ -236,7 +251,11 @@ def analyse(trace, agent=None, env=None, job: Job | None = None, ram: np.ndarray
             real, dream, valid = dream_frames[int(row.step)]
             w.update(real_branch=real, dream=dream, valid=valid)
         windows.append(w)
-    object_effects, object_note = object_effects_of(agent, env, trace, job.object_steps)
+    object_effects, object_note, at_case = object_effects_of(agent, env, trace, job.object_steps,
+                                                            at_steps=events["step"].tolist() if len(events) else ())
+    if len(events):  # each case's own step: what moving / removing each object there does to p(action)
+        events["object_effects"] = [at_case.get(int(s), "n/a (the episode's first step)" if a["is_first"][int(s)]
+                                                else "") for s in events["step"]]
     if ram is None and env is not None and str(trace.meta.get("env", "")) == "atari:Venture":
         ram = read_ram(env, trace)
     cov = D.coverage(trace, ram=ram)

@@ -261,7 +261,7 @@ def write_markdown(path: pathlib.Path, meta: dict, cases, verdicts, scores, obje
                      f"coverage {v['coverage']}.")
     lines += ["", _md_table(verdicts.drop(columns=["numbers"])), "", "## Score context", "", _md_table(scores), "",
               "## Failure cases", "", _md_table(cases[["case", "checkpoint", "env", "episode", "step", "detector",
-                                                       "score", "detail", "clip"]]) if len(cases) else "none", "",
+                                                       "score", "detail", "object_effects", "clip"]]) if len(cases) else "none", "",
               "## Objects", "", _md_table(objects) if len(objects) else "none", "",
               "## Linear probes (held-out R²)", "", _md_table(probes) if len(probes) else "none", ""]
     path.write_text("\n".join(lines), encoding="utf-8")

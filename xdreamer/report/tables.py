@@ -20,7 +20,7 @@ MIN_TRAIN_EPISODES = 3
 # episode: ``explain.record(checkpoint, env, episodes=1, seed=record_seed)`` replays it (mode policy), so the
 # case is that recording's step with ``t == step``. record_seed is empty for episodes taken from a saved trace.
 SUMMARY_COLUMNS = ["case", "checkpoint", "env", "episode", "step", "detector", "score", "detail", "value", "rank",
-                   "source", "record_seed", "clip", "checkpoint_path"]
+                   "object_effects", "source", "record_seed", "clip", "checkpoint_path"]
 
 
 def episodes_table(results: list[dict]) -> pd.DataFrame:
@@ -46,6 +46,7 @@ def cases_table(results: list[dict], max_cases: int = 5) -> tuple[pd.DataFrame, 
             rows.append({"checkpoint": r["checkpoint"], "ckpt_index": r["index"][0], "env": r["env"],
                          "episode": r["episode"], "step": int(ev["t"]), "detector": ev["detector"],
                          "score": float(ev["score"]), "detail": ev["detail"], "value": float(ev["value"]),
+                         "object_effects": ev.get("object_effects", ""),
                          "source": r["source"], "record_seed": r["record_seed"],
                          "checkpoint_path": r["checkpoint_path"], "w": len(windows)})
             windows.append(w)
