@@ -620,3 +620,18 @@ def test_report_says_the_blind_twin_ignores_the_ball(tmp_path):
             per_case.setdefault(ck, []).append(float(values["ball"]))
     assert len(per_case.get("catch-pixel-lanes", [])) >= 3 and max(per_case["catch-pixel-lanes"]) < 0.05, per_case
     assert np.median(per_case.get("catch-lanes", [0])) > 0.1, per_case
+
+
+def test_object_effects_on_a_game_without_verified_edits_is_said_not_a_crash():
+    """Venture has RAM read-outs but no verified RAM write: the report says so for its episodes instead of dying
+    (``NotImplementedError`` from the object editor, found by re-writing reports/atari)."""
+    from xdreamer.report.jobs import make_env_for, object_effects_of
+
+    agent = checkpoint.load(CHECKPOINTS / "venture")
+    env = make_env_for(agent)
+    try:
+        trace = record(agent, env, episodes=1, seed=0, max_steps=3)
+        rows, note, at = object_effects_of(agent, env, trace, 2, at_steps=[1, 2])
+    finally:
+        env.close()
+    assert rows == [] and at == {} and "no verified RAM edit" in note
