@@ -297,7 +297,7 @@ def memory_state(agent, clones: list, state: AuditState, k: int = MEMORY_K, seed
     """Memory attribution (``memory.py``) at one state: the cascade similarity of the per-unit IG over h_t, and the
     intervention that scores the ranking: the drop of log p(action) when the agent's own top-k supporting units
     forget (set to the initial memory), against the k the fully randomised copy names and k random units."""
-    from .memory import ablate_units, memory_attribution
+    from .memory import ablate_unit_sets, memory_attribution
 
     arrays = state.trace.arrays
     deter, logits = arrays["deter"][state.step], arrays["post_logits"][state.step]
@@ -315,8 +315,7 @@ def memory_state(agent, clones: list, state: AuditState, k: int = MEMORY_K, seed
             # over the units the actor reads (World Models' C reads h, not the LSTM's cell c: both maps are exactly 0
             # there, a shared zero pattern that would rank-correlate any two networks)
             "stages": [_rank_similarity(trained.per_unit[support], c.per_unit[support]) for c in copies],
-            "drop": {name: ablate_units(agent, deter, logits, units, action=trained.action)
-                     for name, units in picks.items()}}
+            "drop": ablate_unit_sets(agent, deter, logits, picks, action=trained.action)}
 
 
 def object_states(agent, env, clones: list, states: list[AuditState]) -> list[dict[str, Any]]:

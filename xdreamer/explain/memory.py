@@ -24,13 +24,13 @@ score is the explained action's log-probability (discrete), the pre-tanh mean of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .attribution import _check_latent, latent_feat
-from .saliency import NO_CRITIC, _to_tensor, attribution_guard
+from .saliency import NO_CRITIC, _to_tensor, actor_outputs, attribution_guard
 
 TARGETS = ("action", "value")
 
@@ -96,8 +96,7 @@ class _Score:
         self.agent, self.target, self.action = agent, target, None if action is None else int(action)
 
     def outputs(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        out = self.agent.actor.net(latent_feat(self.agent, h, z))
-        return out if self.agent.spec.discrete else out.chunk(2, -1)[0]
+        return actor_outputs(self.agent, latent_feat(self.agent, h, z))
 
     def __call__(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         if self.target == "value":
@@ -162,13 +161,23 @@ def ablate_units(agent, deter: Any, post_logits: Any, units: Sequence[int], targ
     """f(h, z) - f(h with ``units`` at their baseline values, z): the drop in the score when those units forget
     (the intervention that scores a ranking: the units with the largest positive IG should drop it most; ranked by
     |IG| instead, positive and negative units cancel)."""
+    return ablate_unit_sets(agent, deter, post_logits, {"units": units}, target, action)["units"]
+
+
+def ablate_unit_sets(agent, deter: Any, post_logits: Any, sets: Mapping[str, Sequence[int]], target: str = "action",
+                     action: int | None = None) -> dict[str, float]:
+    """``ablate_units`` for several unit sets at one state, the unedited score and the baseline computed once."""
     h, z = _inputs(agent, deter, post_logits)
     h0, _ = baseline_state(agent)
     score = _Score(agent, target, action)
-    edited = h.clone()
-    index = torch.as_tensor(list(units), dtype=torch.long, device=h.device)
-    edited[0, index] = h0[0, index]
+    out = {}
     with torch.no_grad():
         if target == "action" and score.action is None:
             score.action = int(score.outputs(h, z).argmax(-1)[0])
-        return float(score(h, z)[0]) - float(score(edited, z)[0])
+        unedited = float(score(h, z)[0])
+        for name, units in sets.items():
+            edited = h.clone()
+            index = torch.as_tensor(list(units), dtype=torch.long, device=h.device)
+            edited[0, index] = h0[0, index]
+            out[name] = unedited - float(score(edited, z)[0])
+    return out

@@ -226,6 +226,12 @@ NO_CRITIC = ("this agent has no value function (World Models with a CMA-ES contr
 
 
 # ---- the explained function ----------------------------------------------------------------------
+def actor_outputs(agent, feat: torch.Tensor) -> torch.Tensor:
+    """What the maps explain of the actor: its logits ``[N, A]`` (discrete) or its pre-tanh means (continuous)."""
+    out = agent.actor.net(feat)
+    return out if agent.spec.discrete else out.chunk(2, -1)[0]
+
+
 class PixelForward:
     """``frame [N, C, 64, 64] in [0, 1] -> score [N]`` with the recurrent state held fixed.
 
@@ -264,8 +270,7 @@ class PixelForward:
 
     def outputs(self, feat: torch.Tensor) -> torch.Tensor:
         """Actor logits ``[N, A]`` (discrete) or the pre-tanh means (continuous)."""
-        out = self.agent.actor.net(feat)
-        return out if self.agent.spec.discrete else out.chunk(2, -1)[0]
+        return actor_outputs(self.agent, feat)
 
     def resolve_action(self, frame: torch.Tensor) -> int | None:
         """The action to explain: given, or the one the agent takes on the clean frame in eval mode

@@ -168,7 +168,7 @@ def _saliency(args: argparse.Namespace) -> int:
     if args.latent:
         record["latent"] = _latent_record(agent, inputs, args.target, result.action)
     if args.memory:
-        record["memory"] = _latent_record(agent, inputs, args.target, result.action, memory=True)
+        record["memory"] = _memory_record(agent, inputs, args.target, result.action)
     out = args.out or default_output(f"saliency-step{args.step}-{method}-{args.target}.png")
     suffix = pathlib.Path(out).suffix.lower()
     if suffix in (".png", ".npz"):
@@ -200,27 +200,35 @@ def _saliency(args: argparse.Namespace) -> int:
     return 0
 
 
-def _latent_record(agent, inputs: dict, target: str, action: int | None, memory: bool = False) -> dict:
-    """Latent attribution (``memory``: the joint attribution over h_t and z_t, ``memory.py``) at the same step:
-    needs the posterior of this step, computed with the model's own encoder and obs_step from the recorded previous
-    state (sample=False: the posterior mode)."""
+def _posterior(agent, inputs: dict):
+    """The posterior (and prior) of the explained step, computed with the model's own encoder and obs_step from the
+    recorded previous state (sample=False: the posterior mode)."""
     import torch
 
-    from .attribution import latent_attribution
     from .saliency import as_action_input, as_state, to_unit_frame
 
     with torch.no_grad():
         x = to_unit_frame(inputs["frame"], agent.device)
         prev = as_state(agent, inputs["prev_state"])
         is_first = torch.tensor([float(inputs["is_first"])], device=agent.device)
-        post, prior = agent.wm.rssm.obs_step(prev, as_action_input(agent, inputs["prev_action"]),
-                                             agent.wm.encode(x - 0.5), is_first, sample=False)
-    if memory:
-        from .memory import memory_attribution
+        return agent.wm.rssm.obs_step(prev, as_action_input(agent, inputs["prev_action"]), agent.wm.encode(x - 0.5),
+                                      is_first, sample=False)
 
-        return memory_attribution(agent, post.deter[0], post.logits[0], target, action).to_dict()
-    result = latent_attribution(agent, post.deter[0], post.logits[0], target, action, prior=prior.logits[0])
-    return result.to_dict()
+
+def _latent_record(agent, inputs: dict, target: str, action: int | None) -> dict:
+    """Latent-class attribution at the explained step (``attribution.latent_attribution``, the prior as baseline)."""
+    from .attribution import latent_attribution
+
+    post, prior = _posterior(agent, inputs)
+    return latent_attribution(agent, post.deter[0], post.logits[0], target, action, prior=prior.logits[0]).to_dict()
+
+
+def _memory_record(agent, inputs: dict, target: str, action: int | None) -> dict:
+    """The joint attribution over h_t and z_t at the explained step (``memory.memory_attribution``)."""
+    from .memory import memory_attribution
+
+    post, _ = _posterior(agent, inputs)
+    return memory_attribution(agent, post.deter[0], post.logits[0], target, action).to_dict()
 
 
 def add_commands(subparsers) -> None:
