@@ -557,15 +557,22 @@ def objects_strip(agent, ctx, trace, step: int) -> None:
 
     st.markdown("**Objects**: what the decision does when the game itself moves or removes each object (on-manifold; "
                 "the reference the pixel maps are checked against)")
+    from xdreamer.explain.objects import stored_object_attribution
+
+    stored = stored_object_attribution(trace)
     if not stored_effects_chart(trace, step):
         st.caption("Record the trace with `xdreamer record --objects` to see these effects over the whole episode.")
-    k = st.slider("edit the last frames too", 0, 4, 0, key="objects_k",
+    k = st.slider("edit the last frames too", 0, 4, stored.k if stored is not None and stored.k <= 4 else 0,
+                  key="objects_k",
                   help="0: only the current frame is edited; k: frames t-k..t, so that what h_t carries changes too")
-    try:
-        result = object_attr(ctx, agent, trace, step, int(k))
-    except Exception as exc:  # noqa: BLE001
-        show_error(exc, "Object attribution failed: ")
-        return
+    if stored is not None and int(k) == stored.k:  # read from the trace (`record --objects`), nothing re-run
+        result = stored.select([step])
+    else:
+        try:
+            result = object_attr(ctx, agent, trace, step, int(k))
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc, "Object attribution failed: ")
+            return
     rows = []
     for o, name in enumerate(result.objects):
         for v, variant in enumerate(result.variants):

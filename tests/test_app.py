@@ -554,8 +554,15 @@ def test_stored_object_effects_over_the_episode(ckpt, tmp_path):
     assert_clean(at)
     lines = {d["name"]: arr(d["y"]) for d in chart(at, "object_effects")["data"]}
     assert set(lines) == {"ball", "paddle"}
-    np.testing.assert_allclose(np.asarray(lines["ball"], float), trace.arrays["object_effect/ball"], atol=1e-6,
+    np.testing.assert_allclose(np.asarray(lines["ball"], float), trace.table["effect_ball"], atol=1e-6,
                                equal_nan=True)
+    # The step's table is read from the trace: the same numbers as the stored result, nothing re-run.
+    table = next(d.value for d in at.dataframe if "edit landed" in d.value)
+    ball = table[table["object"] == "ball"].set_index("edit")["p(action) TV"]
+    stored = trace.arrays["object_tv"][5, 0]
+    for v, variant in enumerate(trace.meta["object_effects"]["variants"]):
+        if variant in ball.index:
+            assert abs(ball[variant] - stored[v]) < 1e-6 or (np.isnan(ball[variant]) and np.isnan(stored[v]))
     assert any("record --objects" in c.value for c in at.caption)
     at = open_app(ckpt["trace_file"], step=5)
     assert any("Record the trace with `xdreamer record --objects`" in c.value for c in at.caption)

@@ -111,35 +111,45 @@ def _copy(trace):
 
 
 def test_record_objects_stores_per_step_effects(runs, tmp_path):
-    """``xdreamer record --objects`` (``record_object_effects``): the per-step effects stored in the trace are
-    ``object_attribution``'s, survive a save / load, and separate the seeing agent from its controls as above."""
+    """``xdreamer record --objects`` (``record_object_effects``): the trace stores ``object_attribution``'s whole
+    result for every step (also in chunks), it survives a save / load, and separates the seeing agent from its
+    controls as above."""
     stored = {}
     for name in ("catch-lanes", "catch-pixel-lanes", "random"):
         agent, env, trace, res = runs[name]
         trace = objects.record_object_effects(agent, env, _copy(trace), chunk=32)  # chunks: the same numbers
-        loaded = explain.load_trace(explain.save(trace, tmp_path / f"{name}.npz"))
-        effect = res[0].effect()
-        for o, obj in enumerate(res[0].objects):
-            np.testing.assert_allclose(loaded.arrays[objects.EFFECT_KEY + obj], effect[:, o], atol=1e-6)
-            np.testing.assert_allclose(loaded.table[f"effect_{obj}"], effect[:, o], atol=1e-6)
-            np.testing.assert_array_equal(loaded.arrays[objects.FLIP_KEY + obj], res[0].flip[:, o].any(1))
-        assert loaded.meta["object_effects"]["k"] == 0 and loaded.meta["object_effects"]["objects"] == ["ball", "paddle"]
-        ball = objects.stored_object_effects(loaded)["ball"][res[0].eligible("ball")]
-        stored[name] = float(np.nanmedian(ball))
+        back = objects.stored_object_attribution(explain.load_trace(explain.save(trace, tmp_path / f"{name}.npz")))
+        want = res[0]
+        assert (back.objects, back.variants, back.k, back.shift, back.horizon) == \
+            (want.objects, want.variants, want.k, want.shift, want.horizon)
+        for field in ("probs", "value", "q", "tv", "dvalue", "dq"):
+            np.testing.assert_allclose(getattr(back, field), getattr(want, field), atol=1e-5, equal_nan=True)
+        for field in ("applicable", "flip", "attempted", "landed", "visible", "saturated", "steps"):
+            np.testing.assert_array_equal(getattr(back, field), getattr(want, field))
+        np.testing.assert_allclose(trace.table["effect_ball"], want.effect()[:, 0], atol=1e-6)
+        one = back.select([7])  # what the app's Frame panel shows at a step
+        np.testing.assert_allclose(one.tv[0], want.tv[7], equal_nan=True)
+        stored[name] = back.median_effect("ball")
     assert stored["catch-lanes"] >= 0.25 and stored["catch-lanes"] >= 5 * stored["random"], stored
     assert stored["catch-pixel-lanes"] <= 0.01, stored
 
 
 def test_corrupt_stored_effects_are_refused(runs, tmp_path):
     agent, env, trace, _ = runs["catch-lanes"]
-    trace = objects.record_object_effects(agent, env, _copy(trace))
-    for edit, message in ((lambda t: t.arrays.__setitem__(objects.EFFECT_KEY + "ball", np.full(len(t), 2.0, np.float32)),
-                           "outside 0..1"),
-                          (lambda t: t.arrays.__setitem__(objects.EFFECT_KEY + "ghost", np.zeros(len(t), np.float32)),
-                           "names no object"),
-                          (lambda t: t.arrays.__setitem__(objects.FLIP_KEY + "ball", np.zeros(len(t), np.float32)),
-                           "must be booleans"),
-                          (lambda t: t.meta.pop("object_effects"), "names no object"),
+    trace = objects.record_object_effects(agent, env, _copy(trace), horizon=2)
+    n = len(trace)
+
+    def put(key, value):
+        return lambda t: t.arrays.__setitem__(key, value)
+
+    for edit, message in ((put("object_tv", np.full((n, 2, 6), 2.0, np.float32)), "outside 0..1"),
+                          (put("object_tv", np.zeros((n, 3, 6), np.float32)), "object_tv must be floats of shape"),
+                          (put("object_flip", np.zeros((n, 2, 6), np.float32)), "object_flip must be booleans"),
+                          (lambda t: t.arrays.pop("object_dq"), "exactly the arrays"),
+                          (put("object_extra", np.zeros(n, np.float32)), "exactly the arrays"),
+                          (lambda t: t.meta.pop("object_effects"), "need meta.object_effects"),
+                          (lambda t: t.meta["object_effects"].__setitem__("objects", ["ball", "ghost"]),
+                           "no boxes for"),
                           (lambda t: t.meta["object_effects"].__setitem__("code", "os.system"), "object_effects")):
         bad = _copy(trace)
         bad.meta = {**trace.meta, "object_effects": dict(trace.meta["object_effects"])}

@@ -802,16 +802,17 @@ def object_effects_figure(trace, step: int):
     (stored by ``xdreamer record --objects``), the current step marked; None when the trace stores none."""
     import plotly.graph_objects as go
 
-    from .explain.objects import stored_object_effects
+    from .explain.objects import stored_object_attribution
 
-    effects = stored_object_effects(trace)
-    if effects is None:
+    stored = stored_object_attribution(trace)
+    if stored is None:
         return None
     steps = trace.episode_steps(step)
     t = trace.arrays["t"][steps]
     fig = go.Figure()
-    for name, values in effects.items():
-        y = np.asarray(values[steps], float)
+    effect = stored.effect()
+    for o, name in enumerate(stored.objects):
+        y = np.asarray(effect[steps, o], float)
         fig.add_trace(go.Scatter(x=t, y=np.where(np.isfinite(y), y, None), mode="lines", name=escape_html(name),
                                  connectgaps=False))
     fig.add_vline(x=int(trace.arrays["t"][step]), line_dash="dot", line_color="#ff7f0e")

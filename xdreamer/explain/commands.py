@@ -134,12 +134,11 @@ def cmd_record(args: argparse.Namespace) -> int:
     print(f"recorded {len(trace)} steps over {args.episodes} episode(s) of {env.spec.id} "
           f"(returns {', '.join(f'{r:.2f}' for r in returns)})")
     if args.objects:
-        from .objects import stored_object_effects
+        from .objects import stored_object_attribution
 
-        effects = stored_object_effects(trace)
+        result = stored_object_attribution(trace)
         print("object effects (median largest p(action) TV over the steps where an edit applied): " + ", ".join(
-            f"{name} {float(np.nanmedian(e)) if np.isfinite(e).any() else float('nan'):.3f}"
-            for name, e in effects.items()))
+            f"{name} {result.median_effect(name, eligible_only=False):.3f}" for name in result.objects))
     print(f"wrote {out}")
     return 0
 

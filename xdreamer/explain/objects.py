@@ -72,19 +72,20 @@ from .dreams import _check_horizon, dream, start_state
 from .grounded import check_branchable
 from .trace import Trace, check_trace_matches
 
-__all__ = ["ObjectAttribution", "object_attribution", "record_object_effects", "stored_object_effects", "SATURATED",
-           "INTERVENTIONS", "EFFECT_KEY", "FLIP_KEY"]
+__all__ = ["ObjectAttribution", "object_attribution", "record_object_effects", "stored_object_attribution",
+           "SATURATED", "INTERVENTIONS", "STORED"]
 
 # The one definition of "p(action) is saturated" (issue #27, item 2): the actor puts more than this on one action.
 # There every intervention can only lower the mode's probability a little, so TV is small for any object and a
 # ranking would be noise; the target is stated on the unsaturated steps.
 SATURATED = 0.95
 INTERVENTIONS = ("remove", "move", "lane")
-# Per-step storage in a trace (``record_object_effects``; ``xdreamer record --objects``): ``EFFECT_KEY + name`` float32
-# [N] = ``ObjectAttribution.effect`` (the largest TV over the object's variants; NaN where no edit applied or the step
-# was not attributed), ``FLIP_KEY + name`` bool [N] = some edit of the object flipped the actor's mode, and the trace
-# table's ``effect_<name>`` column; the settings in ``meta["object_effects"]``.
-EFFECT_KEY, FLIP_KEY = "object_effect/", "object_flip/"
+# Per-step storage in a trace (``record_object_effects``; ``xdreamer record --objects``): every array of the
+# ``ObjectAttribution`` over all N steps of the trace, under ``"object_" + field`` (``object_tv`` [N, O, V],
+# ``object_dq`` [N, O, V, A], ...), with objects, variants and settings in ``meta["object_effects"]``, so
+# ``stored_object_attribution`` gives back the same result; the trace table gets ``effect_<object>`` columns.
+STORED = {"probs": "f", "value": "f", "q": "f", "tv": "f", "dvalue": "f", "dq": "f", "flip": "b", "attempted": "b",
+          "landed": "b"}
 
 
 @dataclasses.dataclass
@@ -173,6 +174,13 @@ class ObjectAttribution:
         eff = eff[np.isfinite(eff)]
         return float(np.median(eff)) if eff.size else float("nan")
 
+    def select(self, rows: Sequence[int]) -> "ObjectAttribution":
+        """The result at some of its steps (``rows`` index ``steps``), e.g. one step of a stored whole-trace result."""
+        rows = np.asarray(rows, np.int64)
+        per_step = ("steps", "probs", "value", "q", "applicable", "tv", "dvalue", "dq", "flip", "visible", "saturated",
+                    "attempted", "landed")
+        return dataclasses.replace(self, **{f: getattr(self, f)[rows] for f in per_step})
+
     def _variant_index(self, variants: Sequence[str] | None) -> list[int]:
         if variants is None:
             return list(range(len(self.variants)))
@@ -200,14 +208,12 @@ class ObjectAttribution:
 def record_object_effects(agent, env, trace: Trace, k: int = 0, shift: int = 6, horizon: int = 15,
                           chunk: int = 128, progress: bool = False) -> Trace:
     """Attribute every step of ``trace`` to its objects (``object_attribution`` with all interventions) and store the
-    result per step in ``trace`` itself (see ``EFFECT_KEY``), so the app, the report and pandas read it without
-    re-running the simulator. Steps go ``chunk`` at a time (memory stays bounded on long Atari episodes). Returns
-    ``trace``, changed in place."""
+    whole result in ``trace`` itself (``STORED``), so the app, the report and pandas read it without re-running the
+    simulator. Steps go ``chunk`` at a time (memory stays bounded on long Atari episodes). Returns ``trace``, changed
+    in place."""
     chunk = _check_int("chunk", chunk, 1)
     n = len(trace)
-    effect: dict[str, np.ndarray] = {}
-    flip: dict[str, np.ndarray] = {}
-    result = None
+    parts: list[ObjectAttribution] = []
     bar = None
     if progress:
         from tqdm import tqdm
@@ -215,30 +221,42 @@ def record_object_effects(agent, env, trace: Trace, k: int = 0, shift: int = 6, 
         bar = tqdm(total=n, desc="objects", unit="step")
     try:
         for lo in range(0, n, chunk):
-            steps = list(range(lo, min(n, lo + chunk)))
-            result = object_attribution(agent, env, trace, steps=steps, k=k, shift=shift, horizon=horizon)
-            eff = result.effect()
-            for o, name in enumerate(result.objects):
-                effect.setdefault(name, np.full(n, np.nan, np.float32))[steps] = eff[:, o]
-                flip.setdefault(name, np.zeros(n, bool))[steps] = (result.flip[:, o] & result.applicable[:, o]).any(1)
+            parts.append(object_attribution(agent, env, trace, steps=range(lo, min(n, lo + chunk)), k=k, shift=shift,
+                                            horizon=horizon))
             if bar is not None:
-                bar.update(len(steps))
+                bar.update(len(parts[-1].steps))
     finally:
         if bar is not None:
             bar.close()
-    for name in result.objects:
-        trace.arrays[EFFECT_KEY + name] = effect[name]
-        trace.arrays[FLIP_KEY + name] = flip[name]
-        trace.table[f"effect_{name}"] = effect[name]
-    trace.meta["object_effects"] = {"objects": list(result.objects), "variants": list(result.variants), "k": result.k,
-                                    "shift": result.shift, "horizon": result.horizon, "saturated_above": SATURATED}
+    first = parts[0]
+    for field in STORED:
+        trace.arrays["object_" + field] = np.concatenate([getattr(p, field) for p in parts])
+    for o, name in enumerate(first.objects):
+        trace.table[f"effect_{name}"] = np.concatenate([p.effect()[:, o] for p in parts]).astype(np.float32)
+    trace.meta["object_effects"] = {"objects": list(first.objects), "variants": list(first.variants), "k": first.k,
+                                    "shift": first.shift, "horizon": first.horizon, "saturated_above": SATURATED}
     return trace
 
 
-def stored_object_effects(trace: Trace) -> dict[str, np.ndarray] | None:
-    """``{object: effect [N]}`` stored by ``record_object_effects`` (``xdreamer record --objects``), or None."""
-    names = [key[len(EFFECT_KEY):] for key in trace.arrays if key.startswith(EFFECT_KEY)]
-    return {name: trace.arrays[EFFECT_KEY + name] for name in names} if names else None
+def stored_object_attribution(trace: Trace) -> ObjectAttribution | None:
+    """The ``ObjectAttribution`` of every step that ``record_object_effects`` (``xdreamer record --objects``) stored
+    in ``trace``, or None where it holds none."""
+    settings = trace.meta.get("object_effects")
+    if not settings or "object_tv" not in trace.arrays:
+        return None
+    a = trace.arrays
+    probs = a["object_probs"]
+    visible = np.zeros(a["object_tv"].shape[:2], bool)
+    size = a["frame"].shape[-1]
+    for o, name in enumerate(settings["objects"]):
+        boxes = a.get(f"objects/{name}")
+        if boxes is not None:
+            visible[:, o] = [box_slices(box, size) is not None for box in boxes]
+    return ObjectAttribution(steps=np.arange(len(trace)), objects=tuple(settings["objects"]),
+                             variants=tuple(settings["variants"]), k=int(settings["k"]), shift=int(settings["shift"]),
+                             horizon=int(settings["horizon"]), applicable=np.isfinite(a["object_tv"]),
+                             visible=visible, saturated=probs.max(1) > SATURATED,
+                             **{field: a["object_" + field] for field in STORED})
 
 
 def _finite_or_none(x: float) -> float | None:

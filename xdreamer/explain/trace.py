@@ -25,10 +25,11 @@ step t (DreamerV2 alignment: step t holds o_t, the action a_{t-1} that led to it
     objects/<name>   float32 [N, 4]         ground-truth boxes (NaN where absent)
     sim/<key>/data, sim/<key>/offsets, sim/<key>/shape   ragged simulator states (env.get_state()
                                             taken after o_t, before a_t), see ``Trace.sim_state``
-    object_effect/<name>  float32 [N]       with ``record --objects`` only (``explain.objects.record_object_effects``):
-    object_flip/<name>    bool [N]          how far moving / removing the object in the simulator moves p(action)
-                                            (largest total variation over the edits; NaN where none applied) and
-                                            whether some edit flipped the action; table column effect_<name>
+    object_tv, object_dvalue  [N, O, V]     with ``record --objects`` only (``explain.objects.record_object_effects``):
+    object_dq [N, O, V, A], object_flip,    every field of the ``ObjectAttribution`` of each step (O objects, V
+    object_attempted, object_landed,        edits in ``meta["object_effects"]``): how far moving / removing each object
+    object_probs, object_value, object_q    in the simulator moves p(action), the value and Q_H; table columns
+                                            effect_<object> (the largest TV over the object's edits; NaN: none applied)
 
 ``save`` writes one versioned ``.npz`` (no object arrays; loads with ``allow_pickle=False``).
 """
@@ -483,16 +484,27 @@ def _check_values(path: pathlib.Path, arrays: dict[str, np.ndarray], meta: dict,
                 fail(f"{key} must be integers in {low}..{num_actions - 1} of shape ({n},)")
         elif a.shape != (n, num_actions) or not np.all(np.isfinite(a)):
             fail(f"{key} must be finite floats of shape ({n}, {num_actions})")
-    effects = meta.get("object_effects")
-    for prefix, kind in (("object_effect/", "f"), ("object_flip/", "b")):  # explain.objects.record_object_effects
-        for key in [k for k in arrays if k.startswith(prefix)]:
-            name, a = key[len(prefix):], arrays[key]
-            if f"objects/{name}" not in arrays or effects is None or name not in effects["objects"]:
-                fail(f"{key} names no object of this trace's meta.object_effects")
-            if a.shape != (n,) or a.dtype.kind != kind:
-                fail(f"{key} must be {'floats' if kind == 'f' else 'booleans'} of shape ({n},)")
-            if kind == "f" and np.any((a < 0) | (a > 1 + 1e-5)):  # total variation; NaN where not attributed
-                fail(f"{key} holds values outside 0..1 (total variation)")
+    effects = meta.get("object_effects")  # explain.objects.record_object_effects (``record --objects``)
+    stored = [k for k in arrays if k.startswith("object_")]
+    if stored or effects is not None:
+        from .objects import STORED
+
+        if effects is None or sorted(stored) != sorted("object_" + f for f in STORED):
+            fail(f"object effects need meta.object_effects and exactly the arrays "
+                 f"{', '.join('object_' + f for f in STORED)}")
+        O, V, A = len(effects["objects"]), len(effects["variants"]), num_actions
+        missing = [name for name in effects["objects"] if f"objects/{name}" not in arrays]
+        if missing:
+            fail(f"meta.object_effects names object(s) {missing} that the trace has no boxes for")
+        shapes = {"probs": (n, A), "value": (n,), "q": (n, A), "dq": (n, O, V, A)}
+        for field, kind in STORED.items():
+            a = arrays["object_" + field]
+            if a.shape != shapes.get(field, (n, O, V)) or a.dtype.kind != kind:
+                fail(f"object_{field} must be {'floats' if kind == 'f' else 'booleans'} of shape "
+                     f"{shapes.get(field, (n, O, V))}")
+        tv = arrays["object_tv"]
+        if np.any((tv < 0) | (tv > 1 + 1e-5)):  # total variation; NaN where no edit applied
+            fail("object_tv holds values outside 0..1 (total variation)")
     if "frame" in arrays and arrays["frame"].dtype != np.uint8:
         fail(f"frame must be uint8, got {arrays['frame'].dtype}")
     for key in [k for k in arrays if k.startswith("sim/") and k.endswith("/data")]:
