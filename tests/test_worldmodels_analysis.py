@@ -189,3 +189,19 @@ def test_bundle_reads_a_world_models_checkpoint_into_an_existing_folder(tmp_path
     record = checkpoint.read_manifest(folder)["bundle"]
     assert record["train_commands"] == ["xdreamer train --preset worldmodels-debug"]
     assert record["eval_mode"]["returns"] == checkpoint.read_manifest(CKPT)["bundle"]["eval_mode"]["returns"][:2]
+
+
+def test_object_effects_of_a_world_models_agent_have_no_value_change(agents, trace):
+    """``record --objects`` on a World Models agent: C has no critic, so the value and its change are NaN (as the
+    trace's value), never a made-up 0; p(action) and Q_H changes are there."""
+    from xdreamer.explain.objects import object_attribution
+
+    view = agents[1]
+    env = make(view.cfg.env, **env_kwargs(view.cfg))
+    try:
+        result = object_attribution(view, env, trace, steps=[5, 6, 7], horizon=3)
+    finally:
+        env.close()
+    assert np.isnan(result.value).all() and np.isnan(result.dvalue).all()
+    assert np.isfinite(result.tv[result.applicable]).all() and np.isfinite(result.dq[result.applicable]).all()
+    assert np.isnan(trace.arrays["value"]).all()

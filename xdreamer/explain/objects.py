@@ -676,6 +676,8 @@ def _decide(agent, trace: Trace, rows, W: int, episode_start: np.ndarray, frame,
         feat = wm.feat(latent)
         probs = agent.actor(feat).probs.float()
         value = agent.ac.value(feat).float()
+        if not getattr(agent, "has_critic", True):  # World Models with a CMA-ES C: no value function (trace: NaN)
+            value = torch.full_like(value, float("nan"))
     # Q_H per first action from the re-filtered state, as highlights.q_values does from the recorded one.
     eye = F.one_hot(torch.arange(A, device=dev), A).float()
     branched = State(*(x.repeat_interleave(A, 0) for x in latent))
