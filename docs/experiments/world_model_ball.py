@@ -11,6 +11,7 @@ posterior entropy (nats, summed over the latent variables) and the KL.
     python docs/experiments/world_model_ball.py 1500 embed_norm=none    # as before 2026-12-01: no ball
     python docs/experiments/world_model_ball.py 600 embed_norm=none decoder=dreamerv3 unimix=0.01
     python docs/experiments/world_model_ball.py 1500 embed_norm=none env=toy:catch-lanes lanes=6  # 6 ball columns
+    python docs/experiments/world_model_ball.py 1500 preset=dreamerv3 seed=2   # DreamerV3's world model (#29)
 
 Since 2026-12-01 the toy preset has ``embed_norm=batch`` (the image embedding batch-normalised before the
 posterior reads it; ``bottleneck_ball.py`` for why), and with it the ball is learnt:
@@ -72,13 +73,15 @@ if len(sys.argv) < 2:
 updates = int(sys.argv[1])
 overrides = dict(a.split("=", 1) for a in sys.argv[2:])
 env_kw = {"lanes": int(overrides.pop("lanes"))} if "lanes" in overrides else {}  # toy:catch-lanes' lane count
-cfg = build_config(["small", "toy"], overrides)
-torch.manual_seed(0)
+# ``preset=dreamerv3`` (or dreamerv1) puts that member's preset first, as ``--preset dreamerv3 small toy`` does
+presets = [overrides.pop("preset")] if "preset" in overrides else []
+cfg = build_config([*presets, "small", "toy"], overrides)
+torch.manual_seed(cfg.seed)
 torch.set_num_threads(2)
-env = make(cfg.env, seed=0, **env_kw)  # toy:catch unless env=... is given
+env = make(cfg.env, seed=cfg.seed, **env_kw)  # toy:catch unless env=... is given
 agent = Agent(cfg, env.spec)
 agent.init_optimizers()
-rng = np.random.default_rng(0)
+rng = np.random.default_rng(cfg.seed)
 
 
 def play(env, steps):
@@ -103,19 +106,20 @@ first = torch.tensor(held_out["is_first"])[None]
 ball = img[0, :, 0] > 0.2
 ball[:, 58:] = False  # the paddle's rows
 with tempfile.TemporaryDirectory() as tmp:
-    replay = Replay(tmp, capacity=10**6, seed=0)
+    replay = Replay(tmp, capacity=10**6, seed=cfg.seed)
     for episode in play(env, 3000):
         replay.add_episode(episode)
     start = time.time()
     for k in range(updates + 1):
         agent.train()
         loss, _, metrics = agent.wm.loss(agent.to_torch(replay.sample(cfg.batch, cfg.length)))
-        agent._step("model", loss, agent.wm.parameters())
+        agent._step("model", loss, agent.wm.parameters(), torch.zeros((), device=agent.device))
         if k % 100 == 0:
             agent.eval()
             with torch.no_grad():
                 post, _ = agent.wm.rssm.observe(agent.wm.encode(img), act, first)
                 err = (agent.wm.decoder(agent.wm.rssm.get_feat(post)) - img).pow(2)[0, :, 0]
-            print(k, f"image loss {metrics['image_loss']:.2f}  ball MSE {err[ball].mean():.3f}  "
-                  f"posterior entropy {metrics['post_entropy']:.3f}  KL {metrics['kl']:.2f}  {time.time() - start:.0f}s",
+            print(k, f"image loss {float(metrics['image_loss']):.2f}  ball MSE {err[ball].mean():.3f}  "
+                  f"posterior entropy {float(metrics['post_entropy']):.3f}  KL {float(metrics['kl']):.2f}  "
+                  f"{time.time() - start:.0f}s",
                   flush=True)
