@@ -635,3 +635,27 @@ def test_object_effects_on_a_game_without_verified_edits_is_said_not_a_crash():
     finally:
         env.close()
     assert rows == [] and at == {} and "no verified RAM edit" in note
+
+
+def test_report_reads_object_effects_stored_in_the_trace(monkeypatch):
+    """A trace recorded with ``record --objects`` gives the report its object effects without re-running the
+    simulator: the per-case text is the stored result's."""
+    from xdreamer.explain import objects
+    from xdreamer.report.jobs import make_env_for, object_effects_of
+
+    agent = checkpoint.load(CHECKPOINTS / "catch-lanes")
+    env = make_env_for(agent)
+    try:
+        trace = objects.record_object_effects(agent, env, record(agent, env, episodes=1, seed=0, max_steps=40))
+
+        def rerun(*args, **kwargs):
+            raise AssertionError("the simulator was re-run")
+
+        monkeypatch.setattr(objects, "object_attribution", rerun)
+        rows, note, at = object_effects_of(agent, env, trace, 8, at_steps=[5, 12])
+    finally:
+        env.close()
+    stored = objects.stored_object_attribution(trace).effect()
+    assert note is None and [r["object"] for r in rows] == ["ball", "paddle"]
+    for step in (5, 12):
+        assert at[step].startswith(f"ball {stored[step, 0]:.2f}, paddle {stored[step, 1]:.2f}"), at[step]

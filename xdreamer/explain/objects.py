@@ -245,18 +245,24 @@ def stored_object_attribution(trace: Trace) -> ObjectAttribution | None:
     if not settings or "object_tv" not in trace.arrays:
         return None
     a = trace.arrays
-    probs = a["object_probs"]
-    visible = np.zeros(a["object_tv"].shape[:2], bool)
-    size = a["frame"].shape[-1]
-    for o, name in enumerate(settings["objects"]):
-        boxes = a.get(f"objects/{name}")
-        if boxes is not None:
-            visible[:, o] = [box_slices(box, size) is not None for box in boxes]
-    return ObjectAttribution(steps=np.arange(len(trace)), objects=tuple(settings["objects"]),
+    steps = np.arange(len(trace))
+    return ObjectAttribution(steps=steps, objects=tuple(settings["objects"]),
                              variants=tuple(settings["variants"]), k=int(settings["k"]), shift=int(settings["shift"]),
                              horizon=int(settings["horizon"]), applicable=np.isfinite(a["object_tv"]),
-                             visible=visible, saturated=probs.max(1) > SATURATED,
+                             visible=_visible(a, settings["objects"], steps),
+                             saturated=a["object_probs"].max(1) > SATURATED,
                              **{field: a["object_" + field] for field in STORED})
+
+
+def _visible(arrays: dict, objects: Sequence[str], steps: np.ndarray) -> np.ndarray:
+    """``[S, O]``: the object's recorded box lies in the frame at each step."""
+    visible = np.zeros((len(steps), len(objects)), bool)
+    size = arrays["frame"].shape[-1]
+    for o, name in enumerate(objects):
+        boxes = arrays.get(f"objects/{name}")
+        if boxes is not None:
+            visible[:, o] = [box_slices(boxes[t], size) is not None for t in steps]
+    return visible
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -628,12 +634,7 @@ def object_attribution(agent, env, trace: Trace, steps: Sequence[int] | None = N
                 outcome = editor.outcomes.get((int(t), objects[o], variants[v].label))
                 attempted[i, o, v] = outcome is not None
                 landed[i, o, v] = bool(outcome)
-    visible = np.zeros((S, O), bool)
-    size = arrays["frame"].shape[-1]
-    for o, name in enumerate(objects):
-        boxes = arrays.get(f"objects/{name}")
-        if boxes is not None:
-            visible[:, o] = [box_slices(boxes[t], size) is not None for t in steps]
+    visible = _visible(arrays, objects, steps)
     return ObjectAttribution(steps=steps, objects=objects, variants=tuple(x.label for x in variants), k=k,
                              shift=shift, horizon=horizon, probs=probs[base], value=value[base], q=q[base],
                              applicable=applicable, flip=flip, visible=visible,

@@ -180,12 +180,13 @@ def object_effects_of(agent, env, trace, count: int, at_steps=()) -> tuple[list[
 
     ``at_steps`` (the failure cases' steps) are attributed in the same pass, and returned per step as text
     (``"ball 0.42, paddle 0.03"``: each object's largest TV, ``n/a`` where no edit applied, ``saturated`` marked);
-    they do not enter the per-object statistics, which stay on the evenly spaced steps."""
+    they do not enter the per-object statistics, which stay on the evenly spaced steps. A trace recorded with
+    ``record --objects`` (k = 0) is read instead of re-running the simulator."""
     if agent is None or env is None or count <= 0:
         return [], None, {}
     if not (trace.has_sim_states and trace.object_names) or env.spec.id != trace.meta.get("env"):
         return [], "no simulator states or no ground-truth objects in this trace", {}
-    from ..explain.objects import object_attribution
+    from ..explain.objects import object_attribution, stored_object_attribution
 
     a = trace.arrays
     candidates = [i for i in range(len(trace)) if not a["is_first"][i]]
@@ -195,8 +196,10 @@ def object_effects_of(agent, env, trace, count: int, at_steps=()) -> tuple[list[
     picked = [candidates[i] for i in pick]
     cases = sorted({int(s) for s in at_steps if 0 <= int(s) < len(trace) and not a["is_first"][int(s)]})
     steps = sorted(set(picked) | set(cases))
+    stored = stored_object_attribution(trace)  # a trace recorded with `record --objects`: read, not re-run
     try:
-        result = object_attribution(agent, env, trace, steps=steps)
+        result = stored.select(steps) if stored is not None and stored.k == 0 else \
+            object_attribution(agent, env, trace, steps=steps)
     except (ValueError, NotImplementedError) as exc:  # no object editor (toy/Atari without verified RAM writes,
         return [], str(exc), {}  # e.g. Venture), continuous actions: said in the report, not a crash
     effect, top = result.effect(), result.top()
