@@ -66,7 +66,7 @@ def test_unedited_row_is_the_recorded_decision(runs):
 
 def test_rendered_states_and_held_edits(runs):
     agent, env, trace, _ = runs["catch-lanes"]
-    editor = objects._editor(env)
+    editor = objects.object_editor(env)
     for t in range(len(trace)):  # re-observing an unedited state is the recorded frame
         np.testing.assert_array_equal(editor.render(trace.sim_state(t)), trace.arrays["frame"][t])
     removed = editor.render(editor.edit(trace.sim_state(5), "ball", objects._Variant("remove", "remove")))
@@ -193,7 +193,7 @@ def pong():
     agent = checkpoint.load(ROOT / "pong")
     env = make(agent.cfg.env)
     trace = explain.record(agent, env, episodes=1, seed=0, max_steps=ATARI_STEPS)
-    yield agent, env, trace, objects._editor(env)
+    yield agent, env, trace, objects.object_editor(env)
     env.close()
 
 

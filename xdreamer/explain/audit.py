@@ -474,7 +474,7 @@ def run_audit(agent, env, methods: Sequence[str] = DEFAULT_METHODS, seeds: Seque
     pixel deletion curves; ``margin``: px around the pointing boxes; ``seed``: re-initialisation and null maps;
     ``latent_baseline``: the latent attributions' baseline (``aggregate`` or ``prior``, ``latent_state``)."""
     from .interventions import BASELINES
-    from .objects import _editor
+    from .objects import object_editor
 
     methods = _check_methods(methods)
     if fill not in FILLS:
@@ -489,7 +489,7 @@ def run_audit(agent, env, methods: Sequence[str] = DEFAULT_METHODS, seeds: Seque
     skipped: dict[str, str] = {}
     if "objects" in methods:
         try:
-            _editor(env)
+            object_editor(env)
         except NotImplementedError as exc:
             skipped["objects"] = str(exc)
     if agent.wm.rssm.latent_kind != "categorical":

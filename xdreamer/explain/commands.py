@@ -116,9 +116,9 @@ def cmd_record(args: argparse.Namespace) -> int:
     agent, env = _load(args)
     try:
         if args.objects:  # before the episodes are run: an env without an object editor says so at once
-            from .objects import _editor
+            from .objects import object_editor
 
-            _editor(env)
+            object_editor(env)
             if not agent.spec.discrete:
                 raise ValueError("--objects reports p(action) changes; it needs a discrete action space")
         trace = record(agent, env, episodes=args.episodes, seed=args.seed, policy=args.policy,

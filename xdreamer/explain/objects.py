@@ -531,7 +531,10 @@ class _FrameHook:
         return getattr(self._ale, name)
 
 
-def _editor(env):
+def object_editor(env):
+    """The object editor of ``env`` (moves, removes and re-lanes its ground-truth objects in the simulator's state);
+    NotImplementedError, in one line, for an env without one. Callers use it to refuse early, before any episode is
+    run."""
     from ..envs.toy import CatchEnv
 
     if isinstance(env, CatchEnv):
@@ -561,7 +564,7 @@ def object_attribution(agent, env, trace: Trace, steps: Sequence[int] | None = N
     (step x variant, each filtered over its k+1 frames) per batch. The unedited decision is row 0 of every step's
     batch, so differences are free of batching noise.
     """
-    editor = _editor(env)  # first: an env without an object editor says so, whatever the trace
+    editor = object_editor(env)  # first: an env without an object editor says so, whatever the trace
     check_branchable(env, trace)
     check_trace_matches(trace, agent)
     if not agent.spec.discrete:
