@@ -358,13 +358,23 @@ def parse_set_args(items: Iterable[str]) -> dict[str, str]:
     return out
 
 
+# Presets that adjust another one and mean nothing without it: each must come after the preset it names (e.g.
+# ``dreamerv3-toy`` alone would change a DreamerV2 run's optimiser and leave its algorithm as it was).
+PRESET_NEEDS: dict[str, str] = {"dreamerv3-toy": "dreamerv3"}
+
+
 def build_config(presets: Iterable[str] = (), overrides: Mapping[str, Any] | None = None,
                  base: Config | None = None) -> Config:
     """Merge presets in order over the defaults, then ``overrides``; validate the result."""
     cfg = base or Config()
-    for name in presets:
+    presets = list(presets)
+    for i, name in enumerate(presets):
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+        need = PRESET_NEEDS.get(name)
+        if need and (need not in presets[:i] or need in presets[i + 1:]):
+            raise ConfigError(f"preset {name!r} adjusts {need!r}: give it after {need!r}, e.g. --preset {need} "
+                              f"{' '.join(p for p in presets if p not in (need, name))} {name}".replace("  ", " "))
         cfg = parse_overrides(cfg, PRESETS[name])
     if overrides:
         cfg = parse_overrides(cfg, overrides)
