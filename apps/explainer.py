@@ -542,9 +542,10 @@ def stored_effects_chart(trace, step: int) -> bool:
         return False
     settings = trace.meta.get("object_effects") or {}
     st.plotly_chart(figure, key="object_effects", config={"displayModeBar": False})
-    k = int(settings.get("k", 0))
+    k, every = int(settings.get("k", 0)), int(settings.get("every", 1))
     st.caption(E("Over the episode, stored in the trace by `xdreamer record --objects` ("
                  + (f"edits of frames t-{k}..t" if k else "edits of the current frame only")
+                 + (f"; stored every {every} steps of the trace: 0, {every}, {2 * every}, ..." if every > 1 else "")
                  + "): per object the largest p(action) change over its edits; gaps where no edit applied."))
     return True
 
@@ -565,9 +566,8 @@ def objects_strip(agent, ctx, trace, step: int) -> None:
     k = st.slider("edit the last frames too", 0, 4, stored.k if stored is not None and stored.k <= 4 else 0,
                   key="objects_k",
                   help="0: only the current frame is edited; k: frames t-k..t, so that what h_t carries changes too")
-    if stored is not None and int(k) == stored.k:  # read from the trace (`record --objects`), nothing re-run
-        result = stored.select([step])
-    else:
+    result = stored.at_steps([step]) if stored is not None and int(k) == stored.k else None
+    if result is None:  # not stored at this k or step (`--objects-every`): computed here
         try:
             result = object_attr(ctx, agent, trace, step, int(k))
         except Exception as exc:  # noqa: BLE001

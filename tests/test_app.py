@@ -572,6 +572,31 @@ def test_stored_object_effects_over_the_episode(ckpt, tmp_path):
     assert {d["name"] for d in chart(at, "object_effects")["data"]} == {"ball", "paddle"}
 
 
+def test_object_effects_stored_every_nth_step(ckpt):
+    """``record --objects-every 3``: the chart has the stored steps and gaps between them, the caption says which
+    steps; at a step the trace does not store, the table is computed, and equals a direct attribution."""
+    from xdreamer.explain.objects import object_attribution, record_object_effects
+
+    agent = ckpt["agent"]
+    env = make("toy:catch")
+    trace = record_object_effects(agent, env, explain.record(agent, env, episodes=1, seed=1, max_steps=20), every=3)
+    direct = object_attribution(agent, env, trace, steps=[5])
+    env.close()
+    at = open_app(explain.save(trace, ckpt["root"] / "every.npz"), step=5)
+    assert_clean(at)
+    ball = np.asarray(next(d for d in chart(at, "object_effects")["data"] if d["name"] == "ball")["y"], float)
+    stored = np.arange(len(trace)) % 3 == 0
+    assert np.isnan(ball[~stored]).all()
+    np.testing.assert_allclose(ball[stored], trace.table["effect_ball"][stored], atol=1e-6, equal_nan=True)
+    assert any("stored every 3 steps of the trace: 0, 3, 6" in c.value for c in at.caption)
+    table = next(d.value for d in at.dataframe if "edit landed" in d.value)
+    got = table[table["object"] == "ball"].set_index("edit")["p(action) TV"]
+    for v, variant in enumerate(direct.variants):
+        if variant in got.index:
+            want = direct.tv[0, 0, v]
+            assert abs(got[variant] - want) < 1e-6 or (np.isnan(got[variant]) and np.isnan(want))
+
+
 def test_uploaded_traces(ckpt, tmp_path):
     at = open_app(ckpt["path"])
     at.file_uploader(key="upload").set_value(("t.npz", ckpt["trace_file"].read_bytes(), "application/zip")).run()

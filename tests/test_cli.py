@@ -132,8 +132,16 @@ def test_record_objects_stores_effects_and_refuses_what_it_cannot(tmp_path, caps
     trace = load_trace(out)
     assert {"effect_ball", "effect_paddle"} <= set(trace.table.columns)
     assert trace.meta["object_effects"]["k"] == 0
+    every = tmp_path / "every.npz"
+    code, stdout, err = _run(capsys, "record", CATCH, "--max-steps", "10", "--objects", "--objects-every", "3",
+                             "--out", str(every), "--no-progress")
+    assert code == 0, err
+    trace = load_trace(every)
+    assert trace.arrays["object_steps"].tolist() == [0, 3, 6, 9] and trace.meta["object_effects"]["every"] == 3
     for args, match in ((["--objects-k", "2"], "give --objects too"),
-                        (["--objects", "--objects-k", "-1"], "--objects-k must be >= 0")):
+                        (["--objects", "--objects-k", "-1"], "--objects-k must be >= 0"),
+                        (["--objects-every", "2"], "give --objects too"),
+                        (["--objects", "--objects-every", "0"], "--objects-every must be >= 1")):
         code, stdout, err = _run(capsys, "record", CATCH, "--max-steps", "3", *args, "--out",
                                  str(tmp_path / "u.npz"), "--no-progress")
         assert code == 2 and match in _one_error_line(err) and "recorded" not in stdout

@@ -134,6 +134,40 @@ def test_record_objects_stores_per_step_effects(runs, tmp_path):
     assert stored["catch-pixel-lanes"] <= 0.01, stored
 
 
+def test_record_objects_every_nth_step(runs, tmp_path):
+    """``record --objects-every 4``: the trace stores the same numbers as a full attribution at steps 0, 4, 8, ...
+    only; the other steps read as not stored (``at_steps`` None, table NaN), and a report's per-episode slice of a
+    two-episode trace keeps each stored step on its own frame."""
+    from xdreamer.report.jobs import episode_trace
+
+    agent, env, trace, res = runs["catch-lanes"]
+    want = res[0]
+    every = objects.record_object_effects(agent, env, _copy(trace), every=4, chunk=5)
+    back = objects.stored_object_attribution(explain.load_trace(explain.save(every, tmp_path / "every.npz")))
+    rows = np.arange(0, len(trace), 4)
+    np.testing.assert_array_equal(back.steps, rows)
+    assert every.meta["object_effects"]["every"] == 4
+    for field in ("tv", "dvalue", "dq", "probs"):
+        np.testing.assert_allclose(getattr(back, field), getattr(want, field)[rows], atol=1e-5, equal_nan=True)
+    np.testing.assert_array_equal(back.visible, want.visible[rows])
+    assert back.at_steps([5]) is None
+    np.testing.assert_allclose(back.at_steps([8]).tv[0], want.tv[8], atol=1e-5, equal_nan=True)
+    column = every.table["effect_ball"].to_numpy()
+    assert np.isnan(np.delete(column, rows)).all()
+    np.testing.assert_allclose(column[rows], want.effect()[rows, 0], atol=1e-6, equal_nan=True)
+
+    two = explain.record(agent, env, episodes=2, seed=0, max_steps=30)
+    two = objects.record_object_effects(agent, env, two, every=7, horizon=2)
+    second = episode_trace(two, 1)
+    start = int(np.flatnonzero(two.arrays["episode"] == 1)[0])
+    kept = objects.stored_object_attribution(second)
+    full = objects.stored_object_attribution(two)
+    assert len(kept.steps) and all((s + start) % 7 == 0 for s in kept.steps)
+    for s in kept.steps:
+        np.testing.assert_allclose(kept.at_steps([s]).tv, full.at_steps([s + start]).tv, equal_nan=True)
+        np.testing.assert_array_equal(kept.at_steps([s]).visible, full.at_steps([s + start]).visible)
+
+
 def test_corrupt_stored_effects_are_refused(runs, tmp_path):
     agent, env, trace, _ = runs["catch-lanes"]
     trace = objects.record_object_effects(agent, env, _copy(trace), horizon=2)
@@ -150,7 +184,12 @@ def test_corrupt_stored_effects_are_refused(runs, tmp_path):
                           (lambda t: t.meta.pop("object_effects"), "need meta.object_effects"),
                           (lambda t: t.meta["object_effects"].__setitem__("objects", ["ball", "ghost"]),
                            "no boxes for"),
-                          (lambda t: t.meta["object_effects"].__setitem__("code", "os.system"), "object_effects")):
+                          (lambda t: t.meta["object_effects"].__setitem__("code", "os.system"), "object_effects"),
+                          (put("object_steps", np.arange(n)[::-1].copy()), "object_steps must be increasing"),
+                          (put("object_steps", np.arange(1, n + 1)), "object_steps must be increasing"),
+                          (put("object_steps", np.arange(0, n, 2)), "must be floats of shape"),
+                          (put("object_steps", np.linspace(0, 1, n)), "object_steps must be increasing"),
+                          (lambda t: t.meta["object_effects"].__setitem__("every", 0), "object_effects")):
         bad = _copy(trace)
         bad.meta = {**trace.meta, "object_effects": dict(trace.meta["object_effects"])}
         edit(bad)

@@ -659,3 +659,33 @@ def test_report_reads_object_effects_stored_in_the_trace(monkeypatch):
     assert note is None and [r["object"] for r in rows] == ["ball", "paddle"]
     for step in (5, 12):
         assert at[step].startswith(f"ball {stored[step, 0]:.2f}, paddle {stored[step, 1]:.2f}"), at[step]
+
+
+def test_report_with_effects_stored_every_nth_step(monkeypatch):
+    """``record --objects-every 5``: the report takes its evenly spaced steps among the stored ones and re-runs the
+    simulator only for the cases at steps the trace does not store; their text is a direct attribution's."""
+    from xdreamer.explain import objects
+    from xdreamer.report.jobs import make_env_for, object_effects_of
+
+    agent = checkpoint.load(CHECKPOINTS / "catch-lanes")
+    env = make_env_for(agent)
+    direct = objects.object_attribution
+    asked = []
+
+    def counted(agent, env, trace, steps=None, **kwargs):
+        asked.append(sorted(int(s) for s in steps))
+        return direct(agent, env, trace, steps=steps, **kwargs)
+
+    try:
+        trace = objects.record_object_effects(agent, env, record(agent, env, episodes=1, seed=0, max_steps=40),
+                                              every=5)
+        monkeypatch.setattr(objects, "object_attribution", counted)
+        rows, note, at = object_effects_of(agent, env, trace, 4, at_steps=[10, 12])
+        fresh = direct(agent, env, trace, steps=[12]).effect()[0]
+    finally:
+        env.close()
+    assert asked == [[12]], asked  # step 10 is stored; 12 is not
+    stored = objects.stored_object_attribution(trace)
+    assert note is None and all(r["steps"] == 4 for r in rows)
+    assert at[10].startswith(f"ball {stored.at_steps([10]).effect()[0, 0]:.2f}"), at[10]
+    assert at[12].startswith(f"ball {fresh[0]:.2f}, paddle {fresh[1]:.2f}"), at[12]

@@ -810,7 +810,8 @@ def object_effects_figure(trace, step: int):
     steps = trace.episode_steps(step)
     t = trace.arrays["t"][steps]
     fig = go.Figure()
-    effect = stored.effect()
+    effect = np.full((len(trace), len(stored.objects)), np.nan)  # NaN: no edit applied, or not a stored step
+    effect[stored.steps] = stored.effect()
     for o, name in enumerate(stored.objects):
         y = np.asarray(effect[steps, o], float)
         fig.add_trace(go.Scatter(x=t, y=np.where(np.isfinite(y), y, None), mode="lines", name=escape_html(name),

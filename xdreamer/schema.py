@@ -450,6 +450,7 @@ class ObjectEffectsMetaModel(BaseModel):
     shift: Int(1, 10_000)
     horizon: Int(1, 10_000)
     saturated_above: Float(0.0, 1.0)
+    every: Int(1, 10_000_000) = 1  # ``record --objects-every``: every N-th step attributed (absent before it existed)
 
 
 class TraceMetaModel(BaseModel):

@@ -113,6 +113,10 @@ def cmd_record(args: argparse.Namespace) -> int:
         raise ValueError("--objects-k sets how far back --objects edits reach; give --objects too")
     if args.objects_k is not None and args.objects_k < 0:
         raise ValueError(f"--objects-k must be >= 0, got {args.objects_k}")
+    if args.objects_every is not None and not args.objects:
+        raise ValueError("--objects-every sets which steps --objects attributes; give --objects too")
+    if args.objects_every is not None and args.objects_every < 1:
+        raise ValueError(f"--objects-every must be >= 1, got {args.objects_every}")
     agent, env = _load(args)
     try:
         if args.objects:  # before the episodes are run: an env without an object editor says so at once
@@ -126,7 +130,8 @@ def cmd_record(args: argparse.Namespace) -> int:
         if args.objects:
             from .objects import record_object_effects
 
-            record_object_effects(agent, env, trace, k=args.objects_k or 0, progress=not args.no_progress)
+            record_object_effects(agent, env, trace, k=args.objects_k or 0, every=args.objects_every or 1,
+                                  progress=not args.no_progress)
     finally:
         env.close()
     out = save(trace, args.out)
@@ -231,6 +236,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--objects-k", type=int, default=None, metavar="K",
                    help="with --objects: edit frames t-K..t, so what the recurrent state carries changes too "
                         "(default 0: only the current frame)")
+    p.add_argument("--objects-every", type=int, default=None, metavar="N",
+                   help="with --objects: attribute every N-th step of the trace only (0, N, 2N, ...; default 1: "
+                        "all). Attributing a step costs about 2-3 times recording it; N divides that")
     p.add_argument("--out", default=default_output("trace.npz"),
                    help=f"output .npz (default {default_output('trace.npz')})")
     p.set_defaults(func=cmd_record)

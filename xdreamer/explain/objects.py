@@ -181,6 +181,13 @@ class ObjectAttribution:
                     "attempted", "landed")
         return dataclasses.replace(self, **{f: getattr(self, f)[rows] for f in per_step})
 
+    def at_steps(self, steps: Sequence[int]) -> "ObjectAttribution | None":
+        """The result at the trace steps ``steps`` (``select`` takes rows), or None where one of them was not
+        attributed (a trace recorded with ``record --objects-every N`` stores every N-th step)."""
+        index = {int(s): i for i, s in enumerate(self.steps)}
+        rows = [index.get(int(s)) for s in steps]
+        return None if any(r is None for r in rows) else self.select(rows)
+
     def _variant_index(self, variants: Sequence[str] | None) -> list[int]:
         if variants is None:
             return list(range(len(self.variants)))
@@ -206,22 +213,25 @@ class ObjectAttribution:
 
 
 def record_object_effects(agent, env, trace: Trace, k: int = 0, shift: int = 6, horizon: int = 15,
-                          chunk: int = 128, progress: bool = False) -> Trace:
-    """Attribute every step of ``trace`` to its objects (``object_attribution`` with all interventions) and store the
-    whole result in ``trace`` itself (``STORED``), so the app, the report and pandas read it without re-running the
-    simulator. Steps go ``chunk`` at a time (memory stays bounded on long Atari episodes). Returns ``trace``, changed
-    in place."""
+                          chunk: int = 128, every: int = 1, progress: bool = False) -> Trace:
+    """Attribute every ``every``-th step of ``trace`` (0, every, 2 every, ...; default all) to its objects
+    (``object_attribution`` with all interventions) and store the whole result in ``trace`` itself (``STORED``, and
+    ``object_steps``: which steps), so the app, the report and pandas read it without re-running the simulator.
+    Steps go ``chunk`` at a time (memory stays bounded on long Atari episodes). Returns ``trace``, changed in
+    place."""
     chunk = _check_int("chunk", chunk, 1)
+    every = _check_int("every", every, 1)
     n = len(trace)
+    todo = np.arange(0, n, every)
     parts: list[ObjectAttribution] = []
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=n, desc="objects", unit="step")
+        bar = tqdm(total=len(todo), desc="objects", unit="step")
     try:
-        for lo in range(0, n, chunk):
-            parts.append(object_attribution(agent, env, trace, steps=range(lo, min(n, lo + chunk)), k=k, shift=shift,
+        for lo in range(0, len(todo), chunk):
+            parts.append(object_attribution(agent, env, trace, steps=todo[lo:lo + chunk].tolist(), k=k, shift=shift,
                                             horizon=horizon))
             if bar is not None:
                 bar.update(len(parts[-1].steps))
@@ -231,21 +241,25 @@ def record_object_effects(agent, env, trace: Trace, k: int = 0, shift: int = 6, 
     first = parts[0]
     for field in STORED:
         trace.arrays["object_" + field] = np.concatenate([getattr(p, field) for p in parts])
+    trace.arrays["object_steps"] = todo.astype(np.int64)
     for o, name in enumerate(first.objects):
-        trace.table[f"effect_{name}"] = np.concatenate([p.effect()[:, o] for p in parts]).astype(np.float32)
+        column = np.full(n, np.nan, np.float32)  # NaN: not attributed (``every``) or no edit applied
+        column[todo] = np.concatenate([p.effect()[:, o] for p in parts])
+        trace.table[f"effect_{name}"] = column
     trace.meta["object_effects"] = {"objects": list(first.objects), "variants": list(first.variants), "k": first.k,
-                                    "shift": first.shift, "horizon": first.horizon, "saturated_above": SATURATED}
+                                    "shift": first.shift, "horizon": first.horizon, "saturated_above": SATURATED,
+                                    "every": every}
     return trace
 
 
 def stored_object_attribution(trace: Trace) -> ObjectAttribution | None:
-    """The ``ObjectAttribution`` of every step that ``record_object_effects`` (``xdreamer record --objects``) stored
-    in ``trace``, or None where it holds none."""
+    """The ``ObjectAttribution`` of the steps that ``record_object_effects`` (``xdreamer record --objects``) stored
+    in ``trace`` (its ``steps``: all, or every N-th with ``--objects-every N``), or None where it holds none."""
     settings = trace.meta.get("object_effects")
     if not settings or "object_tv" not in trace.arrays:
         return None
     a = trace.arrays
-    steps = np.arange(len(trace))
+    steps = np.asarray(a["object_steps"], np.int64) if "object_steps" in a else np.arange(len(trace))
     return ObjectAttribution(steps=steps, objects=tuple(settings["objects"]),
                              variants=tuple(settings["variants"]), k=int(settings["k"]), shift=int(settings["shift"]),
                              horizon=int(settings["horizon"]), applicable=np.isfinite(a["object_tv"]),

@@ -30,6 +30,8 @@ step t (DreamerV2 alignment: step t holds o_t, the action a_{t-1} that led to it
     object_attempted, object_landed,        edits in ``meta["object_effects"]``): how far moving / removing each object
     object_probs, object_value, object_q    in the simulator moves p(action), the value and Q_H; table columns
                                             effect_<object> (the largest TV over the object's edits; NaN: none applied)
+    object_steps     int64 [M]              the steps those arrays hold (N of them, or every N-th with
+                                            ``--objects-every``; absent in traces written before it: all steps)
 
 ``save`` writes one versioned ``.npz`` (no object arrays; loads with ``allow_pickle=False``).
 """
@@ -435,7 +437,10 @@ def _check_headers(path: pathlib.Path, headers: dict, meta: dict) -> int:
             if parts[3] != "data" and member.dtype.kind not in _INT_KINDS:
                 fail(f"{name} must be integers")
             continue
-        if not member.shape or member.shape[0] != n:
+        if name.startswith("a/object_"):  # ``record --objects-every N``: every N-th step (_check_values: object_steps)
+            if not member.shape or member.shape[0] > n:
+                fail(f"{name} has shape {member.shape}; object effects hold at most the {n} steps")
+        elif not member.shape or member.shape[0] != n:
             fail(f"{name} has shape {member.shape}; every per-step array starts with the {n} steps")
         if member.nbytes > n * MAX_STEP_BYTES:
             fail(f"{name} declares {member.nbytes:,} bytes, more than {MAX_STEP_BYTES:,} a step")
@@ -485,23 +490,30 @@ def _check_values(path: pathlib.Path, arrays: dict[str, np.ndarray], meta: dict,
         elif a.shape != (n, num_actions) or not np.all(np.isfinite(a)):
             fail(f"{key} must be finite floats of shape ({n}, {num_actions})")
     effects = meta.get("object_effects")  # explain.objects.record_object_effects (``record --objects``)
-    stored = [k for k in arrays if k.startswith("object_")]
-    if stored or effects is not None:
+    stored = [k for k in arrays if k.startswith("object_") and k != "object_steps"]
+    if stored or effects is not None or "object_steps" in arrays:
         from .objects import STORED
 
         if effects is None or sorted(stored) != sorted("object_" + f for f in STORED):
             fail(f"object effects need meta.object_effects and exactly the arrays "
-                 f"{', '.join('object_' + f for f in STORED)}")
+                 f"{', '.join('object_' + f for f in STORED)} (and object_steps)")
+        m = n  # the object arrays hold these steps only: all, or object_steps
+        if "object_steps" in arrays:
+            at = arrays["object_steps"]
+            if at.dtype.kind not in _INT_KINDS or at.ndim != 1 or (at.size and (
+                    at.min() < 0 or at.max() >= n or np.any(np.diff(at) <= 0))):
+                fail(f"object_steps must be increasing step indices in 0..{n - 1}")
+            m = len(at)
         O, V, A = len(effects["objects"]), len(effects["variants"]), num_actions
         missing = [name for name in effects["objects"] if f"objects/{name}" not in arrays]
         if missing:
             fail(f"meta.object_effects names object(s) {missing} that the trace has no boxes for")
-        shapes = {"probs": (n, A), "value": (n,), "q": (n, A), "dq": (n, O, V, A)}
+        shapes = {"probs": (m, A), "value": (m,), "q": (m, A), "dq": (m, O, V, A)}
         for field, kind in STORED.items():
             a = arrays["object_" + field]
-            if a.shape != shapes.get(field, (n, O, V)) or a.dtype.kind != kind:
+            if a.shape != shapes.get(field, (m, O, V)) or a.dtype.kind != kind:
                 fail(f"object_{field} must be {'floats' if kind == 'f' else 'booleans'} of shape "
-                     f"{shapes.get(field, (n, O, V))}")
+                     f"{shapes.get(field, (m, O, V))}")
         tv = arrays["object_tv"]
         if np.any((tv < 0) | (tv > 1 + 1e-5)):  # total variation; NaN where no edit applied
             fail("object_tv holds values outside 0..1 (total variation)")

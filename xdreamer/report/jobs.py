@@ -72,8 +72,14 @@ def episode_trace(trace, episode: int):
     steps = np.flatnonzero(trace.arrays["episode"] == episode)
     if not len(steps):
         raise ValueError(f"trace has no episode {episode}")
-    arrays = {k: v[steps] for k, v in trace.arrays.items() if not k.startswith("sim/")}
+    objects = {k for k in trace.arrays if k.startswith("object_")}  # ``record --objects``: at object_steps only
+    arrays = {k: v[steps] for k, v in trace.arrays.items() if not k.startswith("sim/") and k not in objects}
     arrays["episode"] = np.zeros(len(steps), np.int64)
+    if objects:
+        at = trace.arrays.get("object_steps", np.arange(len(trace)))
+        keep = np.isin(at, steps)
+        arrays.update({k: trace.arrays[k][keep] for k in objects - {"object_steps"}})
+        arrays["object_steps"] = np.searchsorted(steps, at[keep]).astype(np.int64)
     for key in sorted({k.split("/")[1] for k in trace.arrays if k.startswith("sim/")}):
         data, offsets = trace.arrays[f"sim/{key}/data"], trace.arrays[f"sim/{key}/offsets"]
         parts = [data[offsets[i]:offsets[i + 1]] for i in steps]
@@ -181,7 +187,9 @@ def object_effects_of(agent, env, trace, count: int, at_steps=()) -> tuple[list[
     ``at_steps`` (the failure cases' steps) are attributed in the same pass, and returned per step as text
     (``"ball 0.42, paddle 0.03"``: each object's largest TV, ``n/a`` where no edit applied, ``saturated`` marked);
     they do not enter the per-object statistics, which stay on the evenly spaced steps. A trace recorded with
-    ``record --objects`` (k = 0) is read instead of re-running the simulator."""
+    ``record --objects`` (k = 0) is read instead of re-running the simulator: the evenly spaced steps are then
+    taken among the steps it stores (all, or every N-th with ``--objects-every N``), and only cases at steps it does
+    not store are attributed here."""
     if agent is None or env is None or count <= 0:
         return [], None, {}
     if not (trace.has_sim_states and trace.object_names) or env.spec.id != trace.meta.get("env"):
@@ -189,19 +197,30 @@ def object_effects_of(agent, env, trace, count: int, at_steps=()) -> tuple[list[
     from ..explain.objects import object_attribution, stored_object_attribution
 
     a = trace.arrays
-    candidates = [i for i in range(len(trace)) if not a["is_first"][i]]
+    stored = stored_object_attribution(trace)  # a trace recorded with `record --objects`: read, not re-run
+    if stored is not None and stored.k != 0:
+        stored = None
+    usable = [int(s) for s in stored.steps] if stored is not None else range(len(trace))
+    candidates = [i for i in usable if not a["is_first"][i]]
+    if not candidates and stored is not None:  # stored every N-th step hit only first steps: attribute afresh
+        stored, candidates = None, [i for i in range(len(trace)) if not a["is_first"][i]]
     if not candidates:
         return [], "the episode has no step after its first", {}
     pick = np.unique(np.linspace(0, len(candidates) - 1, min(count, len(candidates))).round().astype(int))
     picked = [candidates[i] for i in pick]
     cases = sorted({int(s) for s in at_steps if 0 <= int(s) < len(trace) and not a["is_first"][int(s)]})
-    steps = sorted(set(picked) | set(cases))
-    stored = stored_object_attribution(trace)  # a trace recorded with `record --objects`: read, not re-run
+    have = set(int(s) for s in stored.steps) if stored is not None else set()
+    fresh = [s for s in cases if s not in have]  # cases the trace does not store (or all, without a stored result)
     try:
-        result = stored.select(steps) if stored is not None and stored.k == 0 else \
-            object_attribution(agent, env, trace, steps=steps)
+        if stored is not None:
+            results = [stored.at_steps(sorted(set(picked) | (set(cases) & have)))]
+            if fresh:
+                results.append(object_attribution(agent, env, trace, steps=fresh))
+        else:
+            results = [object_attribution(agent, env, trace, steps=sorted(set(picked) | set(cases)))]
     except (ValueError, NotImplementedError) as exc:  # no object editor (toy/Atari without verified RAM writes,
         return [], str(exc), {}  # e.g. Venture), continuous actions: said in the report, not a crash
+    result = results[0]
     effect, top = result.effect(), result.top()
     index = {int(s): i for i, s in enumerate(result.steps)}
     sub = np.array([index[s] for s in picked])
@@ -214,11 +233,14 @@ def object_effects_of(agent, env, trace, count: int, at_steps=()) -> tuple[list[
                      "top_steps": int(((top[sub] == o) & eligible).sum()),
                      "attempted": int(result.attempted[sub, o].sum()), "landed": int(result.landed[sub, o].sum())})
     at = {}
-    for s in cases:
-        i = index[s]
-        parts = [f"{name} {effect[i, o]:.2f}" if np.isfinite(effect[i, o]) else f"{name} n/a"
-                 for o, name in enumerate(result.objects)]
-        at[s] = ", ".join(parts) + (" (saturated)" if result.saturated[i] else "")
+    for part in results:
+        part_effect = part.effect()
+        for i, s in enumerate(int(s) for s in part.steps):
+            if s not in cases:
+                continue
+            text = [f"{name} {part_effect[i, o]:.2f}" if np.isfinite(part_effect[i, o]) else f"{name} n/a"
+                    for o, name in enumerate(part.objects)]
+            at[s] = ", ".join(text) + (" (saturated)" if part.saturated[i] else "")
     return rows, None, at
 
 
