@@ -41,8 +41,11 @@ MIN_RETURN = -1.5
 # warm-up; 0.244-0.265 s over four rounds, 2026-12-02, torch 2 threads; 2.0-2.6 s while another test suite ran).
 # The test is ~2,000 updates plus env steps and 100 evaluation episodes, all slowed alike by a slower or busier
 # machine, so its expected time is REFERENCE_TEST_S scaled by the measured update time.
+# REFERENCE_TEST_S was 290 s until 2026-12-03, fewer than its own ~1,995 updates x 0.25 s: the test then took 1.5-2x
+# its expected time (CI: 686 s at 0.376 s per calibration update, 765 s at 0.334 s; alone on the idle 2-core EPYC:
+# 763 s at 0.349 s), leaving 1.5x to the limit. Now from that idle run: 763 s x 0.25 / 0.349 = 547 s.
 REFERENCE_UPDATE_S = 0.25
-REFERENCE_TEST_S = 290.0
+REFERENCE_TEST_S = 550.0
 TIME_LIMIT_MULTIPLE = 3.0  # room for load that starts after the calibration
 TIME_LIMIT_FLOOR_S = 900.0  # never below the suite's own --timeout (pyproject.toml)
 
@@ -98,17 +101,18 @@ def test_small_toy_preset_learns_to_see_the_ball(tmp_path, calibrated_time_limit
 
 
 def test_time_limit_follows_the_measured_speed():
-    """The limit is a pure function of the calibration: at the reference speed the floor, on a slower or busier
-    machine proportionally more, so a 2x slower machine passes with room to spare."""
+    """The limit is a pure function of the calibration: at the reference speed 3x the reference time, on a slower or
+    busier machine proportionally more, so a 2x slower machine passes with room to spare."""
     expected, limit = time_limit_s(REFERENCE_UPDATE_S)
-    assert expected == pytest.approx(REFERENCE_TEST_S) and limit == TIME_LIMIT_FLOOR_S
+    assert expected == pytest.approx(REFERENCE_TEST_S)
+    assert limit == max(TIME_LIMIT_FLOOR_S, TIME_LIMIT_MULTIPLE * REFERENCE_TEST_S)
     for factor in (2.0, 4.8, 10.0):  # 4.8x: the newcomer's busy machine (3,250 steps in 900 s, #31)
         slow_expected, slow_limit = time_limit_s(factor * REFERENCE_UPDATE_S)
         assert slow_expected == pytest.approx(factor * REFERENCE_TEST_S)
         assert slow_limit >= max(TIME_LIMIT_FLOOR_S, TIME_LIMIT_MULTIPLE * factor * REFERENCE_TEST_S) - 1e-6
         assert slow_limit > 2 * slow_expected  # a run that also slows down 2x after the calibration still passes
     assert time_limit_s(4.8 * REFERENCE_UPDATE_S)[1] > 900 * 5_000 / 3_250  # the newcomer's run would have passed
-    assert time_limit_s(0.5 * REFERENCE_UPDATE_S)[1] == TIME_LIMIT_FLOOR_S  # a fast machine keeps the floor
+    assert time_limit_s(0.1 * REFERENCE_UPDATE_S)[1] == TIME_LIMIT_FLOOR_S  # a fast machine keeps the floor
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError):
             time_limit_s(bad)
