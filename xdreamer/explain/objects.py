@@ -259,7 +259,7 @@ def stored_object_attribution(trace: Trace) -> ObjectAttribution | None:
     if not settings or "object_tv" not in trace.arrays:
         return None
     a = trace.arrays
-    steps = np.asarray(a["object_steps"], np.int64) if "object_steps" in a else np.arange(len(trace))
+    steps = trace.object_steps
     return ObjectAttribution(steps=steps, objects=tuple(settings["objects"]),
                              variants=tuple(settings["variants"]), k=int(settings["k"]), shift=int(settings["shift"]),
                              horizon=int(settings["horizon"]), applicable=np.isfinite(a["object_tv"]),

@@ -88,6 +88,12 @@ class Trace:
         return [k.split("/", 1)[1] for k in self.arrays if k.startswith("objects/")]
 
     @property
+    def object_steps(self) -> np.ndarray:
+        """The steps the ``object_*`` arrays of ``record --objects`` hold: ``object_steps`` (every N-th step with
+        ``--objects-every N``), or every step in a trace written before it existed."""
+        return np.asarray(self.arrays.get("object_steps", np.arange(len(self))), np.int64)
+
+    @property
     def has_sim_states(self) -> bool:
         return any(k.startswith("sim/") for k in self.arrays)
 

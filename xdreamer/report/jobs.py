@@ -76,7 +76,7 @@ def episode_trace(trace, episode: int):
     arrays = {k: v[steps] for k, v in trace.arrays.items() if not k.startswith("sim/") and k not in objects}
     arrays["episode"] = np.zeros(len(steps), np.int64)
     if objects:
-        at = trace.arrays.get("object_steps", np.arange(len(trace)))
+        at = trace.object_steps
         keep = np.isin(at, steps)
         arrays.update({k: trace.arrays[k][keep] for k in objects - {"object_steps"}})
         arrays["object_steps"] = np.searchsorted(steps, at[keep]).astype(np.int64)
@@ -200,16 +200,16 @@ def object_effects_of(agent, env, trace, count: int, at_steps=()) -> tuple[list[
     stored = stored_object_attribution(trace)  # a trace recorded with `record --objects`: read, not re-run
     if stored is not None and stored.k != 0:
         stored = None
-    usable = [int(s) for s in stored.steps] if stored is not None else range(len(trace))
+    have = set(int(s) for s in stored.steps) if stored is not None else set()
+    usable = sorted(have) if stored is not None else range(len(trace))
     candidates = [i for i in usable if not a["is_first"][i]]
     if not candidates and stored is not None:  # stored every N-th step hit only first steps: attribute afresh
-        stored, candidates = None, [i for i in range(len(trace)) if not a["is_first"][i]]
+        stored, have, candidates = None, set(), [i for i in range(len(trace)) if not a["is_first"][i]]
     if not candidates:
         return [], "the episode has no step after its first", {}
     pick = np.unique(np.linspace(0, len(candidates) - 1, min(count, len(candidates))).round().astype(int))
     picked = [candidates[i] for i in pick]
     cases = sorted({int(s) for s in at_steps if 0 <= int(s) < len(trace) and not a["is_first"][int(s)]})
-    have = set(int(s) for s in stored.steps) if stored is not None else set()
     fresh = [s for s in cases if s not in have]  # cases the trace does not store (or all, without a stored result)
     try:
         if stored is not None:
@@ -232,11 +232,11 @@ def object_effects_of(agent, env, trace, count: int, at_steps=()) -> tuple[list[
                      "tv": [float(v) for v in values[np.isfinite(values)]],
                      "top_steps": int(((top[sub] == o) & eligible).sum()),
                      "attempted": int(result.attempted[sub, o].sum()), "landed": int(result.landed[sub, o].sum())})
-    at = {}
+    at, wanted = {}, set(cases)
     for part in results:
         part_effect = part.effect()
         for i, s in enumerate(int(s) for s in part.steps):
-            if s not in cases:
+            if s not in wanted:
                 continue
             text = [f"{name} {part_effect[i, o]:.2f}" if np.isfinite(part_effect[i, o]) else f"{name} n/a"
                     for o, name in enumerate(part.objects)]
